@@ -1,0 +1,95 @@
+"""The wire protocol between the engine and the agent (PID 1 of every sandbox).
+
+Stdlib only: this file is copied into every image next to `agent.py`.
+
+Transport: the container's attached stdin (engine -> agent) and stdout (agent -> engine).
+Docker wraps the agent's stdout in its own 8-byte multiplexing headers; the engine strips those
+first, then reads the frames below.
+
+Frame: `!BI` header (kind, payload length) followed by the payload.
+
+Engine -> agent
+  REQUEST  JSON object; `op` is one of:
+           run   {argv, env, cwd, timeout_ms, max_output, files: [path...], stdin: bool,
+                  output_paths: [path...]}
+                 followed by one DATA*/END item per file, in order, then one DATA*/END
+                 item for stdin when `stdin` is true.
+           kill  {}   ends the running job (its processes are killed, exit 137).
+           ping  {}   answered by a `pong` event.
+  DATA     raw bytes of the current item (file content or stdin).
+  END      closes the current item.
+
+Agent -> engine
+  EVENT    JSON object; `ev` is one of:
+           hello {version, uid}            once, when the agent is ready for jobs
+           pong  {}
+           file  {path, size} | {path, error}   before the DATA*/END of one output path
+           exit  {code, timed_out, killed, duration_ms, stdout_bytes, stderr_bytes, error?}
+                 the last event of every run; `error` is set when the job could not start.
+  STDOUT   raw bytes the job wrote to its stdout (at most `max_output` bytes in all)
+  STDERR   raw bytes the job wrote to its stderr (at most `max_output` bytes in all)
+  DATA     raw bytes of the output path announced by the preceding `file` event
+  END      closes that output path
+
+Bumping VERSION is required for any incompatible change; the engine refuses other versions.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+
+VERSION = 1
+
+HEADER = struct.Struct("!BI")
+MAX_PAYLOAD = 1 << 20
+
+# engine -> agent
+REQUEST = 1
+DATA = 2
+END = 3
+# agent -> engine
+EVENT = 11
+STDOUT = 12
+STDERR = 13
+# DATA and END are reused agent -> engine for output paths.
+
+
+def frame(kind: int, payload: bytes = b"") -> bytes:
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+def message(kind: int, obj: dict) -> bytes:
+    return frame(kind, json.dumps(obj, separators=(",", ":")).encode())
+
+
+def data_frames(content: bytes) -> Iterator[bytes]:
+    """DATA frames for `content` (split at MAX_PAYLOAD), then END; lazily, to keep one copy."""
+    view = memoryview(content)
+    for i in range(0, len(view), MAX_PAYLOAD):
+        yield frame(DATA, view[i : i + MAX_PAYLOAD].tobytes())
+    yield frame(END)
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes as they arrive, get complete frames back."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes) -> list[tuple[int, bytes]]:
+        self._buffer += chunk
+        frames: list[tuple[int, bytes]] = []
+        offset = 0
+        size = len(self._buffer)
+        while size - offset >= HEADER.size:
+            kind, length = HEADER.unpack_from(self._buffer, offset)
+            end = offset + HEADER.size + length
+            if end > size:
+                break
+            frames.append((kind, bytes(self._buffer[offset + HEADER.size : end])))
+            offset = end
+        if offset:
+            del self._buffer[:offset]
+        return frames

@@ -1,0 +1,306 @@
+"""The isol8 configuration file: its schema, discovery and loading.
+
+The file is validated strictly (unknown keys and wrong types are errors) because a silently ignored
+setting in a security tool is worse than a refusal to start. Every default lives on the models below,
+so a key the file leaves out takes exactly the value documented here. Only stdlib and pydantic are
+imported so the engine stays usable without any UI package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from engine.limits import parse_size
+
+__all__ = [
+    "CONFIG_FILE_NAME",
+    "HOME_CONFIG_PATH",
+    "Cleanup",
+    "ConfigError",
+    "Defaults",
+    "Isol8Config",
+    "LoadedConfig",
+    "NetworkFilter",
+    "PrebuiltImage",
+    "Runtime",
+    "Security",
+    "candidate_paths",
+    "load_config",
+]
+
+CONFIG_FILE_NAME = "isol8.config.json"
+"""Name of the per-project config file looked up in the working directory."""
+
+HOME_CONFIG_PATH = Path(".isol8") / "config.json"
+"""Per-user config file, relative to the home directory."""
+
+Runtime = Literal["python", "node", "bun", "deno", "bash"]
+
+
+def _check_size(value: str) -> str:
+    """Reject sizes Docker would refuse later, but keep the user's spelling for display and dumps."""
+    try:
+        parse_size(value)
+    except ValueError:
+        raise ValueError(f'{json.dumps(value)} is not a size (use e.g. "512m" or "1g")') from None
+    return value
+
+
+def _check_pattern(value: str) -> str:
+    """Catch a bad pattern at load time instead of inside the container's proxy."""
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{json.dumps(value)} is not a valid regular expression ({exc})") from None
+    return value
+
+
+SizeStr = Annotated[str, AfterValidator(_check_size)]
+Pattern = Annotated[str, AfterValidator(_check_pattern)]
+
+
+class _Model(BaseModel):
+    """Shared settings: camelCase in JSON, snake_case in Python, and no silent coercion or extras."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        strict=True,
+    )
+
+
+class Defaults(_Model):
+    """Per-execution limits used whenever a request or CLI flag does not set its own."""
+
+    timeout_ms: int = Field(30000, gt=0)
+    memory_limit: SizeStr = "512m"
+    cpu_limit: float = Field(1.0, gt=0)
+    pids_limit: int = Field(64, gt=0)
+    network: Literal["none", "host", "filtered"] = "none"
+    sandbox_size: SizeStr = "512m"
+    tmp_size: SizeStr = "256m"
+    max_output_size: int = Field(1048576, gt=0)
+
+
+class NetworkFilter(_Model):
+    """Host regexes for `filtered` network mode; checked here so the proxy never gets a broken one."""
+
+    whitelist: list[Pattern] = Field(default_factory=list)
+    blacklist: list[Pattern] = Field(default_factory=list)
+
+
+class Cleanup(_Model):
+    """How long idle isol8 containers may live before pruning."""
+
+    auto_prune: bool = True
+    max_container_age_ms: int = Field(3600000, ge=0)
+
+
+class Security(_Model):
+    """Container hardening knobs; `custom` seccomp is useless without a profile, so that is enforced."""
+
+    seccomp: Literal["strict", "unconfined", "custom"] = "strict"
+    custom_profile_path: str | None = None
+    runtime: str | None = None
+
+    @model_validator(mode="after")
+    def _custom_needs_profile(self) -> Security:
+        if self.seccomp == "custom" and not self.custom_profile_path:
+            raise ValueError('customProfilePath is required when seccomp is "custom"')
+        return self
+
+
+class PrebuiltImage(_Model):
+    """An image `isol8 setup` builds ahead of time so runs skip package installs."""
+
+    tag: str
+    runtime: Runtime
+    install_packages: list[str] = Field(default_factory=list)
+    setup_script: str | None = None
+
+
+class Isol8Config(_Model):
+    """The whole configuration; `Isol8Config()` is the built-in defaults."""
+
+    schema_: str | None = Field(None, alias="$schema")
+    debug: bool = False
+    max_concurrent: int = Field(10, ge=1)
+    defaults: Defaults = Field(default_factory=Defaults)
+    network: NetworkFilter = Field(default_factory=NetworkFilter)
+    cleanup: Cleanup = Field(default_factory=Cleanup)
+    pool_strategy: Literal["secure", "fast"] = "secure"
+    pool_size: int = Field(1, ge=0)
+    prewarm: list[Runtime] = Field(default_factory=list)
+    security: Security = Field(default_factory=Security)
+    prebuilt_images: list[PrebuiltImage] = Field(default_factory=list)
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; `str()` is one line naming the file, the key and the fix."""
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """The effective config plus where it came from, so the CLI can explain each value."""
+
+    config: Isol8Config
+    source: Path | None
+    explicit: frozenset[str]
+
+    def origin(self, key: str) -> Literal["file", "default"]:
+        """`file` if the config file set the dotted camelCase `key`, else `default`."""
+        return "file" if key in self.explicit else "default"
+
+
+def candidate_paths(cwd: Path | None = None) -> list[Path]:
+    """Config files in search order; the first that exists is used and the others are ignored."""
+    paths = [(cwd or Path.cwd()) / CONFIG_FILE_NAME]
+    # No HOME and no passwd entry: only the project file can apply.
+    with contextlib.suppress(RuntimeError):
+        paths.append(Path.home() / HOME_CONFIG_PATH)
+    return paths
+
+
+def load_config(cwd: Path | None = None) -> LoadedConfig:
+    """Find, parse and validate the config file; without one, the defaults apply."""
+    for path in candidate_paths(cwd):
+        if path.exists():
+            return _load_file(path)
+    return LoadedConfig(config=Isol8Config(), source=None, explicit=frozenset())
+
+
+def _load_file(path: Path) -> LoadedConfig:
+    prefix = f"Invalid config {path}"
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"{prefix}: cannot read the file ({reason}). Check that it is a readable file.", path
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{prefix}: not valid UTF-8 ({exc.reason}). Save it as UTF-8.", path) from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{prefix}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}). Fix the syntax.",
+            path,
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{prefix}: the top level is a JSON {_json_type(data)}, not an object. "
+            "Put the settings inside { ... }.",
+            path,
+        )
+    try:
+        # by_name=False: the file must use the documented camelCase keys, not Python attribute names.
+        config = Isol8Config.model_validate(data, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        raise ConfigError(f"{prefix}: {_describe(exc)}", path) from exc
+    return LoadedConfig(config=config, source=path, explicit=frozenset(_leaf_keys(data)))
+
+
+def _leaf_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys the file set; sections recurse, lists and scalars count as one key."""
+    keys: list[str] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            keys.extend(_leaf_keys(value, f"{dotted}."))
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """camelCase keys allowed in the section that `loc` points into, for "did you mean" hints."""
+    model: type[BaseModel] = Isol8Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        if field is None:
+            break
+        inner = field.annotation
+        args = getattr(inner, "__args__", ())
+        candidates = [inner, *args]
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return []
+        model = sub
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _describe(exc: ValidationError) -> str:
+    """Fold pydantic's errors into one line; unknown keys get their own wording and advice."""
+    unknown: list[str] = []
+    invalid: list[str] = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            name = json.dumps(_dotted(loc))
+            close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc[:-1]), n=1)
+            unknown.append(f"{name} (did you mean {json.dumps(close[0])}?)" if close else name)
+        else:
+            msg = err["msg"].removeprefix("Value error, ").rstrip(".")
+            invalid.append(f"{_dotted(loc)}: {msg}")
+    parts: list[str] = []
+    if unknown:
+        parts.append(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+    parts.extend(invalid)
+    detail = "; ".join(parts)
+    if unknown and invalid:
+        advice = "Remove the unknown keys and fix the values; see `isol8 config --json` for the known keys."
+    elif unknown:
+        advice = (
+            f"Remove {'them' if len(unknown) > 1 else 'it'}; see `isol8 config --json` for the known keys."
+        )
+    elif len(invalid) > 1:
+        advice = "Fix the values or remove the keys."
+    else:
+        advice = "Fix the value or remove the key."
+    return f"{detail}. {advice}"
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"

@@ -1,0 +1,137 @@
+"""The only module that talks to docker-py. Blocking calls; the engine runs them in threads."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker import errors as docker_errors
+
+from engine.errors import DockerUnavailable, Isol8Error
+from engine.hardening import MANAGED_LABEL
+
+Progress = Callable[[str], None]
+
+
+class DockerClient:
+    """A thin, typed face over docker-py's low-level API (lazily connected)."""
+
+    def __init__(self) -> None:
+        self._api: docker.APIClient | None = None
+
+    @property
+    def api(self) -> docker.APIClient:
+        if self._api is None:
+            try:
+                self._api = docker.APIClient(
+                    **docker.utils.kwargs_from_env(), version="auto", timeout=120, max_pool_size=64
+                )
+            except docker_errors.DockerException as exc:
+                raise DockerUnavailable(_short(exc)) from None
+        return self._api
+
+    def ping(self) -> None:
+        try:
+            self.api.ping()
+        except (docker_errors.DockerException, OSError) as exc:
+            raise DockerUnavailable(_short(exc)) from None
+
+    # --- containers -------------------------------------------------------------------------------
+    def create_container(self, config: dict[str, Any]) -> str:
+        config = dict(config)
+        host_config = self.api.create_host_config(**config.pop("host_config"))
+        try:
+            return self.api.create_container(host_config=host_config, **config)["Id"]
+        except docker_errors.ImageNotFound:
+            raise Isol8Error(
+                f"Image {config['image']} not found. Run `isol8 setup` to build the images."
+            ) from None
+        except docker_errors.APIError as exc:
+            raise Isol8Error(f"Cannot create the sandbox container: {_short(exc)}") from None
+
+    def attach(self, container_id: str) -> socket.socket:
+        """A raw socket on the container's stdin/stdout (attach before start loses nothing)."""
+        raw = self.api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stream": 1})
+        sock: socket.socket = getattr(raw, "_sock", raw)
+        # Own a duplicate so docker-py's response object can be collected without closing ours.
+        dup = socket.socket(fileno=os.dup(sock.fileno()))
+        raw.close()
+        return dup
+
+    def start(self, container_id: str) -> None:
+        try:
+            self.api.start(container_id)
+        except docker_errors.APIError as exc:
+            raise Isol8Error(f"Cannot start the sandbox container: {_short(exc)}") from None
+
+    def remove(self, container_id: str) -> None:
+        try:
+            self.api.remove_container(container_id, force=True)
+        except docker_errors.NotFound:
+            pass
+        except docker_errors.APIError as exc:
+            if exc.status_code != 409:  # removal already in progress (auto-remove)
+                raise
+
+    def state(self, container_id: str) -> dict[str, Any]:
+        try:
+            return self.api.inspect_container(container_id)["State"]
+        except docker_errors.NotFound:
+            return {}
+
+    def managed_containers(self) -> list[dict[str, Any]]:
+        return self.api.containers(all=True, filters={"label": f"{MANAGED_LABEL}=true"})
+
+    # --- images -----------------------------------------------------------------------------------
+    def image_labels(self, ref: str) -> dict[str, str] | None:
+        """The labels of image `ref`, or None when it does not exist."""
+        try:
+            return self.api.inspect_image(ref)["Config"].get("Labels") or {}
+        except docker_errors.ImageNotFound:
+            return None
+
+    def image_id(self, ref: str) -> str | None:
+        try:
+            return self.api.inspect_image(ref)["Id"]
+        except docker_errors.ImageNotFound:
+            return None
+
+    def images(self, label: str) -> list[dict[str, Any]]:
+        return self.api.images(filters={"label": label})
+
+    def remove_image(self, ref: str) -> None:
+        try:
+            self.api.remove_image(ref, force=True)
+        except docker_errors.NotFound:
+            pass
+
+    def try_pull(self, repository: str, tag: str) -> bool:
+        try:
+            self.api.pull(repository, tag=tag)
+            return True
+        except docker_errors.APIError:
+            return False
+
+    def import_rootfs(self, tar_path: Path, repository: str, tag: str) -> None:
+        self.api.import_image_from_file(str(tar_path), repository=repository, tag=tag)
+
+    def build(self, context: Any, tag: str, progress: Progress) -> None:
+        """Build from a tar context (file object); streams the build log to `progress`."""
+        stream: Iterator[dict[str, Any]] = self.api.build(
+            fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, decode=True
+        )
+        for chunk in stream:
+            if "error" in chunk:
+                raise Isol8Error(f"Image build for {tag} failed: {chunk['error'].strip()}")
+            line = chunk.get("stream", "").strip()
+            if line:
+                progress(line)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

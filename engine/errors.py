@@ -1,0 +1,26 @@
+"""Errors a user can hit. Each message says what happened and what to do, in one line."""
+
+from __future__ import annotations
+
+
+class Isol8Error(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class DockerUnavailable(Isol8Error):
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(
+            "Docker is not running or not installed. Start the Docker daemon (e.g. `sudo dockerd &` or "
+            "`sudo systemctl start docker`) and check that your user can access the Docker socket"
+            + (f" ({detail})" if detail else "")
+            + "."
+        )
+
+
+class ImageMissing(Isol8Error):
+    def __init__(self, image: str) -> None:
+        super().__init__(f"Image {image} is missing or outdated. Run `isol8 setup` to build the images.")
+
+
+class SandboxError(Isol8Error):
+    """The sandbox container or its agent failed (not the user's code)."""

@@ -1,0 +1,69 @@
+"""The hardened container settings every sandbox gets. Pure data: `docker.py` applies it.
+
+Defaults deny: read-only root, tmpfs only where code may write, no network, every capability
+dropped but the three the agent needs, no-new-privileges, a seccomp allowlist tighter than
+Docker's own, and limits on memory (no extra swap), CPU and processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.limits import parse_size
+from engine.models import Isol8Options
+from engine.seccomp import seccomp_security_opt
+
+# A uid no host account is likely to have: if a sandbox ever escaped, it would be nobody on the host.
+SANDBOX_UID = 61000
+SANDBOX_GID = 61000
+
+# The only capabilities left to the root agent (PID 1); user code runs as `sandbox` with none.
+CAPABILITIES = (
+    "SETUID",  # start each job as the sandbox user
+    "SETGID",  # ... with the sandbox group and no supplementary groups
+    "KILL",  # kill every process of a job on timeout, even ones that changed session or group
+)
+
+MANAGED_LABEL = "isol8.managed"
+
+
+def container_config(options: Isol8Options, image: str, runtime: str) -> dict[str, Any]:
+    """Keyword arguments for docker-py's `create_container` (with `host_config` as a dict)."""
+    memory = parse_size(options.memory_limit)
+    host_config: dict[str, Any] = {
+        "read_only": True,
+        "tmpfs": {
+            "/sandbox": (
+                f"rw,exec,nosuid,nodev,size={parse_size(options.sandbox_size)},"
+                f"uid={SANDBOX_UID},gid={SANDBOX_GID},mode=0755"
+            ),
+            "/tmp": f"rw,noexec,nosuid,nodev,size={parse_size(options.tmp_size)},mode=1777",
+        },
+        "cap_drop": ["ALL"],
+        "cap_add": list(CAPABILITIES),
+        "security_opt": [
+            "no-new-privileges",
+            seccomp_security_opt(options.security.seccomp, options.security.custom_profile_path),
+        ],
+        "pids_limit": options.pids_limit,
+        "mem_limit": memory,
+        "memswap_limit": memory,
+        "nano_cpus": int(options.cpu_limit * 1e9),
+        "network_mode": "host" if options.network == "host" else "none",
+        "ipc_mode": "private",
+        "log_config": {"type": "none", "config": {}},
+        "auto_remove": True,
+        "ulimits": [{"name": "core", "soft": 0, "hard": 0}],
+    }
+    return {
+        "image": image,
+        # docker-py sets StdinOnce with stdin_open: when the engine's attach closes (even if the
+        # engine is killed), the agent sees EOF and exits, and auto-remove deletes the container.
+        "stdin_open": True,
+        "tty": False,
+        "user": "0:0",
+        "working_dir": "/sandbox",
+        "network_disabled": options.network == "none",
+        "labels": {MANAGED_LABEL: "true", "isol8.runtime": runtime, "isol8.mode": options.mode},
+        "host_config": host_config,
+    }

@@ -1,0 +1,116 @@
+"""The engine's boundary types: what callers send in and what they get back.
+
+Attributes are snake_case in Python and camelCase in JSON (`exitCode`, `durationMs`), so the wire
+format matches the reference system's clients. Validation happens here, once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from engine.limits import parse_size
+
+Runtime = Literal["python", "node", "bun", "deno", "bash"]
+NetworkMode = Literal["none", "host", "filtered"]
+SeccompMode = Literal["strict", "unconfined", "custom"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=True)
+
+
+class ExecutionRequest(Model):
+    """One execution. Exactly one of `code` and `cmd`."""
+
+    code: str | None = None
+    cmd: str | None = None
+    runtime: str = "python"
+    timeout_ms: int | None = Field(default=None, gt=0)
+    env: dict[str, str] = Field(default_factory=dict)
+    file_extension: str | None = None
+    stdin: str | None = None
+    workdir: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ExecutionRequest:
+        if self.code is not None and self.cmd is not None:
+            raise ValueError(
+                "ExecutionRequest.code and ExecutionRequest.cmd are mutually exclusive — provide exactly one."
+            )
+        if self.code is None and self.cmd is None:
+            raise ValueError("ExecutionRequest must include exactly one of: code or cmd.")
+        return self
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if not name or "=" in name or "\0" in name or "\0" in value:
+                raise ValueError(f'Invalid environment variable name or value: "{name}"')
+        return env
+
+    @field_validator("file_extension")
+    @classmethod
+    def _extension(cls, ext: str | None) -> str | None:
+        if ext is None:
+            return None
+        ext = ext if ext.startswith(".") else f".{ext}"
+        if not ext[1:].isalnum():
+            raise ValueError(f'Invalid file extension: "{ext}". Use e.g. ".py" or ".cjs".')
+        return ext
+
+
+class ExecutionResult(Model):
+    stdout: str
+    stderr: str
+    exit_code: int
+    duration_ms: int
+    timed_out: bool = False
+    truncated: bool = False
+    execution_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    runtime: str
+    timestamp: str = Field(default_factory=lambda: datetime.now(UTC).isoformat().replace("+00:00", "Z"))
+    container_id: str | None = None
+
+
+class StreamEvent(Model):
+    type: Literal["stdout", "stderr", "exit", "error"]
+    data: str
+    phase: Literal["setup", "code"] | None = None
+
+
+class SecurityOptions(Model):
+    seccomp: SeccompMode = "strict"
+    custom_profile_path: str | None = None
+
+
+class Isol8Options(Model):
+    """Engine options (library callers, the CLI and the config file all end up here)."""
+
+    mode: Literal["ephemeral", "persistent"] = "ephemeral"
+    network: NetworkMode = "none"
+    timeout_ms: int = Field(default=30_000, gt=0)
+    memory_limit: str = "512m"
+    cpu_limit: float = Field(default=1.0, gt=0)
+    pids_limit: int = Field(default=64, gt=0)
+    sandbox_size: str = "512m"
+    tmp_size: str = "256m"
+    max_output_size: int = Field(default=1 << 20, gt=0)
+    security: SecurityOptions = Field(default_factory=SecurityOptions)
+    image: str | None = None
+    max_concurrent: int = Field(default=10, ge=1)
+    debug: bool = False
+
+    @field_validator("memory_limit", "sandbox_size", "tmp_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size(value)
+        return value

@@ -1,0 +1,160 @@
+"""One sandbox: a started container and the engine's end of its agent's stream.
+
+The stream is the container's attached stdin/stdout. Docker multiplexes stdout and stderr with
+8-byte headers; inside stdout run the agent's frames (engine/agent/protocol.py); the agent's own
+stderr is kept as a short diagnostic tail for when it dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import struct
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.agent import protocol as P
+from engine.docker import DockerClient
+from engine.errors import SandboxError
+
+_DOCKER_HEADER = struct.Struct(">BxxxL")
+HELLO_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Job:
+    """What the agent runs: argv, env, cwd, limits, files in, stdin, paths out."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    timeout_ms: int
+    max_output: int
+    files: dict[str, bytes] = field(default_factory=dict)
+    stdin: bytes | None = None
+    output_paths: list[str] = field(default_factory=list)
+
+    def request(self) -> dict[str, Any]:
+        return {
+            "op": "run",
+            "argv": self.argv,
+            "env": self.env,
+            "cwd": self.cwd,
+            "timeout_ms": self.timeout_ms,
+            "max_output": self.max_output,
+            "files": list(self.files),
+            "stdin": self.stdin is not None,
+            "output_paths": self.output_paths,
+        }
+
+
+@dataclass
+class Output:
+    """One piece of a job's output: stdout/stderr bytes, or the final exit report."""
+
+    stream: str  # "stdout" | "stderr" | "exit"
+    data: bytes = b""
+    exit: dict[str, Any] | None = None
+
+
+class Sandbox:
+    def __init__(
+        self,
+        docker: DockerClient,
+        container_id: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.docker = docker
+        self.container_id = container_id
+        self._reader = reader
+        self._writer = writer
+        self._decoder = P.FrameDecoder()
+        self._pending: deque[tuple[int, bytes]] = deque()
+        self._agent_stderr: deque[bytes] = deque(maxlen=20)
+        self.busy = False
+
+    @classmethod
+    async def launch(cls, docker: DockerClient, config: dict[str, Any]) -> Sandbox:
+        """Create, attach and start a container, then wait for its agent's hello."""
+        container_id = await asyncio.to_thread(docker.create_container, config)
+        try:
+            sock = await asyncio.to_thread(docker.attach, container_id)
+            reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 22)
+            sandbox = cls(docker, container_id, reader, writer)
+            await asyncio.to_thread(docker.start, container_id)
+            async with asyncio.timeout(HELLO_TIMEOUT_S):
+                kind, payload = await sandbox._next_frame()
+            hello = json.loads(payload) if kind == P.EVENT else {}
+            if hello.get("ev") != "hello" or hello.get("version") != P.VERSION:
+                raise SandboxError(
+                    f"The sandbox agent speaks protocol {hello.get('version')}, the engine {P.VERSION}. "
+                    "Run `isol8 setup` to rebuild the images."
+                )
+            return sandbox
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(docker.remove, container_id))
+            raise
+
+    # --- reading ----------------------------------------------------------------------------------
+    async def _next_frame(self) -> tuple[int, bytes]:
+        while not self._pending:
+            try:
+                header = await self._reader.readexactly(_DOCKER_HEADER.size)
+                stream, size = _DOCKER_HEADER.unpack(header)
+                payload = await self._reader.readexactly(size)
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                raise SandboxError(self._died_message()) from exc
+            if stream == 2:
+                self._agent_stderr.append(payload)
+                continue
+            self._pending.extend(self._decoder.feed(payload))
+        return self._pending.popleft()
+
+    def _died_message(self) -> str:
+        tail = b"".join(self._agent_stderr).decode(errors="replace").strip().splitlines()[-3:]
+        detail = f": {' | '.join(tail)}" if tail else ""
+        return (
+            f"The sandbox container {self.container_id[:12]} stopped unexpectedly{detail}. "
+            "Retry; if it persists, run `isol8 setup --force` and check `docker info`."
+        )
+
+    # --- jobs -------------------------------------------------------------------------------------
+    async def run(self, job: Job) -> AsyncIterator[Output]:
+        """Send `job` and yield its output as it arrives, ending with the exit report."""
+        self.busy = True
+        self._writer.write(P.message(P.REQUEST, job.request()))
+        for content in job.files.values():
+            for chunk in P.data_frames(content):
+                self._writer.write(chunk)
+                await self._writer.drain()
+        if job.stdin is not None:
+            for chunk in P.data_frames(job.stdin):
+                self._writer.write(chunk)
+                await self._writer.drain()
+        await self._writer.drain()
+        while True:
+            kind, payload = await self._next_frame()
+            if kind == P.STDOUT:
+                yield Output("stdout", payload)
+            elif kind == P.STDERR:
+                yield Output("stderr", payload)
+            elif kind == P.EVENT:
+                event = json.loads(payload)
+                if event.get("ev") == "exit":
+                    self.busy = False
+                    yield Output("exit", exit=event)
+                    return
+
+    async def kill_job(self) -> None:
+        """Ask the agent to kill the running job; its exit report still follows."""
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            self._writer.write(P.message(P.REQUEST, {"op": "kill"}))
+            await self._writer.drain()
+
+    async def destroy(self) -> None:
+        self._writer.close()
+        await asyncio.to_thread(self.docker.remove, self.container_id)
