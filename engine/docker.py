@@ -103,11 +103,17 @@ class DockerClient:
     def images(self, label: str) -> list[dict[str, Any]]:
         return self.api.images(filters={"label": label})
 
-    def remove_image(self, ref: str) -> None:
+    def remove_image(self, ref: str) -> bool:
+        """Remove `ref`; False when it is gone already or still in use by a container."""
         try:
             self.api.remove_image(ref, force=True)
+            return True
         except docker_errors.NotFound:
-            pass
+            return False
+        except docker_errors.APIError as exc:
+            if exc.status_code == 409:
+                return False
+            raise
 
     def try_pull(self, repository: str, tag: str) -> bool:
         try:

@@ -394,7 +394,7 @@ class Agent:
             if job and job.proc and not job.killed:
                 timeout = max(0.0, job.deadline - time.monotonic())
             for key, _ in self.selector.select(timeout):
-                what, kind = key.data
+                what, _kind = key.data
                 if what == "input":
                     try:
                         chunk = os.read(0, 1 << 20)

@@ -224,10 +224,7 @@ def _replace(docker: DockerClient, tag: str, build: Callable[[], None]) -> None:
     build()
     new = docker.image_id(tag)
     if old and old != new:
-        try:
-            docker.remove_image(old)
-        except Exception:  # still used by a running sandbox: it goes with `isol8 cleanup --images`
-            pass
+        docker.remove_image(old)  # refused while a sandbox still uses it; `isol8 cleanup --images`
 
 
 def _add_bytes(context: tarfile.TarFile, name: str, data: bytes) -> None:
