@@ -22,11 +22,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    model_validator,
 )
 from pydantic.alias_generators import to_camel
 
+from engine.errors import Isol8Error
 from engine.limits import parse_size
+from engine.models import Isol8Options, Runtime, SecurityOptions
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -38,8 +39,6 @@ __all__ = [
     "LoadedConfig",
     "NetworkFilter",
     "PrebuiltImage",
-    "Runtime",
-    "Security",
     "candidate_paths",
     "load_config",
 ]
@@ -49,8 +48,6 @@ CONFIG_FILE_NAME = "isol8.config.json"
 
 HOME_CONFIG_PATH = Path(".isol8") / "config.json"
 """Per-user config file, relative to the home directory."""
-
-Runtime = Literal["python", "node", "bun", "deno", "bash"]
 
 
 def _check_size(value: str) -> str:
@@ -113,20 +110,6 @@ class Cleanup(_Model):
     max_container_age_ms: int = Field(3600000, ge=0)
 
 
-class Security(_Model):
-    """Container hardening knobs; `custom` seccomp is useless without a profile, so that is enforced."""
-
-    seccomp: Literal["strict", "unconfined", "custom"] = "strict"
-    custom_profile_path: str | None = None
-    runtime: str | None = None
-
-    @model_validator(mode="after")
-    def _custom_needs_profile(self) -> Security:
-        if self.seccomp == "custom" and not self.custom_profile_path:
-            raise ValueError('customProfilePath is required when seccomp is "custom"')
-        return self
-
-
 class PrebuiltImage(_Model):
     """An image `isol8 setup` builds ahead of time so runs skip package installs."""
 
@@ -148,11 +131,30 @@ class Isol8Config(_Model):
     pool_strategy: Literal["secure", "fast"] = "secure"
     pool_size: int = Field(1, ge=0)
     prewarm: list[Runtime] = Field(default_factory=list)
-    security: Security = Field(default_factory=Security)
+    security: SecurityOptions = Field(default_factory=SecurityOptions)
     prebuilt_images: list[PrebuiltImage] = Field(default_factory=list)
 
+    def engine_options(self, **overrides: Any) -> Isol8Options:
+        """Engine options from this config; `overrides` (e.g. CLI flags) win over the file."""
+        d = self.defaults
+        values: dict[str, Any] = {
+            "network": d.network,
+            "timeout_ms": d.timeout_ms,
+            "memory_limit": d.memory_limit,
+            "cpu_limit": d.cpu_limit,
+            "pids_limit": d.pids_limit,
+            "sandbox_size": d.sandbox_size,
+            "tmp_size": d.tmp_size,
+            "max_output_size": d.max_output_size,
+            "security": self.security,
+            "max_concurrent": self.max_concurrent,
+            "debug": self.debug,
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return Isol8Options(**values)
 
-class ConfigError(Exception):
+
+class ConfigError(Isol8Error):
     """A config file that cannot be used; `str()` is one line naming the file, the key and the fix."""
 
     def __init__(self, message: str, path: Path | None = None) -> None:

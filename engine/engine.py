@@ -11,8 +11,8 @@ from typing import Any, Self
 
 from engine.docker import DockerClient
 from engine.errors import Isol8Error, SandboxError
-from engine.hardening import container_config
-from engine.models import ExecutionRequest, ExecutionResult, Isol8Options, StreamEvent
+from engine.hardening import MANAGED_LABEL, container_config
+from engine.models import CleanupReport, ExecutionRequest, ExecutionResult, Isol8Options, StreamEvent
 from engine.runtimes import code_file, get_runtime
 from engine.sandbox import Job, Output, Sandbox
 
@@ -188,3 +188,28 @@ class DockerIsol8:
         task = asyncio.get_running_loop().create_task(sandbox.destroy())
         self._cleanup.add(task)
         task.add_done_callback(self._cleanup.discard)
+
+
+def cleanup(images: bool = False) -> CleanupReport:
+    """Remove every container labelled isol8.managed=true (and isol8's images with `images`)."""
+    docker = DockerClient()
+    docker.ping()
+    report = CleanupReport()
+    for container in docker.managed_containers():
+        try:
+            docker.remove(container["Id"])
+            report.containers_removed += 1
+        except Exception as exc:
+            report.containers_failed += 1
+            report.errors.append(f"Failed to remove container {container['Id'][:12]}: {exc}")
+    if images:
+        # Newest first: a child image (runtime layer) always comes after its parent (the base).
+        managed = sorted(docker.images(f"{MANAGED_LABEL}=true"), key=lambda i: i["Created"], reverse=True)
+        for image in managed:
+            try:
+                if docker.remove_image(image["Id"]):
+                    report.images_removed += 1
+            except Exception as exc:
+                report.images_failed += 1
+                report.errors.append(f"Failed to remove image {image['Id'][7:19]}: {exc}")
+    return report

@@ -88,8 +88,17 @@ class StreamEvent(Model):
 
 
 class SecurityOptions(Model):
+    """Container hardening knobs. `runtime` names another OCI runtime (e.g. gVisor's `runsc`)."""
+
     seccomp: SeccompMode = "strict"
     custom_profile_path: str | None = None
+    runtime: str | None = None
+
+    @model_validator(mode="after")
+    def _custom_needs_profile(self) -> SecurityOptions:
+        if self.seccomp == "custom" and not self.custom_profile_path:
+            raise ValueError('customProfilePath is required when seccomp is "custom"')
+        return self
 
 
 class Isol8Options(Model):
@@ -114,3 +123,11 @@ class Isol8Options(Model):
     def _size(cls, value: str) -> str:
         parse_size(value)
         return value
+
+
+class CleanupReport(Model):
+    containers_removed: int = 0
+    containers_failed: int = 0
+    images_removed: int = 0
+    images_failed: int = 0
+    errors: list[str] = Field(default_factory=list)

@@ -239,10 +239,15 @@ def ensure_images(
     runtimes: list[str] | None = None,
     *,
     force: bool = False,
+    refresh_base: bool = True,
     ca_bundle: Path | None = None,
     progress: Progress = lambda _: None,
 ) -> list[ImageStatus]:
-    """Build what is missing or outdated (everything with `force`); report each image."""
+    """Build what is missing or outdated (everything with `force`); report each image.
+
+    With `refresh_base=False` an existing base is kept as it is (first-use builds from `isol8 run`
+    must not rebuild a base that `isol8 setup` made with other options, such as a CA bundle).
+    """
     docker.ping()
     if ca_bundle is not None and not ca_bundle.is_file():
         raise Isol8Error(f"CA bundle not found: {ca_bundle}. Pass an existing PEM file to --ca-bundle.")
@@ -250,11 +255,13 @@ def ensure_images(
     want_base = base_hash(ca_bundle)
     base_ref = f"{REPOSITORY}:{BASE_TAG}"
     base_labels = docker.image_labels(base_ref)
-    if force or base_labels is None or base_labels.get(HASH_LABEL) != want_base:
+    outdated = base_labels is not None and base_labels.get(HASH_LABEL) != want_base
+    if force or base_labels is None or (outdated and refresh_base):
         progress(f"building {base_ref}")
         build_base(docker, ca_bundle, progress)
         results.append(ImageStatus(base_ref, True))
     else:
+        want_base = (base_labels or {}).get(HASH_LABEL, want_base)
         results.append(ImageStatus(base_ref, False))
     for runtime in runtimes or list(RUNTIMES):
         ref = f"{REPOSITORY}:{runtime}"

@@ -1,0 +1,3 @@
+from isol8_tui.cli import main
+
+main()
