@@ -30,15 +30,15 @@ class DockerClient:
                 self._api = docker.APIClient(
                     **docker.utils.kwargs_from_env(), version="auto", timeout=120, max_pool_size=64
                 )
-            except docker_errors.DockerException as exc:
-                raise DockerUnavailable(_short(exc)) from None
+            except docker_errors.DockerException:
+                raise DockerUnavailable(_docker_host()) from None
         return self._api
 
     def ping(self) -> None:
         try:
             self.api.ping()
-        except (docker_errors.DockerException, OSError) as exc:
-            raise DockerUnavailable(_short(exc)) from None
+        except (docker_errors.DockerException, OSError):
+            raise DockerUnavailable(_docker_host()) from None
 
     # --- containers -------------------------------------------------------------------------------
     def create_container(self, config: dict[str, Any]) -> str:
@@ -136,6 +136,10 @@ class DockerClient:
             line = chunk.get("stream", "").strip()
             if line:
                 progress(line)
+
+
+def _docker_host() -> str:
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 
 def _short(exc: BaseException) -> str:

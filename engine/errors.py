@@ -8,12 +8,10 @@ class Isol8Error(Exception):
 
 
 class DockerUnavailable(Isol8Error):
-    def __init__(self, detail: str = "") -> None:
+    def __init__(self, host: str) -> None:
         super().__init__(
-            "Docker is not running or not installed. Start the Docker daemon (e.g. `sudo dockerd &` or "
-            "`sudo systemctl start docker`) and check that your user can access the Docker socket"
-            + (f" ({detail})" if detail else "")
-            + "."
+            "Docker is not running or not installed. Start the Docker daemon (e.g. `sudo systemctl start "
+            f"docker` or `sudo dockerd &`) and check that your user can access {host}."
         )
 
 

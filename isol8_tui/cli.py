@@ -7,10 +7,13 @@ import click
 from engine import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, invoke_without_command=True)
 @click.version_option(__version__, "-V", "--version", message="%(version)s")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """isol8: run untrusted code in hardened Docker containers."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
 
 
 def _register() -> None:

@@ -1,0 +1,45 @@
+"""Shared fixtures. Engine tests drive the real Docker daemon and the real isol8 images."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from engine.docker import DockerClient
+from engine.engine import DockerIsol8
+from engine.errors import DockerUnavailable
+from engine.images import image_ready
+from engine.runtimes import RUNTIMES
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> DockerClient:
+    client = DockerClient()
+    try:
+        client.ping()
+    except DockerUnavailable as exc:
+        pytest.fail(f"{exc} (run the README's test command, which starts it)")
+    missing = [name for name in RUNTIMES if not image_ready(client, name)]
+    if missing:
+        pytest.fail(f"images missing or outdated for {', '.join(missing)}: run `isol8 setup` first")
+    return client
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_containers() -> Iterator[None]:
+    """The suite must leave no managed container behind."""
+    yield
+    try:
+        client = DockerClient()
+        client.ping()
+    except DockerUnavailable:
+        return
+    left = client.managed_containers()
+    assert not left, f"containers left behind: {[c['Id'][:12] for c in left]}"
+
+
+@pytest.fixture
+async def engine(docker_client: DockerClient) -> AsyncIterator[DockerIsol8]:
+    async with DockerIsol8() as instance:
+        yield instance
