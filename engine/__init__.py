@@ -1,3 +1,19 @@
 """isol8's engine: runs untrusted code in hardened Docker containers. No UI code lives here."""
 
+from engine.engine import DockerIsol8, cleanup
+from engine.errors import DockerUnavailable, Isol8Error
+from engine.models import ExecutionRequest, ExecutionResult, Isol8Options, StreamEvent
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "DockerIsol8",
+    "DockerUnavailable",
+    "ExecutionRequest",
+    "ExecutionResult",
+    "Isol8Error",
+    "Isol8Options",
+    "StreamEvent",
+    "__version__",
+    "cleanup",
+]
