@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-import codecs
+import logging
 import posixpath
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 from engine.docker import DockerClient
 from engine.errors import Isol8Error, SandboxError
 from engine.hardening import MANAGED_LABEL, container_config
-from engine.models import CleanupReport, ExecutionRequest, ExecutionResult, Isol8Options, StreamEvent
+from engine.models import (
+    CleanupReport,
+    ExecutionRequest,
+    ExecutionResult,
+    Isol8Options,
+    ResourceUsage,
+    StreamEvent,
+)
+from engine.output import TIMEOUT_MARKER, StreamText, truncation_marker
 from engine.runtimes import code_file, get_runtime
 from engine.sandbox import Job, Output, Sandbox
+
+log = logging.getLogger("isol8.engine")
 
 # The host-side backstop: the agent enforces the timeout; the engine kills the container if the
 # agent has not reported this long after it.
 BACKSTOP_GRACE_S = 5.0
-TIMEOUT_MARKER = "--- EXECUTION TIMED OUT ---"
+# Request fields that override the engine's options for one execution.
+LIMIT_FIELDS = ("memory_limit", "cpu_limit", "pids_limit", "sandbox_size", "tmp_size", "max_output_size")
 
 
 def resolve_workdir(workdir: str | None) -> str:
@@ -31,8 +43,20 @@ def resolve_workdir(workdir: str | None) -> str:
     return resolved
 
 
-def truncation_marker(total: int, limit: int) -> str:
-    return f"\n--- OUTPUT TRUNCATED ({total} bytes, limit: {limit}) ---\n"
+@dataclass
+class Outcome:
+    """How a run ended; `execute` turns it into an ExecutionResult, streams into an exit event."""
+
+    exit_code: int
+    duration_ms: float = 0.0
+    timed_out: bool = False
+    oom_killed: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    error: str | None = None
+    container_id: str | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
+    usage: ResourceUsage | None = None
 
 
 class DockerIsol8:
@@ -64,67 +88,61 @@ class DockerIsol8:
 
     # --- public API -------------------------------------------------------------------------------
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
-        """Run to completion; output is returned exactly as produced (capped, never trimmed)."""
-        out: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
-        report: dict[str, Any] = {}
-        runtime = request.runtime
-        container_id = None
-        async for item in self._run(request):
-            if item.stream == "exit":
-                report = item.exit or {}
-                container_id = report.get("container_id")
-            else:
-                out[item.stream] += item.data
-        stdout = out["stdout"].decode(errors="replace")
-        stderr = out["stderr"].decode(errors="replace")
-        limit = self.options.max_output_size
-        truncated = False
-        if report.get("stdout_bytes", 0) > limit:
-            stdout += truncation_marker(report["stdout_bytes"], limit)
-            truncated = True
-        if report.get("stderr_bytes", 0) > limit:
-            stderr += truncation_marker(report["stderr_bytes"], limit)
-            truncated = True
-        if report.get("timed_out"):
-            stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + TIMEOUT_MARKER
+        """Run to completion; output is returned exactly as produced (capped and masked, never trimmed)."""
+        text = {"stdout": [], "stderr": []}
+        outcome = Outcome(exit_code=1)
+        async for item in self._events(request):
+            if isinstance(item, Outcome):
+                outcome = item
+            elif item.type in text:
+                text[item.type].append(item.data)
+        stderr = "".join(text["stderr"])
+        for marker in _end_markers(outcome, request, self.options):
+            stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + marker
         return ExecutionResult(
-            stdout=stdout,
+            stdout="".join(text["stdout"]),
             stderr=stderr,
-            exit_code=report.get("code", 1),
-            duration_ms=round(report.get("duration_ms", 0)),
-            timed_out=bool(report.get("timed_out")),
-            truncated=truncated,
-            runtime=runtime,
-            container_id=container_id,
+            exit_code=outcome.exit_code,
+            duration_ms=round(outcome.duration_ms),
+            timed_out=outcome.timed_out,
+            oom_killed=outcome.oom_killed,
+            truncated=outcome.stdout_truncated or outcome.stderr_truncated,
+            stdout_truncated=outcome.stdout_truncated,
+            stderr_truncated=outcome.stderr_truncated,
+            runtime=request.runtime,
+            container_id=outcome.container_id,
+            files=outcome.files if request.output_paths else None,
+            resource_usage=outcome.usage,
         )
 
     async def execute_stream(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent]:
-        """Yield stdout/stderr events as they happen, then exactly one exit event."""
-        decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in ("stdout", "stderr")}
-        limit = self.options.max_output_size
-        async for item in self._run(request):
-            if item.stream != "exit":
-                text = decoders[item.stream].decode(item.data)
-                if text:
-                    yield StreamEvent(type=item.stream, data=text, phase="code")
+        """Yield stdout/stderr events as they happen, then exactly one exit event.
+
+        Leaving the loop early (break, cancellation) kills the run and removes its container.
+        """
+        async for item in self._events(request):
+            if not isinstance(item, Outcome):
+                yield item
                 continue
-            report = item.exit or {}
-            for stream in ("stdout", "stderr"):
-                tail = decoders[stream].decode(b"", final=True)
-                if report.get(f"{stream}_bytes", 0) > limit:
-                    tail += truncation_marker(report[f"{stream}_bytes"], limit)
-                if tail:
-                    yield StreamEvent(type=stream, data=tail, phase="code")
-            if report.get("timed_out"):
+            if item.timed_out:
                 yield StreamEvent(type="error", data="EXECUTION TIMED OUT", phase="code")
-            elif report.get("error"):
-                yield StreamEvent(type="error", data=report["error"], phase="code")
-            yield StreamEvent(type="exit", data=str(report.get("code", 1)), phase="code")
+            elif item.oom_killed:
+                yield StreamEvent(type="error", data="OUT OF MEMORY", phase="code")
+            elif item.error:
+                yield StreamEvent(type="error", data=item.error, phase="code")
+            truncated = item.stdout_truncated or item.stderr_truncated
+            yield StreamEvent(type="exit", data=str(item.exit_code), phase="code", truncated=truncated)
 
     # --- internals --------------------------------------------------------------------------------
-    def _job(self, request: ExecutionRequest) -> Job:
+    def _options_for(self, request: ExecutionRequest) -> Isol8Options:
+        overrides = {
+            name: getattr(request, name) for name in LIMIT_FIELDS if getattr(request, name) is not None
+        }
+        return self.options.model_copy(update=overrides) if overrides else self.options
+
+    def _job(self, request: ExecutionRequest, options: Isol8Options) -> Job:
         spec = get_runtime(request.runtime)
-        files: dict[str, bytes] = {}
+        files = {path: _bytes(content) for path, content in request.files.items()}
         if request.cmd is not None:
             argv = ["bash", "-c", request.cmd]
         else:
@@ -133,19 +151,43 @@ class DockerIsol8:
             argv = spec.argv(path)
         return Job(
             argv=argv,
-            env=dict(request.env),
+            env={**self.options.secrets, **request.secrets, **request.env},
             cwd=resolve_workdir(request.workdir),
-            timeout_ms=request.timeout_ms or self.options.timeout_ms,
-            max_output=self.options.max_output_size,
+            timeout_ms=request.timeout_ms or options.timeout_ms,
+            max_output=options.max_output_size,
             files=files,
-            stdin=request.stdin.encode() if request.stdin is not None else None,
+            stdin=_bytes(request.stdin) if request.stdin is not None else None,
+            output_paths=list(request.output_paths),
         )
 
-    async def _run(self, request: ExecutionRequest) -> AsyncIterator[Output]:
-        job = self._job(request)
-        image = self.options.image or get_runtime(request.runtime).image
+    async def _events(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent | Outcome]:
+        """Masked, decoded output events, then the Outcome (which carries the end markers)."""
+        options = self._options_for(request)
+        job = self._job(request, options)
+        secrets = [*self.options.secrets.values(), *request.secrets.values()]
+        streams = {"stdout": StreamText(secrets), "stderr": StreamText(secrets)}
+        async for item in self._run(job, request.runtime, options):
+            if item.exit is None:
+                data = streams[item.stream].feed(item.data)
+                if data:
+                    yield StreamEvent(type=item.stream, data=data, phase="code")  # type: ignore[arg-type]
+                continue
+            outcome = _outcome(item, options.max_output_size)
+            for name, stream in streams.items():
+                cut = getattr(outcome, f"{name}_truncated")
+                tail = stream.finish(cut)
+                if cut:
+                    tail += truncation_marker(item.exit[f"{name}_bytes"], options.max_output_size)
+                if tail:
+                    yield StreamEvent(type=name, data=tail, phase="code")  # type: ignore[arg-type]
+            if outcome.error:
+                outcome.error = streams["stderr"].masker.mask_text(outcome.error)
+            yield outcome
+
+    async def _run(self, job: Job, runtime: str, options: Isol8Options) -> AsyncIterator[Output]:
+        image = options.image or get_runtime(runtime).image
         async with self._slots:
-            sandbox = await self._launch(image, request.runtime)
+            sandbox = await self._launch(options, image, runtime)
             started = time.monotonic()
             try:
                 async with asyncio.timeout(job.timeout_ms / 1000 + BACKSTOP_GRACE_S):
@@ -153,30 +195,35 @@ class DockerIsol8:
                         if item.exit is not None:
                             item.exit["container_id"] = sandbox.container_id
                         yield item
-            except TimeoutError:
-                # The agent did not report in time (wedged or killed): the container goes.
-                yield Output(
-                    "exit",
-                    exit={
-                        "code": 137,
-                        "timed_out": True,
-                        "duration_ms": (time.monotonic() - started) * 1000,
-                        "container_id": sandbox.container_id,
-                    },
-                )
-            except SandboxError as exc:
-                state = await asyncio.to_thread(self.docker.state, sandbox.container_id)
-                if state.get("OOMKilled"):
-                    raise SandboxError(
-                        "The sandbox ran out of memory and was killed. Raise --memory."
-                    ) from exc
-                raise
+            except (TimeoutError, SandboxError) as exc:
+                yield await self._lost(sandbox, exc, started)
             finally:
                 self._dispose(sandbox)
 
-    async def _launch(self, image: str, runtime: str) -> Sandbox:
-        config = container_config(self.options, image, runtime)
+    async def _lost(self, sandbox: Sandbox, exc: Exception, started: float) -> Output:
+        """The agent went silent (wedged past the backstop) or its container died."""
+        state = await asyncio.to_thread(self.docker.state, sandbox.container_id)
+        report: dict[str, Any] = {
+            "code": 137,
+            "duration_ms": (time.monotonic() - started) * 1000,
+            "container_id": sandbox.container_id,
+        }
+        if state.get("OOMKilled"):
+            report["oom_killed"] = True
+        elif isinstance(exc, TimeoutError):
+            report["timed_out"] = True
+        else:
+            raise exc
+        log.debug("sandbox %s lost: %s", sandbox.container_id[:12], report)
+        return Output("exit", exit=report)
+
+    async def _launch(self, options: Isol8Options, image: str, runtime: str) -> Sandbox:
+        config = container_config(options, image, runtime)
+        started = time.monotonic()
         sandbox = await Sandbox.launch(self.docker, config)
+        log.debug(
+            "sandbox %s ready in %.1f ms", sandbox.container_id[:12], (time.monotonic() - started) * 1000
+        )
         self._live.add(sandbox)
         return sandbox
 
@@ -188,6 +235,44 @@ class DockerIsol8:
         task = asyncio.get_running_loop().create_task(sandbox.destroy())
         self._cleanup.add(task)
         task.add_done_callback(self._cleanup.discard)
+
+
+def _bytes(content: str | bytes) -> bytes:
+    return content.encode() if isinstance(content, str) else content
+
+
+def _outcome(item: Output, limit: int) -> Outcome:
+    report = item.exit or {}
+    usage = ResourceUsage(
+        cpu_time_ms=report.get("cpu_time_ms"),
+        peak_memory_bytes=report.get("peak_memory_bytes"),
+        network_bytes_in=report.get("network_bytes_in"),
+        network_bytes_out=report.get("network_bytes_out"),
+    )
+    return Outcome(
+        exit_code=report.get("code", 1),
+        duration_ms=report.get("duration_ms", 0.0),
+        timed_out=bool(report.get("timed_out")),
+        oom_killed=bool(report.get("oom_killed")) and not report.get("timed_out"),
+        stdout_truncated=report.get("stdout_bytes", 0) > limit,
+        stderr_truncated=report.get("stderr_bytes", 0) > limit,
+        error=report.get("error"),
+        container_id=report.get("container_id"),
+        files=item.files,
+        usage=usage,
+    )
+
+
+def _end_markers(outcome: Outcome, request: ExecutionRequest, options: Isol8Options) -> list[str]:
+    """The lines a buffered result's stderr ends with, saying why the run ended abnormally."""
+    if outcome.timed_out:
+        return [TIMEOUT_MARKER]
+    if outcome.oom_killed:
+        limit = request.memory_limit or options.memory_limit
+        return [f"--- OUT OF MEMORY (limit: {limit}) ---"]
+    if outcome.error:
+        return [outcome.error]
+    return []
 
 
 def cleanup(images: bool = False) -> CleanupReport:

@@ -6,14 +6,49 @@ format matches the reference system's clients. Validation happens here, once.
 
 from __future__ import annotations
 
+import base64
+import posixpath
 import uuid
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from engine.limits import parse_size
+
+MAX_STDIN_BYTES = 64 << 20
+"""Largest `stdin` a request may carry (it travels in memory; use `files` for more)."""
+FILE_ROOTS = ("/sandbox", "/tmp")
+
+
+def sandbox_path(path: str) -> str:
+    """`path` if it is an absolute path inside /sandbox or /tmp without `..`; else ValueError."""
+    norm = posixpath.normpath(path) if path.startswith("/") else ""
+    inside = any(norm == root or norm.startswith(root + "/") for root in FILE_ROOTS)
+    if not inside or ".." in path.split("/") or "\0" in path or norm in FILE_ROOTS:
+        raise ValueError(f'File path must be a file inside /sandbox or /tmp, without "..": "{path}"')
+    return norm
+
+
+def _from_base64(value: object) -> object:
+    return base64.b64decode(value, validate=True) if isinstance(value, str) else value
+
+
+FileBytes = Annotated[
+    bytes,
+    BeforeValidator(_from_base64),
+    PlainSerializer(lambda data: base64.b64encode(data).decode(), return_type=str, when_used="json"),
+]
+"""Bytes in Python, base64 in JSON (binary-safe on the wire)."""
 
 Runtime = Literal["python", "node", "bun", "deno", "bash"]
 NetworkMode = Literal["none", "host", "filtered"]
@@ -36,8 +71,35 @@ class ExecutionRequest(Model):
     timeout_ms: int | None = Field(default=None, gt=0)
     env: dict[str, str] = Field(default_factory=dict)
     file_extension: str | None = None
-    stdin: str | None = None
+    stdin: str | bytes | None = Field(default=None, max_length=MAX_STDIN_BYTES)
     workdir: str | None = None
+    files: dict[str, str | bytes] = Field(default_factory=dict)
+    output_paths: list[str] = Field(default_factory=list)
+    secrets: dict[str, str] = Field(default_factory=dict)
+    # Per-request limits; None means the engine's option.
+    memory_limit: str | None = None
+    cpu_limit: float | None = Field(default=None, gt=0)
+    pids_limit: int | None = Field(default=None, gt=0)
+    sandbox_size: str | None = None
+    tmp_size: str | None = None
+    max_output_size: int | None = Field(default=None, gt=0)
+
+    @field_validator("files")
+    @classmethod
+    def _file_paths(cls, files: dict[str, str | bytes]) -> dict[str, str | bytes]:
+        return {sandbox_path(path): content for path, content in files.items()}
+
+    @field_validator("output_paths")
+    @classmethod
+    def _output_paths(cls, paths: list[str]) -> list[str]:
+        return [sandbox_path(path) for path in paths]
+
+    @field_validator("memory_limit", "sandbox_size", "tmp_size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ExecutionRequest:
@@ -49,7 +111,7 @@ class ExecutionRequest(Model):
             raise ValueError("ExecutionRequest must include exactly one of: code or cmd.")
         return self
 
-    @field_validator("env")
+    @field_validator("env", "secrets")
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
         for name, value in env.items():
@@ -68,23 +130,41 @@ class ExecutionRequest(Model):
         return ext
 
 
+class ResourceUsage(Model):
+    """Measured in the container: CPU from its cgroup, peak memory of the job's process tree,
+    network bytes on its interfaces (None where it has no network)."""
+
+    cpu_time_ms: float | None = None
+    peak_memory_bytes: int | None = None
+    network_bytes_in: int | None = None
+    network_bytes_out: int | None = None
+
+
 class ExecutionResult(Model):
     stdout: str
     stderr: str
     exit_code: int
     duration_ms: int
     timed_out: bool = False
+    oom_killed: bool = False
     truncated: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
     execution_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     runtime: str
     timestamp: str = Field(default_factory=lambda: datetime.now(UTC).isoformat().replace("+00:00", "Z"))
     container_id: str | None = None
+    files: dict[str, FileBytes] | None = None
+    resource_usage: ResourceUsage | None = None
 
 
 class StreamEvent(Model):
+    """`exit` events also say whether output was cut (`truncated`); other events leave it None."""
+
     type: Literal["stdout", "stderr", "exit", "error"]
     data: str
     phase: Literal["setup", "code"] | None = None
+    truncated: bool | None = None
 
 
 class SecurityOptions(Model):
@@ -114,6 +194,7 @@ class Isol8Options(Model):
     tmp_size: str = "256m"
     max_output_size: int = Field(default=1 << 20, gt=0)
     security: SecurityOptions = Field(default_factory=SecurityOptions)
+    secrets: dict[str, str] = Field(default_factory=dict)
     image: str | None = None
     max_concurrent: int = Field(default=10, ge=1)
     debug: bool = False

@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.agent import protocol as P
 from engine.docker import DockerClient
-from engine.errors import SandboxError
+from engine.errors import Isol8Error, SandboxError
 
 _DOCKER_HEADER = struct.Struct(">BxxxL")
 HELLO_TIMEOUT_S = 30.0
@@ -53,11 +53,13 @@ class Job:
 
 @dataclass
 class Output:
-    """One piece of a job's output: stdout/stderr bytes, or the final exit report."""
+    """One piece of a job's output: stdout/stderr bytes, or the final exit report with the
+    output paths read back (a path that does not exist is left out)."""
 
     stream: str  # "stdout" | "stderr" | "exit"
     data: bytes = b""
     exit: dict[str, Any] | None = None
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 class Sandbox:
@@ -136,17 +138,29 @@ class Sandbox:
                 self._writer.write(chunk)
                 await self._writer.drain()
         await self._writer.drain()
+        files: dict[str, bytes] = {}
+        receiving: bytearray | None = None
         while True:
             kind, payload = await self._next_frame()
             if kind == P.STDOUT:
                 yield Output("stdout", payload)
             elif kind == P.STDERR:
                 yield Output("stderr", payload)
+            elif kind == P.DATA and receiving is not None:
+                receiving += payload
+            elif kind == P.END and receiving is not None:
+                receiving = None
             elif kind == P.EVENT:
                 event = json.loads(payload)
-                if event.get("ev") == "exit":
+                if event.get("ev") == "file":
+                    error = event.get("error")
+                    if error and error != "No such file or directory":
+                        raise Isol8Error(f"Cannot read {event['path']} from the sandbox: {error}")
+                    if not error:
+                        receiving = files.setdefault(event["path"], bytearray())  # type: ignore[assignment]
+                elif event.get("ev") == "exit":
                     self.busy = False
-                    yield Output("exit", exit=event)
+                    yield Output("exit", exit=event, files={p: bytes(d) for p, d in files.items()})
                     return
 
     async def kill_job(self) -> None:

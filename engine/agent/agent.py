@@ -38,6 +38,53 @@ class RefusedPath(Exception):
     pass
 
 
+def _read_first(*paths: str) -> str | None:
+    for path in paths:
+        try:
+            with open(path) as file:
+                return file.read()
+        except OSError:
+            continue
+    return None
+
+
+def oom_kills() -> int:
+    """The container cgroup's OOM-kill count (v1 memory.oom_control or v2 memory.events)."""
+    text = _read_first("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events") or ""
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "oom_kill":
+            return int(value)
+    return 0
+
+
+def cpu_ns() -> int | None:
+    """CPU time used by the whole container so far (cgroup), in nanoseconds."""
+    v1 = _read_first("/sys/fs/cgroup/cpuacct/cpuacct.usage", "/sys/fs/cgroup/cpu,cpuacct/cpuacct.usage")
+    if v1:
+        return int(v1)
+    for line in (_read_first("/sys/fs/cgroup/cpu.stat") or "").splitlines():
+        if line.startswith("usage_usec "):
+            return int(line.split()[1]) * 1000
+    return None
+
+
+def net_bytes() -> tuple[int, int] | None:
+    """Bytes received and sent on every interface but loopback; None when there is none."""
+    text = _read_first("/proc/net/dev") or ""
+    received = sent = 0
+    found = False
+    for line in text.splitlines()[2:]:
+        name, _, counters = line.partition(":")
+        if name.strip() == "lo" or not counters:
+            continue
+        fields = counters.split()
+        received += int(fields[0])
+        sent += int(fields[8])
+        found = True
+    return (received, sent) if found else None
+
+
 def confine(path: str) -> str:
     """`path` normalised, or RefusedPath when it is not inside /sandbox or /tmp."""
     if not path.startswith("/"):
@@ -74,6 +121,8 @@ class Job:
         self.sent = {P.STDOUT: 0, P.STDERR: 0}
         self.total = {P.STDOUT: 0, P.STDERR: 0}
         self.streams: dict[int, int] = {}
+        self.max_rss_kb = 0
+        self.before = (oom_kills(), cpu_ns(), net_bytes())
         self._begin_next_file()
 
     # --- receiving files and stdin -------------------------------------------------------------
@@ -203,6 +252,17 @@ class Job:
         self.killed = True
         self.agent.kill_sandbox_processes()
 
+    def usage(self) -> dict:
+        ooms, cpu, net = self.before
+        cpu_after, net_after = cpu_ns(), net_bytes()
+        return {
+            "oom_killed": oom_kills() > ooms,
+            "cpu_time_ms": round((cpu_after - cpu) / 1e6, 3) if cpu is not None and cpu_after else None,
+            "peak_memory_bytes": self.max_rss_kb * 1024,
+            "network_bytes_in": net_after[0] - net[0] if net and net_after else None,
+            "network_bytes_out": net_after[1] - net[1] if net and net_after else None,
+        }
+
     def exit_code(self) -> int:
         if self.timed_out or (self.killed and self.status is None):
             return 137
@@ -263,15 +323,17 @@ class Agent:
     def reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, rusage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             job = self.job
-            if job and job.proc and pid == job.proc.pid:
-                job.status = status
-                job.proc.returncode = os.waitstatus_to_exitcode(status)
+            if job:
+                job.max_rss_kb = max(job.max_rss_kb, rusage.ru_maxrss)
+                if job.proc and pid == job.proc.pid:
+                    job.status = status
+                    job.proc.returncode = os.waitstatus_to_exitcode(status)
 
     def sandbox_pids(self) -> list[int]:
         pids = []
@@ -365,6 +427,7 @@ class Agent:
                 "stdout_bytes": job.total[P.STDOUT],
                 "stderr_bytes": job.total[P.STDERR],
                 "error": job.error,
+                **job.usage(),
             }
         )
 

@@ -24,8 +24,10 @@ Agent -> engine
            hello {version, uid}            once, when the agent is ready for jobs
            pong  {}
            file  {path, size} | {path, error}   before the DATA*/END of one output path
-           exit  {code, timed_out, killed, duration_ms, stdout_bytes, stderr_bytes, error?}
-                 the last event of every run; `error` is set when the job could not start.
+           exit  {code, timed_out, killed, duration_ms, stdout_bytes, stderr_bytes, error,
+                  oom_killed, cpu_time_ms, peak_memory_bytes, network_bytes_in, network_bytes_out}
+                 the last event of every run; `error` is set when the job could not start;
+                 *_bytes count everything the job wrote, also past `max_output`.
   STDOUT   raw bytes the job wrote to its stdout (at most `max_output` bytes in all)
   STDERR   raw bytes the job wrote to its stderr (at most `max_output` bytes in all)
   DATA     raw bytes of the output path announced by the preceding `file` event

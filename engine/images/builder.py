@@ -68,6 +68,9 @@ ENVIRONMENT = {
     "DENO_DIR": "/sandbox/.deno",
     "DENO_NO_UPDATE_CHECK": "1",
     "DENO_TLS_CA_STORE": "system",
+    # Bun ships its own CA list; this makes it use the system store (which has the extra CA).
+    # Debian's node already uses the system store, so NODE_EXTRA_CA_CERTS (45 ms a start) is not set.
+    "NODE_USE_SYSTEM_CA": "1",
 }
 
 
@@ -129,7 +132,6 @@ def _base_dockerfile(source: str, pulled: bool, build_hash: str, with_ca: bool) 
     )
     ca = f" && cat /usr/local/share/ca-certificates/isol8-extra.crt >> {SYSTEM_CA}" if with_ca else ""
     env = " ".join(f"{key}={json.dumps(value)}" for key, value in ENVIRONMENT.items())
-    node_ca = f" NODE_EXTRA_CA_CERTS={SYSTEM_CA}" if with_ca else ""
     return (
         f"FROM {source}\n{apt}"
         "COPY tools/ /usr/local/\n"
@@ -137,7 +139,7 @@ def _base_dockerfile(source: str, pulled: bool, build_hash: str, with_ca: bool) 
         + f"RUN groupadd -g {SANDBOX_GID} sandbox"
         f" && useradd -u {SANDBOX_UID} -g {SANDBOX_GID} -d /sandbox -s /bin/bash -M sandbox"
         f" && mkdir -p /sandbox /opt/isol8 && rm -rf /var/cache/apt/archives/*.deb{ca}\n"
-        f"ENV {env}{node_ca}\n"
+        f"ENV {env}\n"
         f'LABEL {HASH_LABEL}="{build_hash}" isol8.managed="true"\n'
     )
 
