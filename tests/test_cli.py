@@ -179,3 +179,55 @@ def test_no_arguments_prints_help() -> None:
     result = run_cli()
     assert result.returncode == 0 and "Commands:" in result.stdout
     assert run_cli("--version").stdout.strip() == "0.1.0"
+
+
+def test_secret_flag_masks_output() -> None:
+    result = run_cli("run", "--secret", "TOKEN=hunter2hunter2", "--cmd", "echo $TOKEN; echo ${TOKEN:0:4}")
+    assert result.stdout == "***\nhunt\n"
+
+
+@pytest.mark.parametrize("mode", [(), ("--no-stream",)])
+def test_truncation_warning_in_both_modes(mode: tuple[str, ...]) -> None:
+    result = run_cli("run", *mode, "--max-output", "10", "-e", "print('y' * 100)")
+    assert result.returncode == 0
+    assert result.stdout.startswith("y" * 10 + "\n--- OUTPUT TRUNCATED (101 bytes, limit: 10) ---")
+    assert "[WARN] Output was truncated" in result.stderr
+
+
+@pytest.mark.parametrize("mode", [(), ("--no-stream",)])
+def test_out_writes_stdout_to_a_file(tmp_path: Path, mode: tuple[str, ...]) -> None:
+    target = tmp_path / "out.txt"
+    result = run_cli(
+        "run", *mode, "--out", str(target), "-e", "print('saved'); import sys; print('e', file=sys.stderr)"
+    )
+    assert (result.stdout, result.stderr, target.read_text()) == ("", "e\n", "saved\n")
+
+
+def test_file_and_files_copy_host_files_in(tmp_path: Path) -> None:
+    tree = tmp_path / "project"
+    (tree / "pkg").mkdir(parents=True)
+    (tree / "pkg" / "mod.py").write_text("VALUE = 41\n")
+    (tree / "node_modules").mkdir()
+    (tree / "node_modules" / "skip.js").write_text("")
+    (tmp_path / "data.bin").write_bytes(b"\x00\x01\x02")
+    code = (
+        "import os, pkg.mod as m\n"
+        "print(m.VALUE + 1, os.path.getsize('/tmp/d.bin'), os.path.exists('node_modules'))"
+    )
+    result = run_cli("run", "--files", str(tree), "--file", f"{tmp_path / 'data.bin'}:/tmp/d.bin", "-e", code)
+    assert result.stdout == "42 3 False\n", result.stderr
+
+
+def test_file_flag_errors(tmp_path: Path) -> None:
+    assert run_cli("run", "--file", "nocolon", "-e", "1").stderr == (
+        "[ERR] --file expects HOST_PATH:SANDBOX_PATH, got 'nocolon'.\n"
+    )
+    assert run_cli("run", "--files", str(tmp_path / "none"), "-e", "1").stderr == (
+        f"[ERR] --files path is not a directory: {tmp_path / 'none'}\n"
+    )
+    (tmp_path / "a").write_text("x")
+    outside = run_cli("run", "--file", f"{tmp_path / 'a'}:/etc/a", "-e", "1")
+    assert outside.returncode == 1
+    assert outside.stderr.startswith(
+        '[ERR] File path must be a file inside /sandbox or /tmp, without "..": "/etc/a"'
+    )

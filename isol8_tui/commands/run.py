@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
+from typing import TextIO
 
 import click
 
@@ -27,6 +29,30 @@ def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
             raise Isol8Error(f"{flag} expects NAME=VALUE, got {value!r}.")
         pairs[name] = rest
     return pairs
+
+
+SKIPPED_DIRS = {".git", "node_modules", "__pycache__", ".venv", "venv", ".tox"}
+
+
+def _input_files(file_specs: tuple[str, ...], tree: str | None) -> dict[str, bytes]:
+    """Host files for the sandbox: `--file HOST:SANDBOX` pairs and a `--files DIR` tree."""
+    files: dict[str, bytes] = {}
+    if tree:
+        root = Path(tree)
+        if not root.is_dir():
+            raise Isol8Error(f"--files path is not a directory: {tree}")
+        for path in sorted(root.rglob("*")):
+            relative = path.relative_to(root)
+            if path.is_file() and not SKIPPED_DIRS.intersection(relative.parts):
+                files[f"/sandbox/{relative.as_posix()}"] = path.read_bytes()
+    for spec in file_specs:
+        host, sep, target = spec.rpartition(":")
+        if not sep or not host or not target:
+            raise Isol8Error(f"--file expects HOST_PATH:SANDBOX_PATH, got {spec!r}.")
+        if not Path(host).is_file():
+            raise Isol8Error(f"File not found: {host}")
+        files[target] = Path(host).read_bytes()
+    return files
 
 
 def _request(
@@ -56,12 +82,12 @@ def _request(
     return ExecutionRequest(code=code, runtime=runtime, file_extension=extension, **fields)
 
 
-async def _stream(engine: DockerIsol8, request: ExecutionRequest) -> int:
+async def _stream(engine: DockerIsol8, request: ExecutionRequest, out: TextIO) -> int:
     exit_code = 1
     async for event in engine.execute_stream(request):
         if event.type == "stdout":
-            sys.stdout.write(event.data)
-            sys.stdout.flush()
+            out.write(event.data)
+            out.flush()
         elif event.type == "stderr":
             sys.stderr.write(event.data)
             sys.stderr.flush()
@@ -69,23 +95,26 @@ async def _stream(engine: DockerIsol8, request: ExecutionRequest) -> int:
             err(event.data)
         elif event.type == "exit":
             exit_code = int(event.data)
+            if event.truncated:
+                warn("Output was truncated")
     return exit_code
 
 
-def _print_result(result: ExecutionResult) -> int:
-    sys.stdout.write(result.stdout)
-    sys.stdout.flush()
+def _print_result(result: ExecutionResult, out: TextIO) -> int:
+    out.write(result.stdout)
+    out.flush()
     sys.stderr.write(result.stderr)
     if result.truncated:
         warn("Output was truncated")
     return result.exit_code
 
 
-async def _run(options: Isol8Options, request: ExecutionRequest, stream: bool) -> int:
-    async with DockerIsol8(options) as engine:
-        if stream:
-            return await _stream(engine, request)
-        return _print_result(await engine.execute(request))
+async def _run(options: Isol8Options, request: ExecutionRequest, stream: bool, out_path: str | None) -> int:
+    with open(out_path, "w", encoding="utf-8") if out_path else contextlib.nullcontext(sys.stdout) as out:
+        async with DockerIsol8(options) as engine:
+            if stream:
+                return await _stream(engine, request, out)
+            return _print_result(await engine.execute(request), out)
 
 
 @click.command("run")
@@ -104,6 +133,16 @@ async def _run(options: Isol8Options, request: ExecutionRequest, stream: bool) -
 @click.option("--image", metavar="IMAGE", help="Run in this image instead of isol8:<runtime>.")
 @click.option("--stdin", "stdin_data", metavar="DATA", help="Data for the program's standard input.")
 @click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE", help="Environment variable.")
+@click.option(
+    "--secret",
+    "secret_pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Secret env var, masked as *** in output.",
+)
+@click.option("--file", "file_specs", multiple=True, metavar="HOST:SANDBOX", help="Copy a host file in.")
+@click.option("--files", "files_dir", metavar="DIR", help="Copy a host directory tree into /sandbox.")
+@click.option("--out", "out_path", metavar="FILE", help="Write the program's stdout to FILE.")
 @click.option("--workdir", metavar="PATH", help="Working directory inside /sandbox.")
 @click.option("--no-stream", is_flag=True, help="Print the output when the run ends instead of live.")
 @click.option("--debug", is_flag=True, help="Log what the engine does to stderr.")
@@ -115,6 +154,10 @@ def command(
     timeout_ms: int | None,
     stdin_data: str | None,
     env_pairs: tuple[str, ...],
+    secret_pairs: tuple[str, ...],
+    file_specs: tuple[str, ...],
+    files_dir: str | None,
+    out_path: str | None,
     workdir: str | None,
     no_stream: bool,
     debug: bool,
@@ -133,6 +176,8 @@ def command(
             timeout_ms=timeout_ms,
             stdin=stdin_data,
             env=_pairs(env_pairs, "--env"),
+            secrets=_pairs(secret_pairs, "--secret"),
+            files=_input_files(file_specs, files_dir),
             workdir=workdir,
         )
         if options.network == "host":
@@ -145,7 +190,7 @@ def command(
             )
             build_images([request.runtime], refresh_base=False, ca_bundle=ca_bundle_option(None))
         try:
-            exit_code = asyncio.run(_run(options, request, stream=not no_stream))
+            exit_code = asyncio.run(_run(options, request, not no_stream, out_path))
         except KeyboardInterrupt:
             err("Interrupted; the sandbox was removed.")
             raise SystemExit(130) from None
