@@ -42,10 +42,15 @@ class DockerClient:
 
     # --- containers -------------------------------------------------------------------------------
     def create_container(self, config: dict[str, Any]) -> str:
+        """Create from `hardening.container_config` output; `keep` leaves stdin open after detach."""
         config = dict(config)
+        keep = config.pop("keep", False)
         host_config = self.api.create_host_config(**config.pop("host_config"))
+        body = self.api.create_container_config(config.pop("image"), None, host_config=host_config, **config)
+        if keep:
+            body["StdinOnce"] = False
         try:
-            return self.api.create_container(host_config=host_config, **config)["Id"]
+            return self.api.create_container_from_config(body)["Id"]
         except docker_errors.ImageNotFound:
             raise Isol8Error(
                 f"Image {config['image']} not found. Run `isol8 setup` to build the images."
@@ -125,10 +130,10 @@ class DockerClient:
     def import_rootfs(self, tar_path: Path, repository: str, tag: str) -> None:
         self.api.import_image_from_file(str(tar_path), repository=repository, tag=tag)
 
-    def build(self, context: Any, tag: str, progress: Progress) -> None:
+    def build(self, context: Any, tag: str, progress: Progress, labels: dict[str, str] | None = None) -> None:
         """Build from a tar context (file object); streams the build log to `progress`."""
         stream: Iterator[dict[str, Any]] = self.api.build(
-            fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, decode=True
+            fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, decode=True, labels=labels
         )
         for chunk in stream:
             if "error" in chunk:

@@ -1,18 +1,24 @@
-"""DockerIsol8: the in-process engine. Validates a request, gets a sandbox, runs, reports."""
+"""DockerIsol8: the in-process engine. Validates a request, gets a sandbox, runs, reports.
+
+One execution is up to four jobs on the same sandbox, sharing one timeout budget: package
+install, the image's setup script, the request's setup script (phase `setup`), then the code.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import posixpath
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from engine.docker import DockerClient
 from engine.errors import Isol8Error, SandboxError
 from engine.hardening import MANAGED_LABEL, container_config
+from engine.images.custom import find_custom
 from engine.models import (
     CleanupReport,
     ExecutionRequest,
@@ -20,8 +26,10 @@ from engine.models import (
     Isol8Options,
     ResourceUsage,
     StreamEvent,
+    sandbox_path,
 )
 from engine.output import TIMEOUT_MARKER, StreamText, truncation_marker
+from engine.packages import install_argv, validate_packages
 from engine.runtimes import code_file, get_runtime
 from engine.sandbox import Job, Output, Sandbox
 
@@ -30,8 +38,10 @@ log = logging.getLogger("isol8.engine")
 # The host-side backstop: the agent enforces the timeout; the engine kills the container if the
 # agent has not reported this long after it.
 BACKSTOP_GRACE_S = 5.0
-# Request fields that override the engine's options for one execution.
-LIMIT_FIELDS = ("memory_limit", "cpu_limit", "pids_limit", "sandbox_size", "tmp_size", "max_output_size")
+# Request fields that override the engine's options for one execution (they shape the container).
+LIMIT_FIELDS = ("memory_limit", "cpu_limit", "pids_limit", "sandbox_size", "tmp_size")
+SETUP_FILE = "/sandbox/.isol8-setup.sh"
+Phase = Literal["setup", "code"]
 
 
 def resolve_workdir(workdir: str | None) -> str:
@@ -44,23 +54,38 @@ def resolve_workdir(workdir: str | None) -> str:
 
 
 @dataclass
+class Step:
+    """One job of an execution, and how its failure is reported."""
+
+    phase: Phase
+    job: Job
+    failure: str = ""  # e.g. "Setup script failed": a non-zero exit stops the execution
+
+
+@dataclass
 class Outcome:
     """How a run ended; `execute` turns it into an ExecutionResult, streams into an exit event."""
 
     exit_code: int
+    phase: Phase = "code"
     duration_ms: float = 0.0
     timed_out: bool = False
     oom_killed: bool = False
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     error: str | None = None
+    failed: str | None = None  # a setup step's failure message (the code did not run)
     container_id: str | None = None
     files: dict[str, bytes] = field(default_factory=dict)
     usage: ResourceUsage | None = None
 
 
 class DockerIsol8:
-    """Runs code in hardened containers. Use as `async with DockerIsol8(...) as engine:`."""
+    """Runs code in hardened containers. Use as `async with DockerIsol8(...) as engine:`.
+
+    Ephemeral mode (default): a fresh container per execution. Persistent mode: one container for
+    the engine's life, started by the first call that needs it; `/sandbox` and `/tmp` carry over.
+    """
 
     def __init__(self, options: Isol8Options | None = None, **kwargs: Any) -> None:
         self.options = options or Isol8Options(**kwargs)
@@ -68,12 +93,17 @@ class DockerIsol8:
         self._slots = asyncio.Semaphore(self.options.max_concurrent)
         self._live: set[Sandbox] = set()
         self._cleanup: set[asyncio.Task[None]] = set()
+        self._session: Sandbox | None = None
+        self._session_runtime: str | None = self.options.runtime
+        self._session_lock = asyncio.Lock()
+        self._installed: set[str] = set()
 
     async def start(self) -> None:
         await asyncio.to_thread(self.docker.ping)
 
     async def stop(self) -> None:
         """Remove every container this engine created; safe to call more than once."""
+        self._session = None
         for sandbox in list(self._live):
             self._dispose(sandbox)
         if self._cleanup:
@@ -86,16 +116,33 @@ class DockerIsol8:
     async def __aexit__(self, *_: object) -> None:
         await self.stop()
 
+    @property
+    def container_id(self) -> str | None:
+        """The persistent container's id, once it exists."""
+        return self._session.container_id if self._session else None
+
     # --- public API -------------------------------------------------------------------------------
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
-        """Run to completion; output is returned exactly as produced (capped and masked, never trimmed)."""
-        text = {"stdout": [], "stderr": []}
+        """Run to completion; output is returned exactly as produced (capped and masked, never trimmed).
+
+        A failing package install or setup script raises Isol8Error with its exit code and stderr.
+        """
+        text: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        setup_stderr: list[str] = []
         outcome = Outcome(exit_code=1)
-        async for item in self._events(request):
-            if isinstance(item, Outcome):
-                outcome = item
-            elif item.type in text:
-                text[item.type].append(item.data)
+        async with contextlib.aclosing(self._events(request)) as events:
+            async for item in events:
+                if isinstance(item, Outcome):
+                    outcome = item
+                elif item.phase == "setup":
+                    if item.type == "stderr":
+                        setup_stderr.append(item.data)
+                elif item.type in text:
+                    text[item.type].append(item.data)
+        if outcome.failed:
+            raise Isol8Error(
+                f"{outcome.failed} (exit code {outcome.exit_code}): {''.join(setup_stderr).strip()}"
+            )
         stderr = "".join(text["stderr"])
         for marker in _end_markers(outcome, request, self.options):
             stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + marker
@@ -116,92 +163,229 @@ class DockerIsol8:
         )
 
     async def execute_stream(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent]:
-        """Yield stdout/stderr events as they happen, then exactly one exit event.
+        """Yield output events as they happen (phase `setup`, then `code`), then exactly one exit.
 
-        Leaving the loop early (break, cancellation) kills the run and removes its container.
+        Leaving the loop early (break, cancellation) kills the run and frees its container.
         """
-        async for item in self._events(request):
-            if not isinstance(item, Outcome):
-                yield item
-                continue
-            if item.timed_out:
-                yield StreamEvent(type="error", data="EXECUTION TIMED OUT", phase="code")
-            elif item.oom_killed:
-                yield StreamEvent(type="error", data="OUT OF MEMORY", phase="code")
-            elif item.error:
-                yield StreamEvent(type="error", data=item.error, phase="code")
-            truncated = item.stdout_truncated or item.stderr_truncated
-            yield StreamEvent(type="exit", data=str(item.exit_code), phase="code", truncated=truncated)
+        async with contextlib.aclosing(self._events(request)) as events:
+            async for item in events:
+                if isinstance(item, Outcome):
+                    for event in _closing_events(item):
+                        yield event
+                else:
+                    yield item
 
-    # --- internals --------------------------------------------------------------------------------
+    async def put_file(self, path: str, content: str | bytes) -> None:
+        """Write a file into the persistent sandbox (binary-safe; parents created)."""
+        target = _sandbox_path(path)
+        async with self._session_lock:
+            sandbox = await self._file_session()
+            await sandbox.put_file(target, content.encode() if isinstance(content, str) else content)
+
+    async def get_file(self, path: str) -> bytes:
+        """Read a file from the persistent sandbox."""
+        target = _sandbox_path(path)
+        async with self._session_lock:
+            sandbox = await self._file_session()
+            return await sandbox.get_file(target)
+
+    # --- planning ---------------------------------------------------------------------------------
     def _options_for(self, request: ExecutionRequest) -> Isol8Options:
-        overrides = {
-            name: getattr(request, name) for name in LIMIT_FIELDS if getattr(request, name) is not None
-        }
+        values = {name: getattr(request, name) for name in (*LIMIT_FIELDS, "max_output_size")}
+        overrides = {name: value for name, value in values.items() if value is not None}
         return self.options.model_copy(update=overrides) if overrides else self.options
 
-    def _job(self, request: ExecutionRequest, options: Isol8Options) -> Job:
+    def _image_for(self, runtime: str, packages: list[str]) -> tuple[str, list[str], str | None]:
+        """(image, packages still to install, the image's setup script)."""
+        if self.options.image:
+            labels = self.docker.image_labels(self.options.image) or {}
+            return self.options.image, packages, labels.get("isol8.setup") or None
+        if packages:
+            custom = find_custom(self.docker, runtime, packages)
+            if custom:
+                log.debug("using %s for %s: nothing to install", custom.tag, packages)
+                return custom.tag, [], None
+        return get_runtime(runtime).image, packages, None
+
+    def _steps(
+        self, request: ExecutionRequest, options: Isol8Options, packages: list[str], image_setup: str | None
+    ) -> list[Step]:
         spec = get_runtime(request.runtime)
+        env = {**self.options.secrets, **request.secrets, **request.env}
         files = {path: _bytes(content) for path, content in request.files.items()}
+
+        def job(argv: list[str], **extra: Any) -> Job:
+            base = {"env": env, "cwd": "/sandbox", "timeout_ms": 0, "max_output": options.max_output_size}
+            return Job(argv=argv, **{**base, **extra})
+
+        steps = []
+        if packages:
+            steps.append(
+                Step(
+                    "setup",
+                    job(install_argv(request.runtime, packages), files=files),
+                    "Package install failed",
+                )
+            )
+            files = {}
+        for script in (image_setup, request.setup_script):
+            if script:
+                setup_files = {**files, SETUP_FILE: script.encode()}
+                steps.append(
+                    Step("setup", job(["bash", SETUP_FILE], files=setup_files), "Setup script failed")
+                )
+                files = {}
         if request.cmd is not None:
             argv = ["bash", "-c", request.cmd]
         else:
             path = code_file(spec, request.file_extension)
             files[path] = (request.code or "").encode()
             argv = spec.argv(path)
-        return Job(
-            argv=argv,
-            env={**self.options.secrets, **request.secrets, **request.env},
+        code = job(
+            argv,
             cwd=resolve_workdir(request.workdir),
-            timeout_ms=request.timeout_ms or options.timeout_ms,
-            max_output=options.max_output_size,
             files=files,
             stdin=_bytes(request.stdin) if request.stdin is not None else None,
             output_paths=list(request.output_paths),
         )
+        steps.append(Step("code", code))
+        return steps
 
+    # --- running ----------------------------------------------------------------------------------
     async def _events(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent | Outcome]:
-        """Masked, decoded output events, then the Outcome (which carries the end markers)."""
+        """Masked, decoded output events of every step, then the Outcome of the last one run."""
         options = self._options_for(request)
-        job = self._job(request, options)
+        spec = get_runtime(request.runtime)
+        packages = validate_packages(request.install_packages)
+        if self.options.mode == "persistent":
+            self._check_session_runtime(spec.name)
+            self._check_session_limits(request)
+            packages = [p for p in packages if p not in self._installed]
+        image, packages, image_setup = await asyncio.to_thread(self._image_for, spec.name, packages)
+        if packages:
+            install_argv(spec.name, packages)  # refuses runtimes that cannot install, before any container
+            if options.network == "none":
+                raise Isol8Error(
+                    'Installing packages needs network access: use network "filtered" with the registry '
+                    'hosts allowed (e.g. `--net filtered`), or "host".'
+                )
+        if self.options.mode == "persistent" and self._session is not None:
+            image_setup = None  # ran when the session's container started
+        steps = self._steps(request, options, packages, image_setup)
         secrets = [*self.options.secrets.values(), *request.secrets.values()]
-        streams = {"stdout": StreamText(secrets), "stderr": StreamText(secrets)}
-        async for item in self._run(job, request.runtime, options):
-            if item.exit is None:
-                data = streams[item.stream].feed(item.data)
-                if data:
-                    yield StreamEvent(type=item.stream, data=data, phase="code")  # type: ignore[arg-type]
-                continue
-            outcome = _outcome(item, options.max_output_size)
-            for name, stream in streams.items():
-                cut = getattr(outcome, f"{name}_truncated")
-                tail = stream.finish(cut)
-                if cut:
-                    tail += truncation_marker(item.exit[f"{name}_bytes"], options.max_output_size)
-                if tail:
-                    yield StreamEvent(type=name, data=tail, phase="code")  # type: ignore[arg-type]
-            if outcome.error:
-                outcome.error = streams["stderr"].masker.mask_text(outcome.error)
-            yield outcome
+        async with self._sandbox(options, image, spec.name) as sandbox:
+            # One budget for every step, counted from when the sandbox is ready.
+            deadline = time.monotonic() + (request.timeout_ms or options.timeout_ms) / 1000
+            for step in steps:
+                step.job.timeout_ms = max(1, round((deadline - time.monotonic()) * 1000))
+                outcome = Outcome(exit_code=1)
+                async with contextlib.aclosing(self._step_events(sandbox, step, options, secrets)) as events:
+                    async for item in events:
+                        if isinstance(item, Outcome):
+                            outcome = item
+                        else:
+                            yield item
+                if step.phase == "setup" and (
+                    outcome.exit_code != 0 or outcome.timed_out or outcome.oom_killed
+                ):
+                    if not (outcome.timed_out or outcome.oom_killed):
+                        outcome.failed = step.failure
+                    yield outcome
+                    return
+                if step.failure == "Package install failed":
+                    self._installed.update(packages)
+                if step.phase == "code":
+                    yield outcome
 
-    async def _run(self, job: Job, runtime: str, options: Isol8Options) -> AsyncIterator[Output]:
-        image = options.image or get_runtime(runtime).image
+    async def _step_events(
+        self, sandbox: Sandbox, step: Step, options: Isol8Options, secrets: list[str]
+    ) -> AsyncIterator[StreamEvent | Outcome]:
+        """One job's output, masked and decoded, with the truncation markers; then its Outcome."""
+        streams = {"stdout": StreamText(secrets), "stderr": StreamText(secrets)}
+        async with contextlib.aclosing(self._run_job(sandbox, step.job)) as outputs:
+            async for item in outputs:
+                if item.exit is None:
+                    data = streams[item.stream].feed(item.data)
+                    if data:
+                        yield StreamEvent(type=item.stream, data=data, phase=step.phase)  # type: ignore[arg-type]
+                    continue
+                outcome = _outcome(item, options.max_output_size, step.phase)
+                for name, stream in streams.items():
+                    cut = getattr(outcome, f"{name}_truncated")
+                    tail = stream.finish(cut)
+                    if cut:
+                        tail += truncation_marker(item.exit[f"{name}_bytes"], options.max_output_size)
+                    if tail:
+                        yield StreamEvent(type=name, data=tail, phase=step.phase)  # type: ignore[arg-type]
+                if outcome.error:
+                    outcome.error = streams["stderr"].masker.mask_text(outcome.error)
+                yield outcome
+
+    async def _run_job(self, sandbox: Sandbox, job: Job) -> AsyncIterator[Output]:
+        started = time.monotonic()
+        try:
+            async with (
+                asyncio.timeout(job.timeout_ms / 1000 + BACKSTOP_GRACE_S),
+                contextlib.aclosing(sandbox.run(job)) as outputs,
+            ):
+                async for item in outputs:
+                    if item.exit is not None:
+                        item.exit["container_id"] = sandbox.container_id
+                    yield item
+        except (TimeoutError, SandboxError) as exc:
+            yield await self._lost(sandbox, exc, started)
+        except (GeneratorExit, asyncio.CancelledError):
+            # The consumer left mid-run: stop the job so the sandbox is free (or goes) at once.
+            await asyncio.shield(self._abort(sandbox))
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _sandbox(self, options: Isol8Options, image: str, runtime: str) -> AsyncIterator[Sandbox]:
+        if self.options.mode == "persistent":
+            async with self._session_lock:
+                if self._session is None:
+                    self._session = await self._launch(options, image, runtime)
+                    self._session_runtime = runtime
+                yield self._session
+            return
         async with self._slots:
             sandbox = await self._launch(options, image, runtime)
-            started = time.monotonic()
             try:
-                async with asyncio.timeout(job.timeout_ms / 1000 + BACKSTOP_GRACE_S):
-                    async for item in sandbox.run(job):
-                        if item.exit is not None:
-                            item.exit["container_id"] = sandbox.container_id
-                        yield item
-            except (TimeoutError, SandboxError) as exc:
-                yield await self._lost(sandbox, exc, started)
+                yield sandbox
             finally:
                 self._dispose(sandbox)
 
+    async def _file_session(self) -> Sandbox:
+        if self.options.mode != "persistent" or (self._session is None and self._session_runtime is None):
+            raise Isol8Error("No active container. Call execute() first in persistent mode.")
+        if self._session is None:
+            runtime = self._session_runtime or "python"
+            self._session = await self._launch(self.options, get_runtime(runtime).image, runtime)
+        return self._session
+
+    def _check_session_runtime(self, runtime: str) -> None:
+        current = self._session_runtime
+        if current is not None and current != runtime:
+            raise Isol8Error(
+                f'Cannot switch runtime from "{current}" to "{runtime}". Each persistent container supports '
+                "a single runtime. Create a new engine for a different runtime."
+            )
+
+    def _check_session_limits(self, request: ExecutionRequest) -> None:
+        changed = [
+            name for name in LIMIT_FIELDS if getattr(request, name) not in (None, getattr(self.options, name))
+        ]
+        if changed and self._session is not None:
+            raise Isol8Error(
+                f"{', '.join(changed)} cannot change once the persistent container runs. "
+                "Set it on the engine, or create a new engine."
+            )
+
     async def _lost(self, sandbox: Sandbox, exc: Exception, started: float) -> Output:
         """The agent went silent (wedged past the backstop) or its container died."""
+        if sandbox is self._session:
+            self._session = None  # its state is gone; the next call starts a new container
+        self._dispose(sandbox)
         state = await asyncio.to_thread(self.docker.state, sandbox.container_id)
         report: dict[str, Any] = {
             "code": 137,
@@ -217,13 +401,23 @@ class DockerIsol8:
         log.debug("sandbox %s lost: %s", sandbox.container_id[:12], report)
         return Output("exit", exit=report)
 
+    async def _abort(self, sandbox: Sandbox) -> None:
+        if sandbox is not self._session:
+            self._dispose(sandbox)
+            return
+        try:
+            async with asyncio.timeout(5):
+                await sandbox.abort()
+        except (TimeoutError, SandboxError, ConnectionError):
+            self._session = None
+            self._dispose(sandbox)
+
     async def _launch(self, options: Isol8Options, image: str, runtime: str) -> Sandbox:
         config = container_config(options, image, runtime)
         started = time.monotonic()
         sandbox = await Sandbox.launch(self.docker, config)
-        log.debug(
-            "sandbox %s ready in %.1f ms", sandbox.container_id[:12], (time.monotonic() - started) * 1000
-        )
+        elapsed_ms = (time.monotonic() - started) * 1000
+        log.debug("sandbox %s ready in %.1f ms", sandbox.container_id[:12], elapsed_ms)
         self._live.add(sandbox)
         return sandbox
 
@@ -232,16 +426,45 @@ class DockerIsol8:
         if sandbox not in self._live:
             return
         self._live.discard(sandbox)
+        if self.options.persist:
+            sandbox.detach()
+            return
         task = asyncio.get_running_loop().create_task(sandbox.destroy())
         self._cleanup.add(task)
         task.add_done_callback(self._cleanup.discard)
+
+
+def _closing_events(outcome: Outcome) -> list[StreamEvent]:
+    """An `error` event when the run ended abnormally, then the one `exit` event."""
+    message = None
+    if outcome.timed_out:
+        message = "SETUP SCRIPT TIMED OUT" if outcome.phase == "setup" else "EXECUTION TIMED OUT"
+    elif outcome.oom_killed:
+        message = "OUT OF MEMORY"
+    elif outcome.failed:
+        message = f"{outcome.failed} (exit code {outcome.exit_code})"
+    elif outcome.error:
+        message = outcome.error
+    events = [StreamEvent(type="error", data=message, phase=outcome.phase)] if message else []
+    truncated = outcome.stdout_truncated or outcome.stderr_truncated
+    events.append(
+        StreamEvent(type="exit", data=str(outcome.exit_code), phase=outcome.phase, truncated=truncated)
+    )
+    return events
 
 
 def _bytes(content: str | bytes) -> bytes:
     return content.encode() if isinstance(content, str) else content
 
 
-def _outcome(item: Output, limit: int) -> Outcome:
+def _sandbox_path(path: str) -> str:
+    try:
+        return sandbox_path(path)
+    except ValueError as exc:
+        raise Isol8Error(str(exc)) from None
+
+
+def _outcome(item: Output, limit: int, phase: Phase) -> Outcome:
     report = item.exit or {}
     usage = ResourceUsage(
         cpu_time_ms=report.get("cpu_time_ms"),
@@ -251,6 +474,7 @@ def _outcome(item: Output, limit: int) -> Outcome:
     )
     return Outcome(
         exit_code=report.get("code", 1),
+        phase=phase,
         duration_ms=report.get("duration_ms", 0.0),
         timed_out=bool(report.get("timed_out")),
         oom_killed=bool(report.get("oom_killed")) and not report.get("timed_out"),

@@ -52,7 +52,7 @@ def container_config(options: Isol8Options, image: str, runtime: str) -> dict[st
         "network_mode": "host" if options.network == "host" else "none",
         "ipc_mode": "private",
         "log_config": {"type": "none", "config": {}},
-        "auto_remove": True,
+        "auto_remove": not options.persist,
         "ulimits": [{"name": "core", "soft": 0, "hard": 0}],
     }
     return {
@@ -66,4 +66,5 @@ def container_config(options: Isol8Options, image: str, runtime: str) -> dict[st
         "network_disabled": options.network == "none",
         "labels": {MANAGED_LABEL: "true", "isol8.runtime": runtime, "isol8.mode": options.mode},
         "host_config": host_config,
+        "keep": options.persist,  # --persist: the container outlives the engine, for debugging
     }

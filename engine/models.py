@@ -73,6 +73,8 @@ class ExecutionRequest(Model):
     file_extension: str | None = None
     stdin: str | bytes | None = Field(default=None, max_length=MAX_STDIN_BYTES)
     workdir: str | None = None
+    install_packages: list[str] = Field(default_factory=list)
+    setup_script: str | None = None
     files: dict[str, str | bytes] = Field(default_factory=dict)
     output_paths: list[str] = Field(default_factory=list)
     secrets: dict[str, str] = Field(default_factory=dict)
@@ -185,6 +187,8 @@ class Isol8Options(Model):
     """Engine options (library callers, the CLI and the config file all end up here)."""
 
     mode: Literal["ephemeral", "persistent"] = "ephemeral"
+    runtime: Runtime | None = None  # persistent mode: lets put_file/get_file start the container
+    persist: bool = False  # debugging: leave containers running after the engine stops
     network: NetworkMode = "none"
     timeout_ms: int = Field(default=30_000, gt=0)
     memory_limit: str = "512m"

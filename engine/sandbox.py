@@ -8,7 +8,6 @@ stderr is kept as a short diagnostic tail for when it dies.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import struct
 from collections import deque
@@ -163,11 +162,48 @@ class Sandbox:
                     yield Output("exit", exit=event, files={p: bytes(d) for p, d in files.items()})
                     return
 
-    async def kill_job(self) -> None:
-        """Ask the agent to kill the running job; its exit report still follows."""
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            self._writer.write(P.message(P.REQUEST, {"op": "kill"}))
+    async def put_file(self, path: str, content: bytes) -> None:
+        """Write `content` to `path` in the sandbox (as the sandbox user; parents created)."""
+        self._writer.write(P.message(P.REQUEST, {"op": "put", "path": path}))
+        for chunk in P.data_frames(content):
+            self._writer.write(chunk)
             await self._writer.drain()
+        while True:
+            kind, payload = await self._next_frame()
+            if kind == P.EVENT and (event := json.loads(payload)).get("ev") == "done":
+                if event.get("error"):
+                    raise Isol8Error(f"Cannot write {path} in the sandbox: {event['error']}")
+                return
+
+    async def get_file(self, path: str) -> bytes:
+        """The content of `path` in the sandbox, read as the sandbox user."""
+        self._writer.write(P.message(P.REQUEST, {"op": "get", "path": path}))
+        await self._writer.drain()
+        chunks: list[bytes] = []
+        while True:
+            kind, payload = await self._next_frame()
+            if kind == P.EVENT and (event := json.loads(payload)).get("ev") == "file":
+                if event.get("error"):
+                    raise Isol8Error(f"Cannot read {path} from the sandbox: {event['error']}")
+            elif kind == P.DATA:
+                chunks.append(payload)
+            elif kind == P.END:
+                return b"".join(chunks)
+
+    async def abort(self) -> None:
+        """Kill the job in flight and wait for its exit report, so the sandbox can serve again."""
+        if not self.busy:
+            return
+        self._writer.write(P.message(P.REQUEST, {"op": "kill"}))
+        await self._writer.drain()
+        while self.busy:
+            kind, payload = await self._next_frame()
+            if kind == P.EVENT and json.loads(payload).get("ev") == "exit":
+                self.busy = False
+
+    def detach(self) -> None:
+        """Let go of the stream and leave the container running (`persist`, for debugging)."""
+        self._writer.close()
 
     async def destroy(self) -> None:
         self._writer.close()

@@ -149,7 +149,12 @@ class Job:
     def on_data(self, payload: bytes) -> None:
         if self.receiving_files:
             if self.current_fd is not None:
-                _write_all(self.current_fd, payload)
+                try:
+                    _write_all(self.current_fd, payload)
+                except OSError as exc:
+                    self.error = f"Cannot write {self.files[0]}: {_reason(exc)}"
+                    os.close(self.current_fd)
+                    self.current_fd = None
         elif self.stdin_open:
             self.stdin_buffer += payload
             self.agent.want_stdin_write()
@@ -162,8 +167,11 @@ class Job:
             self.files.pop(0)
             self._begin_next_file()
             if not self.receiving_files:
+                if not self.expect_stdin:
+                    self.agent.receiver = None
                 self.start()
-        elif self.stdin_open:
+        else:
+            self.agent.receiver = None
             self.stdin_open = False
             self.agent.want_stdin_write()
 
@@ -272,6 +280,41 @@ class Job:
         return os.waitstatus_to_exitcode(status)
 
 
+class Upload:
+    """A `put` request: one file written as the sandbox user, then a `done` event."""
+
+    def __init__(self, agent: Agent, path: str) -> None:
+        self.agent = agent
+        self.path = path
+        self.fd: int | None = None
+        self.error: str | None = None
+        try:
+            target = confine(path)
+            with agent.as_sandbox():
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                confine(target)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+                self.fd = os.open(target, flags, 0o644)
+        except (RefusedPath, OSError) as exc:
+            self.error = _reason(exc)
+
+    def on_data(self, payload: bytes) -> None:
+        if self.fd is None:
+            return
+        try:
+            _write_all(self.fd, payload)
+        except OSError as exc:
+            self.error = _reason(exc)
+            os.close(self.fd)
+            self.fd = None
+
+    def on_end(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+        self.agent.receiver = None
+        self.agent.event({"ev": "done", "path": self.path, "error": self.error})
+
+
 class Agent:
     def __init__(self) -> None:
         user = pwd.getpwnam("sandbox")
@@ -280,7 +323,7 @@ class Agent:
         self.selector = selectors.DefaultSelector()
         self.decoder = P.FrameDecoder()
         self.job: Job | None = None
-        self.exited: dict[int, int] = {}
+        self.receiver: Job | Upload | None = None  # where DATA/END frames go
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r = wake_r
         signal.set_wakeup_fd(wake_w)
@@ -382,21 +425,27 @@ class Agent:
             if self.job is not None:
                 self.event({"ev": "exit", "code": 1, "error": "agent is busy with another job"})
                 return
-            self.job = Job(self, req)
-            if not self.job.receiving_files:
-                self.job.start()
+            job = self.job = Job(self, req)
+            if job.receiving_files or job.expect_stdin:
+                self.receiver = job
+            if not job.receiving_files:
+                job.start()
+        elif op == "put":
+            self.receiver = Upload(self, req["path"])
+        elif op == "get":
+            self.send_file(req["path"])
         else:
             self.event({"ev": "error", "message": f"unknown op {op!r}"})
 
     def handle_frame(self, kind: int, payload: bytes) -> None:
         if kind == P.REQUEST:
             self.handle_request(json.loads(payload))
-        elif self.job is None:
-            return  # data for a job that already ended (e.g. stdin after exit): dropped
+        elif self.receiver is None:
+            return
         elif kind == P.DATA:
-            self.job.on_data(payload)
+            self.receiver.on_data(payload)
         elif kind == P.END:
-            self.job.on_end()
+            self.receiver.on_end()
 
     def finish(self, job: Job) -> None:
         """Drain output, kill leftovers, send output paths and the exit event."""

@@ -14,6 +14,8 @@ Engine -> agent
                   output_paths: [path...]}
                  followed by one DATA*/END item per file, in order, then one DATA*/END
                  item for stdin when `stdin` is true.
+           put   {path}  followed by one DATA*/END item: writes a file, answered by `done`.
+           get   {path}  answered by a `file` event and its DATA*/END.
            kill  {}   ends the running job (its processes are killed, exit 137).
            ping  {}   answered by a `pong` event.
   DATA     raw bytes of the current item (file content or stdin).
@@ -23,6 +25,7 @@ Agent -> engine
   EVENT    JSON object; `ev` is one of:
            hello {version, uid}            once, when the agent is ready for jobs
            pong  {}
+           done  {path, error}                 a `put` finished (error is null on success)
            file  {path, size} | {path, error}   before the DATA*/END of one output path
            exit  {code, timed_out, killed, duration_ms, stdout_bytes, stderr_bytes, error,
                   oom_killed, cpu_time_ms, peak_memory_bytes, network_bytes_in, network_bytes_out}

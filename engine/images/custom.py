@@ -1,0 +1,126 @@
+"""Custom images: packages (and a setup script) baked onto `isol8:<runtime>`, found again by label.
+
+A run that asks for packages an image already has (an exact match or a subset of its
+dependencies) uses that image and installs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass
+
+from engine.docker import DockerClient, Progress
+from engine.errors import Isol8Error
+from engine.packages import validate_packages
+from engine.runtimes import get_runtime
+
+CUSTOM_LABEL = "isol8.custom"
+_TAG = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$")
+_RESERVED = re.compile(r"^isol8(:(base|rootfs|python|node|bun|deno|bash))?$")
+
+
+@dataclass(frozen=True)
+class CustomImage:
+    tag: str
+    runtime: str
+    dependencies: tuple[str, ...]
+    setup_script: str | None
+
+
+def validate_tag(tag: str) -> str:
+    if not _TAG.match(tag) or ".." in tag:
+        raise Isol8Error(
+            f'Invalid image tag: "{tag}". Use lowercase letters, digits and . _ / -, then :version.'
+        )
+    if _RESERVED.match(tag):
+        raise Isol8Error(f'The tag "{tag}" is reserved for isol8\'s own images; choose another one.')
+    return tag
+
+
+def deps_hash(runtime: str, packages: list[str], setup_script: str | None) -> str:
+    recipe = json.dumps({"runtime": runtime, "packages": packages, "setup": setup_script}, sort_keys=True)
+    return hashlib.sha256(recipe.encode()).hexdigest()
+
+
+def _install_step(runtime: str, packages: list[str]) -> list[str]:
+    """Exec-form RUN argv (no shell) installing system-wide, where /sandbox code resolves it."""
+    if runtime == "python":
+        return ["python3", "-m", "pip", "install", "--break-system-packages", "--no-cache-dir",
+                "--root-user-action=ignore", "--disable-pip-version-check", *packages]  # fmt: skip
+    if runtime in ("node", "bun"):
+        # /node_modules: ESM `import` and `require` both walk up from /sandbox to it.
+        return ["npm", "install", "--prefix", "/", "--no-audit", "--no-fund", *packages]
+    if runtime == "bash":
+        return ["sh", "-c", 'apt-get update && apt-get install -y --no-install-recommends "$@" '
+                "&& rm -rf /var/lib/apt/lists/*", "install", *packages]  # fmt: skip
+    raise Isol8Error(f"Custom images for {runtime} are not supported; install its packages at run time.")
+
+
+def build_custom(
+    docker: DockerClient,
+    runtime: str,
+    packages: list[str],
+    setup_script: str | None,
+    tag: str,
+    *,
+    force: bool = False,
+    progress: Progress = lambda _: None,
+) -> bool:
+    """Build `tag`; False when an identical image already exists (and not `force`)."""
+    get_runtime(runtime)
+    validate_tag(tag)
+    packages = validate_packages(packages)
+    if not packages and not setup_script:
+        raise Isol8Error(
+            "No packages or setup script specified. Use --install <package> or --setup <command>."
+        )
+    digest = deps_hash(runtime, packages, setup_script)
+    existing = docker.image_labels(tag)
+    if existing and existing.get("isol8.deps.hash") == digest and not force:
+        return False
+    lines = [f"FROM isol8:{runtime}", "USER root"]
+    if packages:
+        lines.append(f"RUN {json.dumps(_install_step(runtime, packages))}")
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as archive:
+        dockerfile = ("\n".join(lines) + "\n").encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        archive.addfile(info, io.BytesIO(dockerfile))
+    context.seek(0)
+    labels = {
+        CUSTOM_LABEL: "true",
+        "isol8.runtime": runtime,
+        "isol8.dependencies": ",".join(packages),
+        "isol8.deps.hash": digest,
+        "isol8.setup": setup_script or "",
+    }
+    docker.build(context, tag, progress, labels=labels)
+    return True
+
+
+def list_custom(docker: DockerClient) -> list[CustomImage]:
+    images = []
+    for image in docker.images(f"{CUSTOM_LABEL}=true"):
+        labels = image.get("Labels") or {}
+        for tag in image.get("RepoTags") or []:
+            deps = tuple(d for d in labels.get("isol8.dependencies", "").split(",") if d)
+            images.append(
+                CustomImage(tag, labels.get("isol8.runtime", ""), deps, labels.get("isol8.setup") or None)
+            )
+    return sorted(images, key=lambda image: image.tag)
+
+
+def find_custom(docker: DockerClient, runtime: str, packages: list[str]) -> CustomImage | None:
+    """The best image with all of `packages`: an exact match, else the one with the fewest extras."""
+    wanted = set(packages)
+    matches = [
+        image
+        for image in list_custom(docker)
+        if image.runtime == runtime and wanted <= set(image.dependencies) and not image.setup_script
+    ]
+    return min(matches, key=lambda image: (len(image.dependencies), image.tag), default=None)
