@@ -212,8 +212,7 @@ def _load_file(path: Path) -> LoadedConfig:
         ) from exc
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{prefix}: the top level is a JSON {_json_type(data)}, not an object. "
-            "Put the settings inside { ... }.",
+            f"{prefix}: the top level is a JSON {_json_type(data)}, not an object. Put the settings inside {{ ... }}.",
             path,
         )
     try:
@@ -286,9 +285,7 @@ def _describe(exc: ValidationError) -> str:
     if unknown and invalid:
         advice = "Remove the unknown keys and fix the values; see `isol8 config --json` for the known keys."
     elif unknown:
-        advice = (
-            f"Remove {'them' if len(unknown) > 1 else 'it'}; see `isol8 config --json` for the known keys."
-        )
+        advice = f"Remove {'them' if len(unknown) > 1 else 'it'}; see `isol8 config --json` for the known keys."
     elif len(invalid) > 1:
         advice = "Fix the values or remove the keys."
     else:

@@ -52,9 +52,7 @@ class DockerClient:
         try:
             return self.api.create_container_from_config(body)["Id"]
         except docker_errors.ImageNotFound:
-            raise Isol8Error(
-                f"Image {config['image']} not found. Run `isol8 setup` to build the images."
-            ) from None
+            raise Isol8Error(f"Image {config['image']} not found. Run `isol8 setup` to build the images.") from None
         except docker_errors.APIError as exc:
             raise Isol8Error(f"Cannot create the sandbox container: {_short(exc)}") from None
 

@@ -97,6 +97,7 @@ class DockerIsol8:
         self._session_runtime: str | None = self.options.runtime
         self._session_lock = asyncio.Lock()
         self._installed: set[str] = set()
+        self.persisted: list[str] = []  # containers left running because of `persist`
 
     async def start(self) -> None:
         await asyncio.to_thread(self.docker.ping)
@@ -140,9 +141,7 @@ class DockerIsol8:
                 elif item.type in text:
                     text[item.type].append(item.data)
         if outcome.failed:
-            raise Isol8Error(
-                f"{outcome.failed} (exit code {outcome.exit_code}): {''.join(setup_stderr).strip()}"
-            )
+            raise Isol8Error(f"{outcome.failed} (exit code {outcome.exit_code}): {''.join(setup_stderr).strip()}")
         stderr = "".join(text["stderr"])
         for marker in _end_markers(outcome, request, self.options):
             stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + marker
@@ -231,9 +230,7 @@ class DockerIsol8:
         for script in (image_setup, request.setup_script):
             if script:
                 setup_files = {**files, SETUP_FILE: script.encode()}
-                steps.append(
-                    Step("setup", job(["bash", SETUP_FILE], files=setup_files), "Setup script failed")
-                )
+                steps.append(Step("setup", job(["bash", SETUP_FILE], files=setup_files), "Setup script failed"))
                 files = {}
         if request.cmd is not None:
             argv = ["bash", "-c", request.cmd]
@@ -285,9 +282,7 @@ class DockerIsol8:
                             outcome = item
                         else:
                             yield item
-                if step.phase == "setup" and (
-                    outcome.exit_code != 0 or outcome.timed_out or outcome.oom_killed
-                ):
+                if step.phase == "setup" and (outcome.exit_code != 0 or outcome.timed_out or outcome.oom_killed):
                     if not (outcome.timed_out or outcome.oom_killed):
                         outcome.failed = step.failure
                     yield outcome
@@ -372,9 +367,7 @@ class DockerIsol8:
             )
 
     def _check_session_limits(self, request: ExecutionRequest) -> None:
-        changed = [
-            name for name in LIMIT_FIELDS if getattr(request, name) not in (None, getattr(self.options, name))
-        ]
+        changed = [name for name in LIMIT_FIELDS if getattr(request, name) not in (None, getattr(self.options, name))]
         if changed and self._session is not None:
             raise Isol8Error(
                 f"{', '.join(changed)} cannot change once the persistent container runs. "
@@ -428,6 +421,7 @@ class DockerIsol8:
         self._live.discard(sandbox)
         if self.options.persist:
             sandbox.detach()
+            self.persisted.append(sandbox.container_id)
             return
         task = asyncio.get_running_loop().create_task(sandbox.destroy())
         self._cleanup.add(task)
@@ -447,9 +441,7 @@ def _closing_events(outcome: Outcome) -> list[StreamEvent]:
         message = outcome.error
     events = [StreamEvent(type="error", data=message, phase=outcome.phase)] if message else []
     truncated = outcome.stdout_truncated or outcome.stderr_truncated
-    events.append(
-        StreamEvent(type="exit", data=str(outcome.exit_code), phase=outcome.phase, truncated=truncated)
-    )
+    events.append(StreamEvent(type="exit", data=str(outcome.exit_code), phase=outcome.phase, truncated=truncated))
     return events
 
 

@@ -10,7 +10,7 @@ import base64
 import posixpath
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -51,6 +51,7 @@ FileBytes = Annotated[
 """Bytes in Python, base64 in JSON (binary-safe on the wire)."""
 
 Runtime = Literal["python", "node", "bun", "deno", "bash"]
+RUNTIME_NAMES: tuple[str, ...] = get_args(Runtime)
 NetworkMode = Literal["none", "host", "filtered"]
 SeccompMode = Literal["strict", "unconfined", "custom"]
 
@@ -85,6 +86,13 @@ class ExecutionRequest(Model):
     sandbox_size: str | None = None
     tmp_size: str | None = None
     max_output_size: int | None = Field(default=None, gt=0)
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, runtime: str) -> str:
+        if runtime not in RUNTIME_NAMES:
+            raise ValueError(f'Unknown runtime: "{runtime}". Available: {", ".join(RUNTIME_NAMES)}')
+        return runtime
 
     @field_validator("files")
     @classmethod

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from engine.errors import Isol8Error
+from engine.models import RUNTIME_NAMES
 
 CODE_DIR = "/sandbox"
 
@@ -60,7 +61,7 @@ def get_runtime(name: str) -> RuntimeSpec:
     try:
         return RUNTIMES[name]
     except KeyError:
-        raise Isol8Error(f'Unknown runtime: "{name}". Available: {", ".join(RUNTIMES)}') from None
+        raise Isol8Error(f'Unknown runtime: "{name}". Available: {", ".join(RUNTIME_NAMES)}') from None
 
 
 def detect_runtime(filename: str) -> RuntimeSpec:

@@ -17,10 +17,11 @@ def main(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from isol8_tui.commands import cleanup, config, run, setup
+    from isol8_tui.commands import build, cleanup, config, run, setup
 
-    for module in (setup, run, config, cleanup):
+    for module in (setup, build, run, config, cleanup):
         main.add_command(module.command)
+    main.add_command(build.list_command)
 
 
 _register()

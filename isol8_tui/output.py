@@ -20,6 +20,10 @@ def warn(message: str) -> None:
     click.echo(f"[WARN] {message}", err=True)
 
 
+def info(message: str) -> None:
+    click.echo(f"[INFO] {message}", err=True)
+
+
 def ok(message: str) -> None:
     click.echo(f"[OK] {message}")
 

@@ -50,9 +50,7 @@ def test_reads_code_from_stdin() -> None:
 
 
 def test_no_stream_mode_and_stdin_data() -> None:
-    result = run_cli(
-        "run", "--no-stream", "--stdin", "abc", "-e", "import sys; print(sys.stdin.read()[::-1])"
-    )
+    result = run_cli("run", "--no-stream", "--stdin", "abc", "-e", "import sys; print(sys.stdin.read()[::-1])")
     assert (result.stdout, result.returncode) == ("cba\n", 0), result.stderr
 
 
@@ -128,9 +126,7 @@ def test_config_file_defaults_apply_and_flags_win(tmp_path: Path) -> None:
         " /sys/fs/cgroup/pids/pids.max; df -k /sandbox /tmp | tail -2 | awk '{print $2}'"
     )
     result = run_cli("run", "--cmd", probe, cwd=tmp_path)
-    assert result.stdout.split() == [str(256 << 20), "50000", "32", str(64 * 1024), str(32 * 1024)], (
-        result.stderr
-    )
+    assert result.stdout.split() == [str(256 << 20), "50000", "32", str(64 * 1024), str(32 * 1024)], result.stderr
     slow = run_cli("run", "-e", "import time; time.sleep(5)", cwd=tmp_path)
     assert slow.returncode == 137  # the file's 800 ms timeout applied
     big = run_cli("run", "-e", "print('x' * 10000)", cwd=tmp_path)
@@ -152,9 +148,7 @@ def test_invalid_config_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "isol8.config.json").write_text('{"defaults": {"timeoutMs": -1}}')
     result = run_cli("run", "-e", "print(1)", cwd=tmp_path)
     assert result.returncode == 1
-    assert result.stderr.startswith(
-        f"[ERR] Invalid config {tmp_path / 'isol8.config.json'}: defaults.timeoutMs"
-    )
+    assert result.stderr.startswith(f"[ERR] Invalid config {tmp_path / 'isol8.config.json'}: defaults.timeoutMs")
 
 
 def test_config_command_shows_source(tmp_path: Path) -> None:
@@ -210,10 +204,7 @@ def test_file_and_files_copy_host_files_in(tmp_path: Path) -> None:
     (tree / "node_modules").mkdir()
     (tree / "node_modules" / "skip.js").write_text("")
     (tmp_path / "data.bin").write_bytes(b"\x00\x01\x02")
-    code = (
-        "import os, pkg.mod as m\n"
-        "print(m.VALUE + 1, os.path.getsize('/tmp/d.bin'), os.path.exists('node_modules'))"
-    )
+    code = "import os, pkg.mod as m\nprint(m.VALUE + 1, os.path.getsize('/tmp/d.bin'), os.path.exists('node_modules'))"
     result = run_cli("run", "--files", str(tree), "--file", f"{tmp_path / 'data.bin'}:/tmp/d.bin", "-e", code)
     assert result.stdout == "42 3 False\n", result.stderr
 
@@ -228,6 +219,4 @@ def test_file_flag_errors(tmp_path: Path) -> None:
     (tmp_path / "a").write_text("x")
     outside = run_cli("run", "--file", f"{tmp_path / 'a'}:/etc/a", "-e", "1")
     assert outside.returncode == 1
-    assert outside.stderr.startswith(
-        '[ERR] File path must be a file inside /sandbox or /tmp, without "..": "/etc/a"'
-    )
+    assert outside.stderr.startswith('[ERR] File path must be a file inside /sandbox or /tmp, without "..": "/etc/a"')

@@ -166,8 +166,7 @@ def test_unknown_nested_key(project: Path) -> None:
     path = project / "isol8.config.json"
     message = load_error(project, {"defaults": {"foo": 1}})
     assert message == (
-        f'Invalid config {path}: unknown key "defaults.foo". '
-        "Remove it; see `isol8 config --json` for the known keys."
+        f'Invalid config {path}: unknown key "defaults.foo". Remove it; see `isol8 config --json` for the known keys.'
     )
 
 
@@ -175,8 +174,7 @@ def test_unknown_top_level_key(project: Path) -> None:
     path = project / "isol8.config.json"
     message = load_error(project, {"dependencies": {"python": ["numpy"]}})
     assert message == (
-        f'Invalid config {path}: unknown key "dependencies". '
-        "Remove it; see `isol8 config --json` for the known keys."
+        f'Invalid config {path}: unknown key "dependencies". Remove it; see `isol8 config --json` for the known keys.'
     )
 
 
@@ -189,8 +187,7 @@ def test_value_out_of_range(project: Path) -> None:
     path = project / "isol8.config.json"
     message = load_error(project, {"defaults": {"timeoutMs": 0}})
     assert message == (
-        f"Invalid config {path}: defaults.timeoutMs: Input should be greater than 0. "
-        "Fix the value or remove the key."
+        f"Invalid config {path}: defaults.timeoutMs: Input should be greater than 0. Fix the value or remove the key."
     )
 
 

@@ -21,10 +21,7 @@ async def test_code_does_not_run_as_root(engine: DockerIsol8) -> None:
 
 @pytest.mark.parametrize("path", ["/etc/passwd", "/etc/new-file", "/usr/bin/python3", "/opt/isol8/agent.py"])
 async def test_root_filesystem_is_read_only(engine: DockerIsol8, path: str) -> None:
-    code = (
-        f"try:\n    open({path!r}, 'a').write('x')\n    print('wrote')\n"
-        "except OSError as e:\n    print(e.errno)"
-    )
+    code = f"try:\n    open({path!r}, 'a').write('x')\n    print('wrote')\nexcept OSError as e:\n    print(e.errno)"
     stdout, _, _ = await run(engine, code)
     assert stdout in ("30\n", "13\n"), stdout  # EROFS, or EACCES before the kernel gets that far
 
@@ -40,9 +37,7 @@ async def test_sandbox_is_writable_and_executable_tmp_is_not_executable(engine: 
 
 
 async def test_no_capabilities_and_no_new_privileges(engine: DockerIsol8) -> None:
-    stdout, _, _ = await run(
-        engine, "grep -E '^(CapEff|CapPrm|NoNewPrivs|Seccomp):' /proc/self/status", runtime="bash"
-    )
+    stdout, _, _ = await run(engine, "grep -E '^(CapEff|CapPrm|NoNewPrivs|Seccomp):' /proc/self/status", runtime="bash")
     fields = dict(line.split(":\t") for line in stdout.splitlines())
     assert fields["CapEff"] == fields["CapPrm"] == "0000000000000000"
     assert fields["NoNewPrivs"] == "1" and fields["Seccomp"] == "2"

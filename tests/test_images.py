@@ -15,9 +15,7 @@ def test_runtime_hash_follows_the_agent(monkeypatch: pytest.MonkeyPatch) -> None
     assert before != builder.runtime_hash("base", "node")
     assert before != builder.runtime_hash("other-base", "python")
     sources = builder._agent_sources()
-    monkeypatch.setattr(
-        builder, "_agent_sources", lambda: {**sources, "agent.py": sources["agent.py"] + b"#"}
-    )
+    monkeypatch.setattr(builder, "_agent_sources", lambda: {**sources, "agent.py": sources["agent.py"] + b"#"})
     assert builder.runtime_hash("base", "python") != before
 
 
@@ -31,9 +29,7 @@ def test_setup_again_is_up_to_date(docker_client: DockerClient) -> None:
     result = run_cli("setup", timeout=600)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("[OK] isol8:")]
-    assert lines == [
-        f"[OK] isol8:{name}: Up to date" for name in ("base", "python", "node", "bun", "deno", "bash")
-    ]
+    assert lines == [f"[OK] isol8:{name}: Up to date" for name in ("base", "python", "node", "bun", "deno", "bash")]
     assert result.stdout.rstrip().endswith("[DONE] Setup complete!")
 
 

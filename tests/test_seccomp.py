@@ -97,9 +97,7 @@ def test_strict_opt_is_the_packaged_profile_compacted() -> None:
     assert "\n" not in text and "\t" not in text and ", " not in text
 
 
-def test_strict_profile_is_read_once(
-    fresh_strict_cache: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_strict_profile_is_read_once(fresh_strict_cache: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = seccomp_security_opt("strict", None)
     monkeypatch.setattr(seccomp, "_STRICT_RESOURCE", tmp_path / "gone.json")
     assert seccomp_security_opt("strict", None) == first
@@ -124,9 +122,7 @@ def test_custom_profile_is_validated_and_compacted(tmp_path: Path) -> None:
     }
     path = tmp_path / "custom.json"
     path.write_text(json.dumps(profile, indent=4), encoding="utf-8")
-    assert seccomp_security_opt("custom", str(path)) == "seccomp=" + json.dumps(
-        profile, separators=(",", ":")
-    )
+    assert seccomp_security_opt("custom", str(path)) == "seccomp=" + json.dumps(profile, separators=(",", ":"))
 
 
 @pytest.mark.parametrize("path", [None, ""])
@@ -201,9 +197,7 @@ def test_strict_unreadable(fresh_strict_cache: None, tmp_path: Path, monkeypatch
     assert str(info.value) == "Failed to load default seccomp profile: No such file or directory"
 
 
-def test_strict_wrong_shape(
-    fresh_strict_cache: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_strict_wrong_shape(fresh_strict_cache: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "strict.json"
     path.write_text('{"syscalls": []}', encoding="utf-8")
     monkeypatch.setattr(seccomp, "_STRICT_RESOURCE", path)
@@ -250,9 +244,7 @@ def test_clone_never_creates_namespaces() -> None:
     assert clone_rules
     for rule in clone_rules:
         assert rule_names(rule) == {"clone"}
-        assert [(arg["value"], arg["op"]) for arg in rule["args"]] == [
-            (CLONE_NAMESPACE_MASK, "SCMP_CMP_MASKED_EQ")
-        ]
+        assert [(arg["value"], arg["op"]) for arg in rule["args"]] == [(CLONE_NAMESPACE_MASK, "SCMP_CMP_MASKED_EQ")]
     clone3 = [rule for rule in rules if "clone3" in rule_names(rule)]
     assert clone3 == [{"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS}]
 
@@ -416,9 +408,7 @@ def probe_image(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) ->
     try:
         yield ProbeImage(IMAGE, probe_error)
     finally:
-        for container in docker_client.containers.list(
-            all=True, filters={"label": "isol8.test=test_seccomp"}
-        ):
+        for container in docker_client.containers.list(all=True, filters={"label": "isol8.test=test_seccomp"}):
             container.remove(force=True)
         docker_client.images.remove(IMAGE, force=True)
 

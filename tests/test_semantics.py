@@ -47,9 +47,7 @@ async def test_caps_apply_to_each_stream_separately(engine: DockerIsol8) -> None
     code = "import sys; sys.stdout.write('o' * 50); sys.stderr.write('e' * 500)"
     result = await engine.execute(ExecutionRequest(code=code, max_output_size=100))
     assert result.stdout == "o" * 50 and not result.stdout_truncated
-    assert (
-        result.stderr.startswith("e" * 100 + "\n--- OUTPUT TRUNCATED (500 bytes") and result.stderr_truncated
-    )
+    assert result.stderr.startswith("e" * 100 + "\n--- OUTPUT TRUNCATED (500 bytes") and result.stderr_truncated
 
 
 async def test_endless_output_is_drained_not_blocking(engine: DockerIsol8) -> None:
@@ -81,9 +79,7 @@ async def test_secret_split_across_writes_never_appears(engine: DockerIsol8, run
 
 async def test_secret_cut_by_the_output_cap_is_masked(engine: DockerIsol8) -> None:
     code = "import os; print('ab' + os.environ['TOKEN'])"
-    result = await engine.execute(
-        ExecutionRequest(code=code, secrets={"TOKEN": "topsecretvalue"}, max_output_size=6)
-    )
+    result = await engine.execute(ExecutionRequest(code=code, secrets={"TOKEN": "topsecretvalue"}, max_output_size=6))
     assert "tops" not in result.stdout and result.stdout.startswith("ab***")
 
 
@@ -110,9 +106,7 @@ async def test_binary_file_round_trips_byte_identical(engine: DockerIsol8) -> No
     }
 
 
-@pytest.mark.parametrize(
-    "path", ["/etc/passwd", "/sandbox/../etc/x", "relative.txt", "/sandbox", "/sandboxes/x"]
-)
+@pytest.mark.parametrize("path", ["/etc/passwd", "/sandbox/../etc/x", "relative.txt", "/sandbox", "/sandboxes/x"])
 def test_file_paths_outside_the_sandbox_are_refused(path: str) -> None:
     with pytest.raises(ValidationError, match="File path must be a file inside /sandbox or /tmp"):
         ExecutionRequest(code="1", files={path: "x"})
@@ -122,9 +116,7 @@ def test_file_paths_outside_the_sandbox_are_refused(path: str) -> None:
 
 async def test_symlink_out_of_the_sandbox_is_refused_on_the_way_out(engine: DockerIsol8) -> None:
     with pytest.raises(Isol8Error, match=r"Cannot read /sandbox/link from the sandbox: .*escapes"):
-        await engine.execute(
-            ExecutionRequest(cmd="ln -s /etc/passwd /sandbox/link", output_paths=["/sandbox/link"])
-        )
+        await engine.execute(ExecutionRequest(cmd="ln -s /etc/passwd /sandbox/link", output_paths=["/sandbox/link"]))
 
 
 async def test_large_stdin_is_delivered_exactly(engine: DockerIsol8) -> None:
@@ -154,9 +146,7 @@ async def test_timeout_has_millisecond_precision(engine: DockerIsol8) -> None:
     ],
 )
 async def test_out_of_memory_is_reported_as_such(engine: DockerIsol8, runtime: str, code: str) -> None:
-    result = await engine.execute(
-        ExecutionRequest(code=code, runtime=runtime, memory_limit="128m", timeout_ms=20_000)
-    )
+    result = await engine.execute(ExecutionRequest(code=code, runtime=runtime, memory_limit="128m", timeout_ms=20_000))
     assert result.oom_killed and result.exit_code == 137 and not result.timed_out, result.stderr
     assert result.stderr.endswith("--- OUT OF MEMORY (limit: 128m) ---")
     after = await engine.execute(ExecutionRequest(code="print('still fine')"))
@@ -189,10 +179,7 @@ async def test_resource_usage_on_every_result(engine: DockerIsol8) -> None:
 
 async def test_binary_garbage_does_not_break_the_stream(engine: DockerIsol8) -> None:
     events = [
-        e
-        async for e in engine.execute_stream(
-            ExecutionRequest(cmd="head -c 200000 /dev/urandom; echo done >&2")
-        )
+        e async for e in engine.execute_stream(ExecutionRequest(cmd="head -c 200000 /dev/urandom; echo done >&2"))
     ]
     assert events[-1].type == "exit" and events[-1].data == "0"
     assert "".join(e.data for e in events if e.type == "stderr") == "done\n"

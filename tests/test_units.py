@@ -103,9 +103,7 @@ def test_parse_size_rejects(text: str) -> None:
 
 def test_frame_decoder_survives_any_chunking() -> None:
     rng = random.Random(7)
-    frames = [
-        (rng.choice([P.EVENT, P.STDOUT, P.STDERR]), rng.randbytes(rng.randint(0, 5000))) for _ in range(200)
-    ]
+    frames = [(rng.choice([P.EVENT, P.STDOUT, P.STDERR]), rng.randbytes(rng.randint(0, 5000))) for _ in range(200)]
     stream = b"".join(P.frame(kind, payload) for kind, payload in frames)
     decoder = P.FrameDecoder()
     decoded = []

@@ -24,13 +24,13 @@ from engine.docker import DockerClient, Progress
 from engine.errors import Isol8Error
 from engine.hardening import SANDBOX_GID, SANDBOX_UID
 from engine.images import tools
-from engine.runtimes import RUNTIMES
+from engine.runtimes import RUNTIMES, get_runtime
 
 REPOSITORY = "isol8"
 BASE_TAG = "base"
 ROOTFS_TAG = "rootfs"
 HASH_LABEL = "isol8.build.hash"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 SUITE = "trixie"
 MIRROR = os.environ.get("ISOL8_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = (
@@ -266,6 +266,7 @@ def ensure_images(
         want_base = (base_labels or {}).get(HASH_LABEL, want_base)
         results.append(ImageStatus(base_ref, False))
     for runtime in runtimes or list(RUNTIMES):
+        get_runtime(runtime)
         ref = f"{REPOSITORY}:{runtime}"
         want = runtime_hash(want_base, runtime)
         labels = docker.image_labels(ref)

@@ -33,9 +33,7 @@ class CustomImage:
 
 def validate_tag(tag: str) -> str:
     if not _TAG.match(tag) or ".." in tag:
-        raise Isol8Error(
-            f'Invalid image tag: "{tag}". Use lowercase letters, digits and . _ / -, then :version.'
-        )
+        raise Isol8Error(f'Invalid image tag: "{tag}". Use lowercase letters, digits and . _ / -, then :version.')
     if _RESERVED.match(tag):
         raise Isol8Error(f'The tag "{tag}" is reserved for isol8\'s own images; choose another one.')
     return tag
@@ -75,9 +73,7 @@ def build_custom(
     validate_tag(tag)
     packages = validate_packages(packages)
     if not packages and not setup_script:
-        raise Isol8Error(
-            "No packages or setup script specified. Use --install <package> or --setup <command>."
-        )
+        raise Isol8Error("No packages or setup script specified. Use --install <package> or --setup <command>.")
     digest = deps_hash(runtime, packages, setup_script)
     existing = docker.image_labels(tag)
     if existing and existing.get("isol8.deps.hash") == digest and not force:
@@ -109,9 +105,7 @@ def list_custom(docker: DockerClient) -> list[CustomImage]:
         labels = image.get("Labels") or {}
         for tag in image.get("RepoTags") or []:
             deps = tuple(d for d in labels.get("isol8.dependencies", "").split(",") if d)
-            images.append(
-                CustomImage(tag, labels.get("isol8.runtime", ""), deps, labels.get("isol8.setup") or None)
-            )
+            images.append(CustomImage(tag, labels.get("isol8.runtime", ""), deps, labels.get("isol8.setup") or None))
     return sorted(images, key=lambda image: image.tag)
 
 

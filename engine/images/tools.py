@@ -97,7 +97,7 @@ def add_to_context(context: tarfile.TarFile, tools: list[Tool], ca_bundle: Path 
                 source = package.extractfile(member)
                 info = tarfile.TarInfo(target)
                 info.size = member.size
-                info.mode = 0o755 if target.startswith("tools/bin/") or "/bin/" in name else 0o644
+                info.mode = 0o755 if target.startswith("tools/bin/") else (member.mode | 0o644) & 0o755
                 context.addfile(info, source)
     for link, points_to in (
         ("tools/bin/bunx", "bun"),

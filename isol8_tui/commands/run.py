@@ -1,4 +1,4 @@
-"""`isol8 run`: run a file, inline code, a command or stdin in a sandbox; exit with its exit code."""
+"""`isol8 run`: run files, inline code, commands or stdin in a sandbox; exit with the exit code."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import click
 
@@ -18,7 +18,9 @@ from engine.images import image_ready
 from engine.models import ExecutionRequest, ExecutionResult, Isol8Options
 from engine.runtimes import detect_runtime, get_runtime
 from isol8_tui.commands.setup import build_images, ca_bundle_option
-from isol8_tui.output import err, setup_logging, user_errors, warn
+from isol8_tui.output import err, info, setup_logging, user_errors, warn
+
+SKIPPED_DIRS = {".git", "node_modules", "__pycache__", ".venv", "venv", ".tox"}
 
 
 def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
@@ -29,9 +31,6 @@ def _pairs(values: tuple[str, ...], flag: str) -> dict[str, str]:
             raise Isol8Error(f"{flag} expects NAME=VALUE, got {value!r}.")
         pairs[name] = rest
     return pairs
-
-
-SKIPPED_DIRS = {".git", "node_modules", "__pycache__", ".venv", "venv", ".tox"}
 
 
 def _input_files(file_specs: tuple[str, ...], tree: str | None) -> dict[str, bytes]:
@@ -55,40 +54,49 @@ def _input_files(file_specs: tuple[str, ...], tree: str | None) -> dict[str, byt
     return files
 
 
-def _request(
-    file: str | None, code: str | None, cmd: str | None, runtime: str | None, **fields: object
-) -> ExecutionRequest:
-    """Pick the input (--cmd, -e, FILE, then stdin) and the runtime it implies."""
-    if cmd is not None and (file or code is not None):
+def _setup_script(values: tuple[str, ...]) -> str | None:
+    """`--setup` values joined by newlines; a value naming an existing file is that file's text."""
+    parts = [Path(v).read_text() if Path(v).is_file() else v for v in values]
+    return "\n".join(parts) or None
+
+
+def _requests(
+    paths: tuple[str, ...], code: str | None, cmds: tuple[str, ...], runtime: str | None, **fields: Any
+) -> list[ExecutionRequest]:
+    """What to run, in order: the --cmd values, -e, the FILEs, or else stdin."""
+    if cmds and (paths or code is not None):
         raise Isol8Error("--cmd cannot be combined with file input or --eval.")
-    if cmd is not None:
-        return ExecutionRequest(cmd=cmd, runtime=runtime or "bash", **fields)
-    extension = None
-    if code is None and file:
+    if code is not None and paths:
+        raise Isol8Error("--eval cannot be combined with file input.")
+    if cmds:
+        return [ExecutionRequest(cmd=cmd, runtime=runtime or "bash", **fields) for cmd in cmds]
+    if code is not None:
+        return [ExecutionRequest(code=code, runtime=runtime or "python", **fields)]
+    if not paths:
+        if sys.stdin.isatty():
+            click.echo("Reading code from stdin (end with Ctrl-D)...", err=True)
+        return [ExecutionRequest(code=sys.stdin.read(), runtime=runtime or "python", **fields)]
+    requests = []
+    for file in paths:
         path = Path(file)
         if not path.is_file():
             raise Isol8Error(f"File not found: {file}")
-        code = path.read_text(encoding="utf-8", errors="replace")
-        extension = path.suffix or None
-        runtime = runtime or detect_runtime(file).name
-    elif code is None:
-        if sys.stdin.isatty():
-            click.echo("Reading code from stdin (end with Ctrl-D)...", err=True)
-        code = sys.stdin.read()
-    runtime = runtime or "python"
-    spec = get_runtime(runtime)
-    if extension and extension not in spec.extensions:
-        extension = None  # e.g. `-r deno script.ts`: run it as the runtime's own kind of file
-    return ExecutionRequest(code=code, runtime=runtime, file_extension=extension, **fields)
+        spec = get_runtime(runtime) if runtime else detect_runtime(file)
+        extension = path.suffix if path.suffix in spec.extensions else None  # `-r deno x.ts`: deno's own kind
+        text = path.read_text(encoding="utf-8", errors="replace")
+        requests.append(ExecutionRequest(code=text, runtime=spec.name, file_extension=extension, **fields))
+    return requests
 
 
 async def _stream(engine: DockerIsol8, request: ExecutionRequest, out: TextIO) -> int:
     exit_code = 1
     async for event in engine.execute_stream(request):
-        if event.type == "stdout":
+        if event.type == "stdout" and event.phase == "code":
             out.write(event.data)
             out.flush()
-        elif event.type == "stderr":
+        elif (
+            event.type == "stdout" or event.type == "stderr"
+        ):  # install and setup output: kept off the program's stdout
             sys.stderr.write(event.data)
             sys.stderr.flush()
         elif event.type == "error":
@@ -109,18 +117,30 @@ def _print_result(result: ExecutionResult, out: TextIO) -> int:
     return result.exit_code
 
 
-async def _run(options: Isol8Options, request: ExecutionRequest, stream: bool, out_path: str | None) -> int:
+async def _run(options: Isol8Options, requests: list[ExecutionRequest], stream: bool, out_path: str | None) -> int:
+    """Run the requests in order in one engine; stop at the first that exits non-zero."""
+    exit_code = 0
     with open(out_path, "w", encoding="utf-8") if out_path else contextlib.nullcontext(sys.stdout) as out:
         async with DockerIsol8(options) as engine:
-            if stream:
-                return await _stream(engine, request, out)
-            return _print_result(await engine.execute(request), out)
+            for request in requests:
+                if stream:
+                    exit_code = await _stream(engine, request, out)
+                else:
+                    exit_code = _print_result(await engine.execute(request), out)
+                if exit_code:
+                    break
+            for container_id in engine.persisted:
+                info(
+                    f"Container {container_id[:12]} left running (--persist). Inspect it with "
+                    f"`docker exec -it {container_id[:12]} bash`; remove it with `isol8 cleanup`."
+                )
+    return exit_code
 
 
 @click.command("run")
-@click.argument("file", required=False)
+@click.argument("files", nargs=-1)
 @click.option("-e", "--eval", "code", metavar="CODE", help="Inline code to run.")
-@click.option("--cmd", metavar="CMD", help="A shell command, run with `bash -c` in the runtime's image.")
+@click.option("--cmd", "cmds", multiple=True, metavar="CMD", help="A shell command (bash -c); repeatable.")
 @click.option("-r", "--runtime", metavar="NAME", help="python, node, bun, deno or bash (default: detected).")
 @click.option("--timeout", "timeout_ms", type=int, metavar="MS", help="Time limit in milliseconds.")
 @click.option("--memory", "memory_limit", metavar="SIZE", help="Memory limit, e.g. 512m or 1g.")
@@ -131,27 +151,27 @@ async def _run(options: Isol8Options, request: ExecutionRequest, stream: bool, o
 @click.option("--max-output", "max_output_size", type=int, metavar="BYTES", help="Cap per output stream.")
 @click.option("--net", "network", type=click.Choice(["none", "host"]), help="Network mode (default: none).")
 @click.option("--image", metavar="IMAGE", help="Run in this image instead of isol8:<runtime>.")
+@click.option("--install", "packages", multiple=True, metavar="PKG", help="Install a package first; repeatable.")
+@click.option("--setup", "setup", multiple=True, metavar="CMD|FILE", help="Setup script run before the code.")
 @click.option("--stdin", "stdin_data", metavar="DATA", help="Data for the program's standard input.")
 @click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE", help="Environment variable.")
-@click.option(
-    "--secret",
-    "secret_pairs",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Secret env var, masked as *** in output.",
-)
+@click.option("--secret", "secret_pairs", multiple=True, metavar="NAME=VALUE", help="Secret env var, masked in output.")
 @click.option("--file", "file_specs", multiple=True, metavar="HOST:SANDBOX", help="Copy a host file in.")
 @click.option("--files", "files_dir", metavar="DIR", help="Copy a host directory tree into /sandbox.")
 @click.option("--out", "out_path", metavar="FILE", help="Write the program's stdout to FILE.")
 @click.option("--workdir", metavar="PATH", help="Working directory inside /sandbox.")
+@click.option("--persistent", is_flag=True, help="Run every input of this command in one container.")
+@click.option("--persist", is_flag=True, help="Leave the container running after exit (debugging).")
 @click.option("--no-stream", is_flag=True, help="Print the output when the run ends instead of live.")
 @click.option("--debug", is_flag=True, help="Log what the engine does to stderr.")
 def command(
-    file: str | None,
+    files: tuple[str, ...],
     code: str | None,
-    cmd: str | None,
+    cmds: tuple[str, ...],
     runtime: str | None,
     timeout_ms: int | None,
+    packages: tuple[str, ...],
+    setup: tuple[str, ...],
     stdin_data: str | None,
     env_pairs: tuple[str, ...],
     secret_pairs: tuple[str, ...],
@@ -159,38 +179,54 @@ def command(
     files_dir: str | None,
     out_path: str | None,
     workdir: str | None,
+    persistent: bool,
+    persist: bool,
     no_stream: bool,
     debug: bool,
-    **limits: object,
+    **limits: Any,
 ) -> None:
-    """Run FILE, inline code (-e), a command (--cmd) or code from stdin in a sandbox."""
+    """Run FILES, inline code (-e), commands (--cmd) or code from stdin in a sandbox.
+
+    Several FILES or --cmd values run in order and stop at the first failure; with --persistent
+    they share one container, so files and state carry over.
+    """
     with user_errors():
         loaded = load_config()
         setup_logging(debug or loaded.config.debug)
-        options = loaded.config.engine_options(timeout_ms=timeout_ms, **limits)
-        request = _request(
-            file,
+        requests = _requests(
+            files,
             code,
-            cmd,
+            cmds,
             runtime,
             timeout_ms=timeout_ms,
             stdin=stdin_data,
             env=_pairs(env_pairs, "--env"),
             secrets=_pairs(secret_pairs, "--secret"),
             files=_input_files(file_specs, files_dir),
+            install_packages=list(packages),
+            setup_script=_setup_script(setup),
             workdir=workdir,
+        )
+        if packages and limits["network"] is None:
+            limits["network"] = "host"
+            warn("--install without --net: using the host network for the install.")
+        options = loaded.config.engine_options(
+            timeout_ms=timeout_ms,
+            mode="persistent" if persistent else "ephemeral",
+            runtime=requests[0].runtime if persistent else None,
+            persist=persist,
+            **limits,
         )
         if options.network == "host":
             warn("Network mode host: the sandbox has the host's network, fully open.")
         docker = DockerClient()
         docker.ping()
-        if options.image is None and not image_ready(docker, request.runtime):
-            click.echo(
-                f"[..] isol8:{request.runtime} is missing or outdated: building it (first use)", err=True
-            )
-            build_images([request.runtime], refresh_base=False, ca_bundle=ca_bundle_option(None))
+        stale = {r.runtime for r in requests if options.image is None and not image_ready(docker, r.runtime)}
+        if stale:
+            click.echo(f"[..] isol8 images missing or outdated for {', '.join(sorted(stale))}: building", err=True)
+            build_images(sorted(stale), refresh_base=False, ca_bundle=ca_bundle_option(None))
         try:
-            exit_code = asyncio.run(_run(options, request, not no_stream, out_path))
+            exit_code = asyncio.run(_run(options, requests, not no_stream, out_path))
         except KeyboardInterrupt:
             err("Interrupted; the sandbox was removed.")
             raise SystemExit(130) from None

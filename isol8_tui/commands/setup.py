@@ -8,8 +8,10 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from engine.config import load_config
 from engine.docker import DockerClient
 from engine.images import ImageStatus, ensure_images
+from engine.images.custom import build_custom
 from isol8_tui.output import ok, user_errors
 
 
@@ -54,8 +56,16 @@ def ca_bundle_option(value: str | None) -> Path | None:
 def command(force: bool, ca_bundle: str | None) -> None:
     """Build the isol8 images (base, python, node, bun, deno, bash)."""
     with user_errors():
-        DockerClient().ping()
+        prebuilt = load_config().config.prebuilt_images
+        docker = DockerClient()
+        docker.ping()
         ok("Docker is running")
         for status in build_images(None, force=force, ca_bundle=ca_bundle_option(ca_bundle)):
             ok(f"{status.image}" if status.built else f"{status.image}: Up to date")
+        for image in prebuilt:
+            what = f"{image.tag} ({image.runtime}: {', '.join(image.install_packages) or 'setup only'})"
+            built = build_custom(
+                docker, image.runtime, image.install_packages, image.setup_script, image.tag, force=force
+            )
+            ok(what if built else f"{what}: Up to date")
     click.echo("\n[DONE] Setup complete!")

@@ -1,0 +1,60 @@
+"""`isol8 build` and `isol8 list-custom`: images with packages (and a setup script) baked in."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from engine.docker import DockerClient
+from engine.images.custom import build_custom, list_custom
+from engine.runtimes import get_runtime
+from isol8_tui.commands.run import _setup_script
+from isol8_tui.commands.setup import build_images
+from isol8_tui.output import ok, user_errors
+
+
+@click.command("build")
+@click.option("--base", "runtime", required=True, metavar="RUNTIME", help="python, node, bun or bash.")
+@click.option("--install", "packages", multiple=True, metavar="PKG", help="Package to bake in (repeatable, a,b ok).")
+@click.option("--setup", "setup", multiple=True, metavar="CMD|FILE", help="Setup script run before each execution.")
+@click.option("--tag", required=True, metavar="TAG", help="Tag of the new image, e.g. my-python-ml.")
+@click.option("--force", is_flag=True, help="Rebuild even if an identical image exists.")
+def command(runtime: str, packages: tuple[str, ...], setup: tuple[str, ...], tag: str, force: bool) -> None:
+    """Build a custom image on isol8:<runtime> with packages baked in."""
+    names = [name for value in packages for name in value.split(",")]
+    with user_errors():
+        get_runtime(runtime)
+        docker = DockerClient()
+        docker.ping()
+        build_images([runtime], refresh_base=False)
+        ok(f"Base image ready: {runtime}")
+        console = Console(stderr=True)
+        with console.status(f"[..] Building {tag}") as status:
+            built = build_custom(
+                docker,
+                runtime,
+                names,
+                _setup_script(setup),
+                tag,
+                force=force,
+                progress=lambda line: status.update(f"[..] {line[:100]}"),
+            )
+    ok(f"Built image: {tag}" if built else f"{tag}: Up to date")
+
+
+@click.command("list-custom")
+def list_command() -> None:
+    """List the custom images (whatever their tag)."""
+    with user_errors():
+        docker = DockerClient()
+        docker.ping()
+        images = list_custom(docker)
+    if not images:
+        click.echo("No custom isol8 images found.")
+        return
+    table = Table("Image", "Runtime", "Dependencies", "Setup")
+    for image in images:
+        setup = (image.setup_script or "").splitlines()
+        table.add_row(image.tag, image.runtime, ", ".join(image.dependencies) or "(none)", setup[0] if setup else "")
+    Console().print(table)
