@@ -2,7 +2,15 @@
 
 from engine.engine import DockerIsol8, cleanup
 from engine.errors import DockerUnavailable, Isol8Error
-from engine.models import ExecutionRequest, ExecutionResult, Isol8Options, StreamEvent
+from engine.models import (
+    ExecutionRequest,
+    ExecutionResult,
+    Isol8Options,
+    NetworkFilter,
+    NetworkLogEntry,
+    PoolState,
+    StreamEvent,
+)
 
 __version__ = "0.1.0"
 
@@ -13,6 +21,9 @@ __all__ = [
     "ExecutionResult",
     "Isol8Error",
     "Isol8Options",
+    "NetworkFilter",
+    "NetworkLogEntry",
+    "PoolState",
     "StreamEvent",
     "__version__",
     "cleanup",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,7 +26,7 @@ from pydantic.alias_generators import to_camel
 
 from engine.errors import Isol8Error
 from engine.limits import parse_size
-from engine.models import Isol8Options, Runtime, SecurityOptions
+from engine.models import Isol8Options, NetworkFilter, Runtime, SecurityOptions
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -59,17 +58,7 @@ def _check_size(value: str) -> str:
     return value
 
 
-def _check_pattern(value: str) -> str:
-    """Catch a bad pattern at load time instead of inside the container's proxy."""
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"{json.dumps(value)} is not a valid regular expression ({exc})") from None
-    return value
-
-
 SizeStr = Annotated[str, AfterValidator(_check_size)]
-Pattern = Annotated[str, AfterValidator(_check_pattern)]
 
 
 class _Model(BaseModel):
@@ -94,13 +83,6 @@ class Defaults(_Model):
     sandbox_size: SizeStr = "512m"
     tmp_size: SizeStr = "256m"
     max_output_size: int = Field(1048576, gt=0)
-
-
-class NetworkFilter(_Model):
-    """Host regexes for `filtered` network mode; checked here so the proxy never gets a broken one."""
-
-    whitelist: list[Pattern] = Field(default_factory=list)
-    blacklist: list[Pattern] = Field(default_factory=list)
 
 
 class Cleanup(_Model):
@@ -139,6 +121,7 @@ class Isol8Config(_Model):
         d = self.defaults
         values: dict[str, Any] = {
             "network": d.network,
+            "network_filter": self.network,
             "timeout_ms": d.timeout_ms,
             "memory_limit": d.memory_limit,
             "cpu_limit": d.cpu_limit,

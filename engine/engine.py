@@ -24,6 +24,7 @@ from engine.models import (
     ExecutionRequest,
     ExecutionResult,
     Isol8Options,
+    PoolState,
     ResourceUsage,
     StreamEvent,
     sandbox_path,
@@ -116,6 +117,13 @@ class DockerIsol8:
 
     async def __aexit__(self, *_: object) -> None:
         await self.stop()
+
+    def pool_state(self) -> list[PoolState]:
+        """Containers per image: for the workbench's footer and the server's health endpoint."""
+        states: dict[str, PoolState] = {}
+        for sandbox in self._live:
+            states.setdefault(sandbox.image, PoolState(image=sandbox.image)).busy += 1
+        return sorted(states.values(), key=lambda state: state.image)
 
     @property
     def container_id(self) -> str | None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import posixpath
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -42,6 +44,17 @@ def sandbox_path(path: str) -> str:
 def _from_base64(value: object) -> object:
     return base64.b64decode(value, validate=True) if isinstance(value, str) else value
 
+
+def _check_pattern(pattern: str) -> str:
+    """A bad pattern is refused here, not inside the container's proxy."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f'"{pattern}" is not a valid regular expression ({exc})') from None
+    return pattern
+
+
+Pattern = Annotated[str, AfterValidator(_check_pattern)]
 
 FileBytes = Annotated[
     bytes,
@@ -150,6 +163,29 @@ class ResourceUsage(Model):
     network_bytes_out: int | None = None
 
 
+class NetworkLogEntry(Model):
+    """One request through the filtered network's proxy (CONNECT for HTTPS, where `path` is None)."""
+
+    timestamp: str
+    method: str
+    host: str
+    port: int
+    path: str | None = None
+    action: Literal["ALLOW", "BLOCK"]
+    rule: str | None = None  # the pattern that decided, or None when no list applied
+    status: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    duration_ms: float = 0.0
+
+
+class SecurityEvent(Model):
+    type: str
+    message: str
+    details: dict[str, str | int | None] = Field(default_factory=dict)
+    timestamp: str
+
+
 class ExecutionResult(Model):
     stdout: str
     stderr: str
@@ -166,15 +202,36 @@ class ExecutionResult(Model):
     container_id: str | None = None
     files: dict[str, FileBytes] | None = None
     resource_usage: ResourceUsage | None = None
+    network_logs: list[NetworkLogEntry] | None = None
+    security_events: list[SecurityEvent] | None = None
 
 
 class StreamEvent(Model):
-    """`exit` events also say whether output was cut (`truncated`); other events leave it None."""
+    """`exit` events also say whether output was cut (`truncated`). `network` events (filtered mode
+    with network logging) carry one request in `entry` as it happens; `data` is then its host."""
 
-    type: Literal["stdout", "stderr", "exit", "error"]
+    type: Literal["stdout", "stderr", "exit", "error", "network"]
     data: str
     phase: Literal["setup", "code"] | None = None
     truncated: bool | None = None
+    entry: NetworkLogEntry | None = None
+
+
+class NetworkFilter(Model):
+    """Regular expressions matched against the whole host name (case-insensitive); the blacklist
+    wins; an empty whitelist allows every host not blacklisted."""
+
+    whitelist: list[Pattern] = Field(default_factory=list)
+    blacklist: list[Pattern] = Field(default_factory=list)
+
+
+class PoolState(Model):
+    """Warm containers for one image: ready to take, serving an execution, being started."""
+
+    image: str
+    ready: int = 0
+    busy: int = 0
+    starting: int = 0
 
 
 class SecurityOptions(Model):
@@ -198,6 +255,8 @@ class Isol8Options(Model):
     runtime: Runtime | None = None  # persistent mode: lets put_file/get_file start the container
     persist: bool = False  # debugging: leave containers running after the engine stops
     network: NetworkMode = "none"
+    network_filter: NetworkFilter = Field(default_factory=NetworkFilter)
+    log_network: bool = False
     timeout_ms: int = Field(default=30_000, gt=0)
     memory_limit: str = "512m"
     cpu_limit: float = Field(default=1.0, gt=0)

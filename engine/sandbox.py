@@ -68,9 +68,11 @@ class Sandbox:
         container_id: str,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        image: str,
     ) -> None:
         self.docker = docker
         self.container_id = container_id
+        self.image = image
         self._reader = reader
         self._writer = writer
         self._decoder = P.FrameDecoder()
@@ -85,7 +87,7 @@ class Sandbox:
         try:
             sock = await asyncio.to_thread(docker.attach, container_id)
             reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 22)
-            sandbox = cls(docker, container_id, reader, writer)
+            sandbox = cls(docker, container_id, reader, writer, config["image"])
             await asyncio.to_thread(docker.start, container_id)
             async with asyncio.timeout(HELLO_TIMEOUT_S):
                 kind, payload = await sandbox._next_frame()
