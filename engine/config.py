@@ -26,7 +26,7 @@ from pydantic.alias_generators import to_camel
 
 from engine.errors import Isol8Error
 from engine.limits import parse_size
-from engine.models import Isol8Options, NetworkFilter, Runtime, SecurityOptions
+from engine.models import Isol8Options, NetworkFilter, NetworkMode, Pattern, Runtime, SeccompMode, SecurityOptions
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -38,6 +38,7 @@ __all__ = [
     "LoadedConfig",
     "NetworkFilter",
     "PrebuiltImage",
+    "ServerPolicy",
     "candidate_paths",
     "load_config",
 ]
@@ -101,6 +102,34 @@ class PrebuiltImage(_Model):
     setup_script: str | None = None
 
 
+class ServerPolicy(_Model):
+    """`isol8 serve`: what remote clients may ask for, and the server's own settings.
+
+    A client's `options` can only pick what the operator listed here (or the config's own values,
+    which are always allowed); anything more is refused with 403 naming the option, so a client can
+    never loosen isolation the operator did not allow. Limits go up to the larger of `maxX` and
+    `defaults.X`. `allowedHosts` are whitelist patterns a client may add in filtered mode, compared as
+    strings (a regex cannot be checked for being narrower than another).
+    """
+
+    bind: str = "127.0.0.1"
+    allowed_networks: list[NetworkMode] = Field(default_factory=lambda: ["none"])
+    allowed_hosts: list[Pattern] = Field(default_factory=list)
+    allowed_seccomp: list[SeccompMode] = Field(default_factory=lambda: ["strict"])
+    allowed_images: list[str] = Field(default_factory=list)
+    allowed_container_runtimes: list[str] = Field(default_factory=list)
+    max_timeout_ms: int = Field(300_000, gt=0)
+    max_memory_limit: SizeStr = "2g"
+    max_cpu_limit: float = Field(2.0, gt=0)
+    max_pids_limit: int = Field(256, gt=0)
+    max_sandbox_size: SizeStr = "2g"
+    max_tmp_size: SizeStr = "1g"
+    max_output_size: int = Field(16 << 20, gt=0)
+    max_sessions: int = Field(100, ge=0)
+    auth_db: str | None = None
+    key_ttl_ms: int = Field(86_400_000, gt=0)
+
+
 class Isol8Config(_Model):
     """The whole configuration; `Isol8Config()` is the built-in defaults."""
 
@@ -115,6 +144,9 @@ class Isol8Config(_Model):
     prewarm: list[Runtime] = Field(default_factory=list)
     security: SecurityOptions = Field(default_factory=SecurityOptions)
     prebuilt_images: list[PrebuiltImage] = Field(default_factory=list)
+    # Read from the file like any key, but left out of dumps: `isol8 config` does not show this
+    # section yet (its report and the key-set tests list the sections they know).
+    server: ServerPolicy = Field(default_factory=ServerPolicy, exclude=True)
 
     def engine_options(self, **overrides: Any) -> Isol8Options:
         """Engine options from this config; `overrides` (e.g. CLI flags) win over the file."""

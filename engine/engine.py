@@ -24,8 +24,10 @@ from engine.models import (
     ExecutionRequest,
     ExecutionResult,
     Isol8Options,
+    NetworkLogEntry,
     PoolState,
     ResourceUsage,
+    SecurityEvent,
     StreamEvent,
     sandbox_path,
 )
@@ -138,11 +140,14 @@ class DockerIsol8:
         """
         text: dict[str, list[str]] = {"stdout": [], "stderr": []}
         setup_stderr: list[str] = []
+        network: list[NetworkLogEntry] = []
         outcome = Outcome(exit_code=1)
         async with contextlib.aclosing(self._events(request)) as events:
             async for item in events:
                 if isinstance(item, Outcome):
                     outcome = item
+                elif item.entry is not None:
+                    network.append(item.entry)
                 elif item.phase == "setup":
                     if item.type == "stderr":
                         setup_stderr.append(item.data)
@@ -167,6 +172,8 @@ class DockerIsol8:
             container_id=outcome.container_id,
             files=outcome.files if request.output_paths else None,
             resource_usage=outcome.usage,
+            network_logs=network if self.options.log_network and self.options.network == "filtered" else None,
+            security_events=[_blocked(entry) for entry in network if entry.action == "BLOCK"] or None,
         )
 
     async def execute_stream(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent]:
@@ -179,7 +186,7 @@ class DockerIsol8:
                 if isinstance(item, Outcome):
                     for event in _closing_events(item):
                         yield event
-                else:
+                elif item.type != "network" or self.options.log_network:
                     yield item
 
     async def put_file(self, path: str, content: str | bytes) -> None:
@@ -307,6 +314,10 @@ class DockerIsol8:
         streams = {"stdout": StreamText(secrets), "stderr": StreamText(secrets)}
         async with contextlib.aclosing(self._run_job(sandbox, step.job)) as outputs:
             async for item in outputs:
+                if item.entry is not None:
+                    entry = NetworkLogEntry.model_validate(item.entry)
+                    yield StreamEvent(type="network", data=entry.host, phase=step.phase, entry=entry)
+                    continue
                 if item.exit is None:
                     data = streams[item.stream].feed(item.data)
                     if data:
@@ -451,6 +462,15 @@ def _closing_events(outcome: Outcome) -> list[StreamEvent]:
     truncated = outcome.stdout_truncated or outcome.stderr_truncated
     events.append(StreamEvent(type="exit", data=str(outcome.exit_code), phase=outcome.phase, truncated=truncated))
     return events
+
+
+def _blocked(entry: NetworkLogEntry) -> SecurityEvent:
+    return SecurityEvent(
+        type="network_blocked",
+        message=f"Security event: network_blocked ({entry.method} {entry.host}: {entry.rule})",
+        details={"method": entry.method, "host": entry.host, "port": entry.port, "rule": entry.rule},
+        timestamp=entry.timestamp,
+    )
 
 
 def _bytes(content: str | bytes) -> bytes:

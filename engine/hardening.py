@@ -24,12 +24,17 @@ CAPABILITIES = (
     "KILL",  # kill every process of a job on timeout, even ones that changed session or group
 )
 
+# Filtered mode only: the agent sets the firewall that confines the sandbox user to the proxy.
+FILTERED_CAPABILITIES = ("NET_ADMIN",)
+
 MANAGED_LABEL = "isol8.managed"
 
 
 def container_config(options: Isol8Options, image: str, runtime: str) -> dict[str, Any]:
     """Keyword arguments for docker-py's `create_container` (with `host_config` as a dict)."""
     memory = parse_size(options.memory_limit)
+    filtered = options.network == "filtered"
+    network_mode = {"none": "none", "host": "host", "filtered": options.docker_network or "bridge"}
     host_config: dict[str, Any] = {
         "read_only": True,
         "tmpfs": {
@@ -40,7 +45,7 @@ def container_config(options: Isol8Options, image: str, runtime: str) -> dict[st
             "/tmp": f"rw,noexec,nosuid,nodev,size={parse_size(options.tmp_size)},mode=1777",
         },
         "cap_drop": ["ALL"],
-        "cap_add": list(CAPABILITIES),
+        "cap_add": list(CAPABILITIES + (FILTERED_CAPABILITIES if filtered else ())),
         "security_opt": [
             "no-new-privileges",
             seccomp_security_opt(options.security.seccomp, options.security.custom_profile_path),
@@ -49,12 +54,16 @@ def container_config(options: Isol8Options, image: str, runtime: str) -> dict[st
         "mem_limit": memory,
         "memswap_limit": memory,
         "nano_cpus": int(options.cpu_limit * 1e9),
-        "network_mode": "host" if options.network == "host" else "none",
+        "network_mode": network_mode[options.network],
         "ipc_mode": "private",
         "log_config": {"type": "none", "config": {}},
         "auto_remove": not options.persist,
         "ulimits": [{"name": "core", "soft": 0, "hard": 0}],
     }
+    environment = {}
+    if filtered:
+        host_config["sysctls"] = {"net.ipv6.conf.all.disable_ipv6": "1"}
+        environment["ISOL8_NETWORK"] = options.network_filter.model_dump_json()
     return {
         "image": image,
         # docker-py sets StdinOnce with stdin_open: when the engine's attach closes (even if the
@@ -64,6 +73,7 @@ def container_config(options: Isol8Options, image: str, runtime: str) -> dict[st
         "user": "0:0",
         "working_dir": "/sandbox",
         "network_disabled": options.network == "none",
+        "environment": environment,
         "labels": {MANAGED_LABEL: "true", "isol8.runtime": runtime, "isol8.mode": options.mode},
         "host_config": host_config,
         "keep": options.persist,  # --persist: the container outlives the engine, for debugging

@@ -257,6 +257,7 @@ class Isol8Options(Model):
     network: NetworkMode = "none"
     network_filter: NetworkFilter = Field(default_factory=NetworkFilter)
     log_network: bool = False
+    docker_network: str | None = None  # filtered mode: the Docker network to join (default: bridge)
     timeout_ms: int = Field(default=30_000, gt=0)
     memory_limit: str = "512m"
     cpu_limit: float = Field(default=1.0, gt=0)

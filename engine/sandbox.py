@@ -55,10 +55,11 @@ class Output:
     """One piece of a job's output: stdout/stderr bytes, or the final exit report with the
     output paths read back (a path that does not exist is left out)."""
 
-    stream: str  # "stdout" | "stderr" | "exit"
+    stream: str  # "stdout" | "stderr" | "network" | "exit"
     data: bytes = b""
     exit: dict[str, Any] | None = None
     files: dict[str, bytes] = field(default_factory=dict)
+    entry: dict[str, Any] | None = None  # a network log entry
 
 
 class Sandbox:
@@ -92,6 +93,8 @@ class Sandbox:
             async with asyncio.timeout(HELLO_TIMEOUT_S):
                 kind, payload = await sandbox._next_frame()
             hello = json.loads(payload) if kind == P.EVENT else {}
+            if hello.get("error"):
+                raise SandboxError(hello["error"])
             if hello.get("ev") != "hello" or hello.get("version") != P.VERSION:
                 raise SandboxError(
                     f"The sandbox agent speaks protocol {hello.get('version')}, the engine {P.VERSION}. "
@@ -159,6 +162,8 @@ class Sandbox:
                         raise Isol8Error(f"Cannot read {event['path']} from the sandbox: {error}")
                     if not error:
                         receiving = files.setdefault(event["path"], bytearray())  # type: ignore[assignment]
+                elif event.get("ev") == "net":
+                    yield Output("network", entry=event["entry"])
                 elif event.get("ev") == "exit":
                     self.busy = False
                     yield Output("exit", exit=event, files={p: bytes(d) for p, d in files.items()})

@@ -32,6 +32,8 @@ import protocol as P
 
 ROOTS = ("/sandbox", "/tmp")
 READ_CHUNK = 64 * 1024
+PROXY_URL = "http://127.0.0.1:8118"
+PROXY_START_TIMEOUT_S = 5.0
 
 
 class RefusedPath(Exception):
@@ -320,6 +322,9 @@ class Agent:
         user = pwd.getpwnam("sandbox")
         self.uid, self.gid = user.pw_uid, user.pw_gid
         self.base_env = dict(os.environ)
+        self.network_policy = self.base_env.pop("ISOL8_NETWORK", None)
+        self.proxy: subprocess.Popen | None = None
+        self.proxy_lines = bytearray()
         self.selector = selectors.DefaultSelector()
         self.decoder = P.FrameDecoder()
         self.job: Job | None = None
@@ -361,6 +366,92 @@ class Agent:
     def stop_stdin_write(self, fd: int) -> None:
         if fd in self.selector.get_map():
             self.selector.unregister(fd)
+
+    # --- filtered network ----------------------------------------------------------------------
+    def setup_network(self) -> str | None:
+        """Start the proxy, then firewall the sandbox user to loopback; an error stops everything."""
+        proxy_user = pwd.getpwnam("isol8proxy")
+        self.proxy = subprocess.Popen(
+            [sys.executable, "-E", "-s", os.path.join(os.path.dirname(__file__), "proxy.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={"ISOL8_PROXY_POLICY": self.network_policy or "{}", "PATH": "/usr/bin:/bin"},
+            user=proxy_user.pw_uid,
+            group=proxy_user.pw_gid,
+            extra_groups=[],
+            close_fds=True,
+        )
+        assert self.proxy.stdout
+        ready = selectors.DefaultSelector()
+        ready.register(self.proxy.stdout, selectors.EVENT_READ)
+        if not ready.select(PROXY_START_TIMEOUT_S) or b"ready" not in self.proxy.stdout.readline():
+            return "Proxy failed to start within timeout"
+        uid = str(self.uid)
+        rules = [
+            ["iptables", "-w", "-A", "OUTPUT", "-o", "lo", "-d", "127.0.0.1", "-m", "owner", "--uid-owner", uid,
+             "-j", "ACCEPT"],
+            ["iptables", "-w", "-A", "OUTPUT", "-m", "owner", "--uid-owner", uid, "-p", "tcp", "-j", "REJECT",
+             "--reject-with", "tcp-reset"],
+            ["iptables", "-w", "-A", "OUTPUT", "-m", "owner", "--uid-owner", uid, "-j", "REJECT"],
+        ]  # fmt: skip
+        if _read_first("/proc/sys/net/ipv6/conf/all/disable_ipv6") != "1\n":
+            rules.append(["ip6tables", "-w", "-A", "OUTPUT", "-m", "owner", "--uid-owner", uid, "-j", "REJECT"])
+        for rule in rules:
+            try:
+                done = subprocess.run(rule, capture_output=True, text=True, check=False)
+            except OSError as exc:
+                return f"Failed to set up iptables rules (exit code 127): {_reason(exc)}"
+            if done.returncode != 0:
+                detail = (done.stderr or done.stdout).strip().splitlines()
+                return f"Failed to set up iptables rules (exit code {done.returncode}): {detail[-1] if detail else ''}"
+        self.base_env.update(
+            {
+                "HTTP_PROXY": PROXY_URL,
+                "HTTPS_PROXY": PROXY_URL,
+                "http_proxy": PROXY_URL,
+                "https_proxy": PROXY_URL,
+                "NO_PROXY": "localhost,127.0.0.1",
+                "no_proxy": "localhost,127.0.0.1",
+                # Node 20 ignores the variables above; this preload routes its fetch and http(s).
+                "NODE_OPTIONS": f"--require {os.path.join(os.path.dirname(__file__), 'node-proxy.cjs')}",
+            }
+        )
+        os.set_blocking(self.proxy.stdout.fileno(), False)
+        self.selector.register(self.proxy.stdout.fileno(), selectors.EVENT_READ, ("proxy", None))
+        return None
+
+    def read_proxy(self) -> bool:
+        """Forward complete log lines to the running job; True once a `flushed` reply was seen."""
+        assert self.proxy and self.proxy.stdout
+        flushed = False
+        try:
+            while chunk := os.read(self.proxy.stdout.fileno(), 65536):
+                self.proxy_lines += chunk
+        except BlockingIOError:
+            pass
+        while b"\n" in self.proxy_lines:
+            line, _, rest = self.proxy_lines.partition(b"\n")
+            self.proxy_lines = bytearray(rest)
+            entry = json.loads(line)
+            if entry.get("flushed"):
+                flushed = True
+            elif self.job is not None:
+                self.event({"ev": "net", "entry": entry})
+        return flushed
+
+    def flush_proxy(self) -> None:
+        """Close the job's proxy connections and forward their log entries before `exit`."""
+        if self.proxy is None or self.proxy.stdin is None:
+            return
+        self.proxy.stdin.write(b"flush\n")
+        self.proxy.stdin.flush()
+        waiter = selectors.DefaultSelector()
+        waiter.register(self.proxy.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            waiter.select(max(0.0, deadline - time.monotonic()))
+            if self.read_proxy():
+                return
 
     # --- processes -----------------------------------------------------------------------------
     def reap(self) -> None:
@@ -462,6 +553,7 @@ class Agent:
                     with contextlib.suppress(OSError):
                         pipe.close()
         duration = (time.monotonic() - job.started) * 1000 if job.started else 0.0
+        self.flush_proxy()
         if not job.error:
             for path in job.request.get("output_paths", []):
                 self.send_file(path)
@@ -499,7 +591,10 @@ class Agent:
 
     # --- main loop -----------------------------------------------------------------------------
     def run(self) -> None:
-        self.event({"ev": "hello", "version": P.VERSION, "uid": self.uid})
+        error = self.setup_network() if self.network_policy is not None else None
+        self.event({"ev": "hello", "version": P.VERSION, "uid": self.uid, "error": error})
+        if error:
+            return
         while True:
             job = self.job
             timeout = None
@@ -521,6 +616,8 @@ class Agent:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self.wake_r, 4096)
                     self.reap()
+                elif what == "proxy":
+                    self.read_proxy()
                 elif what == "output" and self.job:
                     self.job.read_output(key.fd)
                 elif what == "stdin" and self.job:

@@ -30,7 +30,7 @@ REPOSITORY = "isol8"
 BASE_TAG = "base"
 ROOTFS_TAG = "rootfs"
 HASH_LABEL = "isol8.build.hash"
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 SUITE = "trixie"
 MIRROR = os.environ.get("ISOL8_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = (
@@ -45,7 +45,8 @@ PACKAGES = (
     "procps",
 )
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
-AGENT_FILES = ("agent.py", "protocol.py")
+AGENT_FILES = ("agent.py", "protocol.py", "proxy.py", "node-proxy.cjs")
+PROXY_UID = SANDBOX_UID + 1  # the filtered-network proxy's own unprivileged user
 
 # Everything a job sees by default. Installs land in /sandbox because /tmp is noexec.
 ENVIRONMENT = {
@@ -114,7 +115,7 @@ def runtime_hash(base: str, runtime: str) -> str:
 def _runtime_dockerfile(runtime: str, build_hash: str) -> str:
     return (
         f"FROM {REPOSITORY}:{BASE_TAG}\n"
-        "COPY agent.py protocol.py /opt/isol8/\n"
+        f"COPY {' '.join(AGENT_FILES)} /opt/isol8/\n"
         f"ENV ISOL8_RUNTIME={runtime}\n"
         f'LABEL {HASH_LABEL}="{build_hash}" isol8.runtime="{runtime}" isol8.managed="true"\n'
         "WORKDIR /sandbox\n"
@@ -138,6 +139,8 @@ def _base_dockerfile(source: str, pulled: bool, build_hash: str, with_ca: bool) 
         + ("COPY isol8-extra.crt /usr/local/share/ca-certificates/isol8-extra.crt\n" if with_ca else "")
         + f"RUN groupadd -g {SANDBOX_GID} sandbox"
         f" && useradd -u {SANDBOX_UID} -g {SANDBOX_GID} -d /sandbox -s /bin/bash -M sandbox"
+        f" && groupadd -g {PROXY_UID} isol8proxy"
+        f" && useradd -u {PROXY_UID} -g {PROXY_UID} -d /nonexistent -s /usr/sbin/nologin -M isol8proxy"
         f" && mkdir -p /sandbox /opt/isol8 && rm -rf /var/cache/apt/archives/*.deb{ca}\n"
         f"ENV {env}\n"
         f'LABEL {HASH_LABEL}="{build_hash}" isol8.managed="true"\n'

@@ -23,6 +23,7 @@ from engine.errors import Isol8Error
 BUN_VERSION = "1.4.5"
 DENO_VERSION = "2.9.6"
 NPM_VERSION = "11.21.2"
+UNDICI_VERSION = "6.21.3"  # Node 20's fetch honours its global dispatcher (filtered-mode proxy)
 
 REGISTRY = os.environ.get("ISOL8_NPM_REGISTRY", "https://registry.npmjs.org").rstrip("/")
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "isol8" / "tools"
@@ -44,7 +45,7 @@ def tools_for_host() -> list[Tool]:
         bun, deno = "@oven/bun-linux-aarch64", "@deno/linux-arm64-glibc"
     else:
         raise Isol8Error(f"Unsupported CPU architecture {machine}: isol8 images need x86_64 or aarch64.")
-    return [Tool(bun, BUN_VERSION), Tool(deno, DENO_VERSION), Tool("npm", NPM_VERSION)]
+    return [Tool(bun, BUN_VERSION), Tool(deno, DENO_VERSION), Tool("npm", NPM_VERSION), Tool("undici", UNDICI_VERSION)]
 
 
 def _context(ca_bundle: Path | None) -> ssl.SSLContext:
@@ -90,6 +91,8 @@ def add_to_context(context: tarfile.TarFile, tools: list[Tool], ca_bundle: Path 
                 name = member.name.removeprefix("package/")
                 if tool.package == "npm":
                     target = f"tools/lib/node_modules/npm/{name}"
+                elif tool.package == "undici":
+                    target = f"tools/lib/isol8-node/undici/{name}"
                 elif name in ("bin/bun", "deno"):
                     target = f"tools/bin/{Path(name).name}"
                 else:

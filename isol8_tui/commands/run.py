@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import click
+from rich.console import Console
+from rich.table import Table
 
 from engine.config import load_config
 from engine.docker import DockerClient
 from engine.engine import DockerIsol8
 from engine.errors import Isol8Error
 from engine.images import image_ready
-from engine.models import ExecutionRequest, ExecutionResult, Isol8Options
+from engine.models import ExecutionRequest, ExecutionResult, Isol8Options, NetworkFilter, NetworkLogEntry
+from engine.packages import REGISTRY_HOSTS
 from engine.runtimes import detect_runtime, get_runtime
 from isol8_tui.commands.setup import build_images, ca_bundle_option
 from isol8_tui.output import err, info, setup_logging, user_errors, warn
@@ -88,10 +91,24 @@ def _requests(
     return requests
 
 
+def _print_network_log(entries: list[NetworkLogEntry]) -> None:
+    table = Table("Action", "Method", "Host", "Path", "Rule", "Status", "In", "Out", "ms", title="Network log")
+    for e in entries:
+        style = "red" if e.action == "BLOCK" else None
+        table.add_row(
+            e.action, e.method, f"{e.host}:{e.port}", e.path or "", e.rule or "", str(e.status or ""),
+            str(e.bytes_in), str(e.bytes_out), f"{e.duration_ms:.0f}", style=style,
+        )  # fmt: skip
+    Console(stderr=True, width=None if sys.stderr.isatty() else 200).print(table)
+
+
 async def _stream(engine: DockerIsol8, request: ExecutionRequest, out: TextIO) -> int:
     exit_code = 1
+    network: list[NetworkLogEntry] = []
     async for event in engine.execute_stream(request):
-        if event.type == "stdout" and event.phase == "code":
+        if event.entry is not None:
+            network.append(event.entry)
+        elif event.type == "stdout" and event.phase == "code":
             out.write(event.data)
             out.flush()
         elif (
@@ -105,6 +122,8 @@ async def _stream(engine: DockerIsol8, request: ExecutionRequest, out: TextIO) -
             exit_code = int(event.data)
             if event.truncated:
                 warn("Output was truncated")
+    if engine.options.log_network:
+        _print_network_log(network)
     return exit_code
 
 
@@ -114,6 +133,8 @@ def _print_result(result: ExecutionResult, out: TextIO) -> int:
     sys.stderr.write(result.stderr)
     if result.truncated:
         warn("Output was truncated")
+    if result.network_logs is not None:
+        _print_network_log(result.network_logs)
     return result.exit_code
 
 
@@ -149,7 +170,10 @@ async def _run(options: Isol8Options, requests: list[ExecutionRequest], stream: 
 @click.option("--sandbox-size", metavar="SIZE", help="Size of the /sandbox tmpfs.")
 @click.option("--tmp-size", metavar="SIZE", help="Size of the /tmp tmpfs.")
 @click.option("--max-output", "max_output_size", type=int, metavar="BYTES", help="Cap per output stream.")
-@click.option("--net", "network", type=click.Choice(["none", "host"]), help="Network mode (default: none).")
+@click.option("--net", "network", type=click.Choice(["none", "host", "filtered"]), help="Network mode (default: none).")
+@click.option("--allow", multiple=True, metavar="REGEX", help="Filtered mode: allow hosts matching (repeatable).")
+@click.option("--deny", multiple=True, metavar="REGEX", help="Filtered mode: block hosts matching (repeatable).")
+@click.option("--log-network", is_flag=True, help="Filtered mode: print every request after the run.")
 @click.option("--image", metavar="IMAGE", help="Run in this image instead of isol8:<runtime>.")
 @click.option("--install", "packages", multiple=True, metavar="PKG", help="Install a package first; repeatable.")
 @click.option("--setup", "setup", multiple=True, metavar="CMD|FILE", help="Setup script run before the code.")
@@ -181,6 +205,9 @@ def command(
     workdir: str | None,
     persistent: bool,
     persist: bool,
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
+    log_network: bool,
     no_stream: bool,
     debug: bool,
     **limits: Any,
@@ -207,16 +234,29 @@ def command(
             setup_script=_setup_script(setup),
             workdir=workdir,
         )
+        network_filter = loaded.config.network
+        if allow or deny:
+            network_filter = NetworkFilter(
+                whitelist=list(allow) or network_filter.whitelist, blacklist=list(deny) or network_filter.blacklist
+            )
         if packages and limits["network"] is None:
-            limits["network"] = "host"
-            warn("--install without --net: using the host network for the install.")
+            # Installs need a registry, and nothing else: filtered mode limited to its hosts.
+            limits["network"] = "filtered"
+            hosts = sorted({h for r in requests for h in REGISTRY_HOSTS[r.runtime]})
+            network_filter = NetworkFilter(
+                whitelist=[*network_filter.whitelist, *hosts], blacklist=network_filter.blacklist
+            )
         options = loaded.config.engine_options(
             timeout_ms=timeout_ms,
             mode="persistent" if persistent else "ephemeral",
             runtime=requests[0].runtime if persistent else None,
             persist=persist,
+            network_filter=network_filter,
+            log_network=log_network or None,
             **limits,
         )
+        if options.log_network and options.network != "filtered":
+            warn("--log-network only logs in filtered mode (--net filtered).")
         if options.network == "host":
             warn("Network mode host: the sandbox has the host's network, fully open.")
         docker = DockerClient()
