@@ -147,7 +147,9 @@ class Connection:
             kept = [h for h in headers if not h.lower().startswith(("proxy-", "connection:", "keep-alive:"))]
             request = f"{method} {path} {version}\r\n" + "".join(f"{h}\r\n" for h in kept)
             request += "Connection: close\r\n\r\n"
-            self.upstream.write(request.encode("latin-1"))
+            data = request.encode("latin-1")
+            self.entry["bytes_out"] += len(data)
+            self.upstream.write(data)
         await asyncio.gather(
             self._pipe(self.reader, self.upstream, "bytes_out"),
             self._pipe(up_reader, self.writer, "bytes_in", read_status=self.entry["method"] != "CONNECT"),
