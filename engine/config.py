@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,7 +21,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationError,
+    field_validator,
+    model_serializer,
 )
 from pydantic.alias_generators import to_camel
 
@@ -130,6 +135,63 @@ class ServerPolicy(_Model):
     key_ttl_ms: int = Field(86_400_000, gt=0)
 
 
+TUI_ACTIONS: tuple[str, ...] = (
+    "quit",
+    "help",
+    "run",
+    "stop",
+    "save",
+    "open",
+    "new-session",
+    "delete-session",
+    "scratch",
+    "toggle-sidebar",
+    "clear-output",
+    "toggle-keep-output",
+    "upload",
+    "download",
+    "refresh-files",
+    "focus-sessions",
+    "focus-editor",
+    "focus-output",
+    "focus-network",
+    "focus-files",
+)
+"""Binding ids of the workbench (`isol8 tui`) that `tui.keymap` may rebind; the app's tests keep them in sync."""
+
+_KEY = re.compile(r"[a-z0-9_]+(\+[a-z0-9_]+)*")
+
+
+class TuiSettings(_Model):
+    """The workbench (`isol8 tui`): how it watches files, how much output it keeps, its look and keys."""
+
+    watch_debounce_ms: int = Field(100, ge=10, le=10000)
+    """Quiet time after a change on disk before the file is reloaded and re-run."""
+    scrollback_lines: int = Field(10000, ge=100, le=1000000)
+    """Lines each output pane keeps; older lines are dropped so long runs stay fast."""
+    clear_output_on_run: bool = True
+    """Clear the output panes when a run starts (otherwise each run is appended under a separator)."""
+    theme: str = Field("isol8", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    """A Textual theme name (e.g. isol8, textual-dark, nord, gruvbox, textual-light)."""
+    keymap: dict[str, str] = Field(default_factory=dict)
+    """Key overrides: action id -> comma-separated keys, e.g. {"run": "ctrl+j,f5"}."""
+
+    @field_validator("keymap")
+    @classmethod
+    def _known_actions(cls, keymap: dict[str, str]) -> dict[str, str]:
+        for action, keys in keymap.items():
+            if action not in TUI_ACTIONS:
+                close = difflib.get_close_matches(action, TUI_ACTIONS, n=1)
+                hint = f" (did you mean {json.dumps(close[0])}?)" if close else ""
+                raise ValueError(f"unknown action {json.dumps(action)}{hint}; known: {', '.join(TUI_ACTIONS)}")
+            parts = [part.strip() for part in keys.split(",")]
+            if not all(_KEY.fullmatch(part) for part in parts):
+                raise ValueError(
+                    f'{json.dumps(keys)} for {json.dumps(action)} is not a key list (use e.g. "ctrl+r" or "f5,ctrl+j")'
+                )
+        return {action: ",".join(part.strip() for part in keys.split(",")) for action, keys in keymap.items()}
+
+
 class Isol8Config(_Model):
     """The whole configuration; `Isol8Config()` is the built-in defaults."""
 
@@ -147,6 +209,15 @@ class Isol8Config(_Model):
     # Read from the file like any key, but left out of dumps: `isol8 config` does not show this
     # section yet (its report and the key-set tests list the sections they know).
     server: ServerPolicy = Field(default_factory=ServerPolicy, exclude=True)
+    # The workbench (`isol8 tui`); dumps show it only when it differs from the defaults.
+    tui: TuiSettings = Field(default_factory=TuiSettings)
+
+    @model_serializer(mode="wrap")
+    def _omit_default_tui(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        data = handler(self)
+        if self.tui == TuiSettings():
+            data.pop("tui", None)
+        return data
 
     def engine_options(self, **overrides: Any) -> Isol8Options:
         """Engine options from this config; `overrides` (e.g. CLI flags) win over the file."""
@@ -163,6 +234,9 @@ class Isol8Config(_Model):
             "max_output_size": d.max_output_size,
             "security": self.security,
             "max_concurrent": self.max_concurrent,
+            "pool_strategy": self.pool_strategy,
+            "pool_size": self.pool_size,
+            "prewarm": self.prewarm,
             "debug": self.debug,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})

@@ -33,6 +33,7 @@ from engine.models import (
 )
 from engine.output import TIMEOUT_MARKER, StreamText, truncation_marker
 from engine.packages import install_argv, validate_packages
+from engine.pool import Pool
 from engine.runtimes import code_file, get_runtime
 from engine.sandbox import Job, Output, Sandbox
 
@@ -101,15 +102,26 @@ class DockerIsol8:
         self._session_lock = asyncio.Lock()
         self._installed: set[str] = set()
         self.persisted: list[str] = []  # containers left running because of `persist`
+        self._pool = Pool(self.docker, self.options.pool_strategy, self.options.pool_size)
 
     async def start(self) -> None:
+        """Check Docker; in ephemeral mode, warm the pool for the `prewarm` runtimes."""
         await asyncio.to_thread(self.docker.ping)
+        if self.options.mode == "ephemeral" and not self.options.persist and self.options.prewarm:
+            images = [self.options.image or get_runtime(runtime).image for runtime in self.options.prewarm]
+            await self._pool.prewarm(
+                [
+                    container_config(self.options, image, rt)
+                    for image, rt in zip(images, self.options.prewarm, strict=True)
+                ]
+            )
 
     async def stop(self) -> None:
-        """Remove every container this engine created; safe to call more than once."""
+        """Remove every container this engine created, also ones mid-run; safe to call again."""
         self._session = None
         for sandbox in list(self._live):
-            self._dispose(sandbox)
+            self._release(sandbox, reusable=False)
+        await self._pool.close()
         if self._cleanup:
             await asyncio.gather(*self._cleanup, return_exceptions=True)
 
@@ -121,10 +133,11 @@ class DockerIsol8:
         await self.stop()
 
     def pool_state(self) -> list[PoolState]:
-        """Containers per image: for the workbench's footer and the server's health endpoint."""
-        states: dict[str, PoolState] = {}
-        for sandbox in self._live:
-            states.setdefault(sandbox.image, PoolState(image=sandbox.image)).busy += 1
+        """Warm containers per image (ready, busy, starting), plus a running persistent session."""
+        states = {state.image: state for state in self._pool.state()}
+        if self._session is not None:
+            image = self._session.image
+            states.setdefault(image, PoolState(image=image)).busy += 1
         return sorted(states.values(), key=lambda state: state.image)
 
     @property
@@ -363,11 +376,16 @@ class DockerIsol8:
                 yield self._session
             return
         async with self._slots:
-            sandbox = await self._launch(options, image, runtime)
+            config = container_config(options, image, runtime)
+            if options.persist:
+                sandbox = await Sandbox.launch(self.docker, config)
+            else:
+                sandbox = await self._pool.acquire(config)
+            self._live.add(sandbox)
             try:
                 yield sandbox
             finally:
-                self._dispose(sandbox)
+                self._release(sandbox, sandbox.reusable)
 
     async def _file_session(self) -> Sandbox:
         if self.options.mode != "persistent" or (self._session is None and self._session_runtime is None):
@@ -397,7 +415,7 @@ class DockerIsol8:
         """The agent went silent (wedged past the backstop) or its container died."""
         if sandbox is self._session:
             self._session = None  # its state is gone; the next call starts a new container
-        self._dispose(sandbox)
+        self._release(sandbox, reusable=False)
         state = await asyncio.to_thread(self.docker.state, sandbox.container_id)
         report: dict[str, Any] = {
             "code": 137,
@@ -415,36 +433,35 @@ class DockerIsol8:
 
     async def _abort(self, sandbox: Sandbox) -> None:
         if sandbox is not self._session:
-            self._dispose(sandbox)
+            self._release(sandbox, reusable=False)
             return
         try:
             async with asyncio.timeout(5):
                 await sandbox.abort()
         except (TimeoutError, SandboxError, ConnectionError):
             self._session = None
-            self._dispose(sandbox)
+            self._release(sandbox, reusable=False)
 
     async def _launch(self, options: Isol8Options, image: str, runtime: str) -> Sandbox:
-        config = container_config(options, image, runtime)
-        started = time.monotonic()
-        sandbox = await Sandbox.launch(self.docker, config)
-        elapsed_ms = (time.monotonic() - started) * 1000
-        log.debug("sandbox %s ready in %.1f ms", sandbox.container_id[:12], elapsed_ms)
+        """A container for a persistent session (pool containers come from the pool)."""
+        sandbox = await Sandbox.launch(self.docker, container_config(options, image, runtime))
         self._live.add(sandbox)
         return sandbox
 
-    def _dispose(self, sandbox: Sandbox) -> None:
-        """Remove the container in the background; `stop()` waits for it."""
+    def _release(self, sandbox: Sandbox, reusable: bool) -> None:
+        """Hand a sandbox back: to the pool, to a debugging user (`persist`), or to removal."""
         if sandbox not in self._live:
             return
         self._live.discard(sandbox)
         if self.options.persist:
             sandbox.detach()
             self.persisted.append(sandbox.container_id)
-            return
-        task = asyncio.get_running_loop().create_task(sandbox.destroy())
-        self._cleanup.add(task)
-        task.add_done_callback(self._cleanup.discard)
+        elif sandbox.pool_key:
+            self._pool.release(sandbox, reusable)
+        else:
+            task = asyncio.get_running_loop().create_task(sandbox.destroy())
+            self._cleanup.add(task)
+            task.add_done_callback(self._cleanup.discard)
 
 
 def _closing_events(outcome: Outcome) -> list[StreamEvent]:

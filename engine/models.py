@@ -269,6 +269,9 @@ class Isol8Options(Model):
     secrets: dict[str, str] = Field(default_factory=dict)
     image: str | None = None
     max_concurrent: int = Field(default=10, ge=1)
+    pool_strategy: Literal["secure", "fast"] = "secure"
+    pool_size: int = Field(default=1, ge=0)  # warm containers kept per image (and settings)
+    prewarm: list[Runtime] = Field(default_factory=list)  # runtimes warmed by start()
     debug: bool = False
 
     @field_validator("memory_limit", "sandbox_size", "tmp_size")

@@ -80,6 +80,8 @@ class Sandbox:
         self._pending: deque[tuple[int, bytes]] = deque()
         self._agent_stderr: deque[bytes] = deque(maxlen=20)
         self.busy = False
+        self.reusable = True  # False once a run on it was lost or abandoned: it is destroyed
+        self.pool_key = ""  # set by the pool for the containers it hands out
 
     @classmethod
     async def launch(cls, docker: DockerClient, config: dict[str, Any]) -> Sandbox:
@@ -207,6 +209,15 @@ class Sandbox:
             kind, payload = await self._next_frame()
             if kind == P.EVENT and json.loads(payload).get("ev") == "exit":
                 self.busy = False
+
+    async def scrub(self) -> str | None:
+        """Have the agent erase the last execution; None when it verified the sandbox is clean."""
+        self._writer.write(P.message(P.REQUEST, {"op": "scrub"}))
+        await self._writer.drain()
+        while True:
+            kind, payload = await self._next_frame()
+            if kind == P.EVENT and (event := json.loads(payload)).get("ev") == "scrubbed":
+                return event.get("error")
 
     def detach(self) -> None:
         """Let go of the stream and leave the container running (`persist`, for debugging)."""

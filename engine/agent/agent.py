@@ -33,6 +33,7 @@ import protocol as P
 ROOTS = ("/sandbox", "/tmp")
 READ_CHUNK = 64 * 1024
 PROXY_URL = "http://127.0.0.1:8118"
+SCRUBBED = ("/sandbox", "/tmp", "/dev/shm", "/dev/mqueue")  # everything the sandbox user can write
 PROXY_START_TIMEOUT_S = 5.0
 
 
@@ -504,6 +505,38 @@ class Agent:
             time.sleep(0.0005)
             self.reap()
 
+    # --- reuse (the pool's `fast` strategy) -------------------------------------------------------
+    def scrub(self) -> str | None:
+        """Leave nothing of the last execution: processes, files, IPC objects. None when verified."""
+        self.kill_sandbox_processes()
+        with self.as_sandbox():
+            os.chmod("/sandbox", 0o755)
+            for root in SCRUBBED:
+                with contextlib.suppress(FileNotFoundError):
+                    for name in os.listdir(root):
+                        with contextlib.suppress(OSError):  # what stays is caught just below
+                            _remove(os.path.join(root, name))
+        if self.sandbox_ipc():
+            subprocess.run(["ipcrm", "--all"], user=self.uid, group=self.gid, extra_groups=[],
+                           capture_output=True, check=False)  # fmt: skip
+        left = [root for root in SCRUBBED if os.path.isdir(root) and os.listdir(root)]
+        if self.sandbox_pids():
+            return "sandbox processes survived"
+        if left or self.sandbox_ipc():
+            return f"could not empty {', '.join(left) or 'System V IPC'}"
+        return None
+
+    def sandbox_ipc(self) -> bool:
+        """Whether the sandbox user owns any System V shared memory, queue or semaphore."""
+        uid = str(self.uid)
+        for kind in ("shm", "msg", "sem"):
+            lines = (_read_first(f"/proc/sysvipc/{kind}") or "").splitlines()[1:]
+            header = (_read_first(f"/proc/sysvipc/{kind}") or "").split("\n", 1)[0].split()
+            column = header.index("uid") if "uid" in header else None
+            if column is not None and any(line.split()[column] == uid for line in lines):
+                return True
+        return False
+
     # --- job lifecycle -------------------------------------------------------------------------
     def handle_request(self, req: dict) -> None:
         op = req.get("op")
@@ -525,6 +558,8 @@ class Agent:
             self.receiver = Upload(self, req["path"])
         elif op == "get":
             self.send_file(req["path"])
+        elif op == "scrub":
+            self.event({"ev": "scrubbed", "error": self.scrub()})
         else:
             self.event({"ev": "error", "message": f"unknown op {op!r}"})
 
@@ -630,6 +665,17 @@ class Agent:
                     self.reap()
                 if job.status is not None:
                     self.finish(job)
+
+
+def _remove(path: str) -> None:
+    """Delete a file or a whole tree, fixing permissions the user took away from itself."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        os.chmod(path, 0o700)
+        for name in os.listdir(path):
+            _remove(os.path.join(path, name))
+        os.rmdir(path)
+    else:
+        os.unlink(path)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -17,6 +17,8 @@ Engine -> agent
            put   {path}  followed by one DATA*/END item: writes a file, answered by `done`.
            get   {path}  answered by a `file` event and its DATA*/END.
            kill  {}   ends the running job (its processes are killed, exit 137).
+           scrub {}   erases the last execution (processes, /sandbox, /tmp, /dev/shm, IPC);
+                      answered by `scrubbed {error}` (error is null once verified clean).
            ping  {}   answered by a `pong` event.
   DATA     raw bytes of the current item (file content or stdin).
   END      closes the current item.

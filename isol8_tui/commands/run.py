@@ -253,6 +253,8 @@ def command(
             persist=persist,
             network_filter=network_filter,
             log_network=log_network or None,
+            # One command runs a few executions at most: a warm spare would only be started and removed.
+            pool_size=None if loaded.origin("poolSize") == "file" else 0,
             **limits,
         )
         if options.log_network and options.network != "filtered":
