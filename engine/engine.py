@@ -272,6 +272,7 @@ class DockerIsol8:
             files=files,
             stdin=_bytes(request.stdin) if request.stdin is not None else None,
             output_paths=list(request.output_paths),
+            python_file=argv[-1] if spec.name == "python" and request.cmd is None else None,
         )
         steps.append(Step("code", code))
         return steps

@@ -7,8 +7,9 @@ network policy, ...) has its own queue of ready sandboxes.
 - `fast`: after an execution the agent scrubs the sandbox (kills every process, empties
   /sandbox, /tmp, /dev/shm and IPC objects, and verifies it); a verified one goes back to the
   pool, any other is destroyed.
-More executions at once than `size` get freshly started sandboxes (the pool grows); on release,
-sandboxes beyond `size` are destroyed (it shrinks back).
+More executions at once than `size` get freshly started sandboxes: the pool grows to the demand
+it sees (reused sandboxes are kept up to the peak number busy at once), and shrinks back to `size`
+once that settings key has been idle for IDLE_TRIM_S.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from engine.sandbox import Sandbox
 
 log = logging.getLogger("isol8.pool")
 Strategy = Literal["secure", "fast"]
+IDLE_TRIM_S = 10.0
 
 
 def pool_key(config: dict[str, Any]) -> str:
@@ -41,16 +43,27 @@ class Pool:
         self._starting: dict[str, int] = defaultdict(int)
         self._busy: dict[str, int] = defaultdict(int)
         self._images: dict[str, str] = {}
+        self._scrubbing: dict[str, int] = defaultdict(int)
+        self._configs: dict[str, dict[str, Any]] = {}
+        self._waiters: dict[str, deque[asyncio.Future[Sandbox]]] = defaultdict(deque)
+        self._peak: dict[str, int] = defaultdict(int)  # most busy at once since the key was last idle
+        self._trims: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def acquire(self, config: dict[str, Any]) -> Sandbox:
         key = pool_key(config)
         self._images[key] = config["image"]
+        self._configs[key] = config
         self._busy[key] += 1
+        self._peak[key] = max(self._peak[key], self._busy[key])
+        if key in self._trims:
+            self._trims.pop(key).cancel()
         try:
-            ready = self._ready[key]
-            sandbox = ready.popleft() if ready else await Sandbox.launch(self.docker, config)
+            try:
+                sandbox = await self._take(key, config)
+            except _Retry:
+                sandbox = await Sandbox.launch(self.docker, config)
         except BaseException:
             self._busy[key] -= 1
             raise
@@ -59,17 +72,58 @@ class Pool:
             self._refill(key, config)
         return sandbox
 
+    async def _take(self, key: str, config: dict[str, Any]) -> Sandbox:
+        """A ready sandbox; else one being started or scrubbed (a few ms away); else a new one."""
+        if self._ready[key]:
+            return self._ready[key].popleft()
+        if self._starting[key] + self._scrubbing[key] > len(self._waiters[key]):
+            waiter: asyncio.Future[Sandbox] = asyncio.get_running_loop().create_future()
+            self._waiters[key].append(waiter)
+            try:
+                return await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._put(key, waiter.result())
+                raise
+        return await Sandbox.launch(self.docker, config)
+
+    def _put(self, key: str, sandbox: Sandbox) -> None:
+        """A sandbox is ready: to the first waiter, else onto the ready queue."""
+        waiters = self._waiters[key]
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(sandbox)
+                return
+        self._ready[key].append(sandbox)
+
+    def _wake_waiters(self, key: str) -> None:
+        """A start or scrub failed: waiters it was meant for start their own sandbox instead."""
+        while len(self._waiters[key]) > self._starting[key] + self._scrubbing[key]:
+            waiter = self._waiters[key].pop()
+            if not waiter.done():
+                waiter.set_exception(_Retry())
+
     def release(self, sandbox: Sandbox, reusable: bool = True) -> None:
         """Give a sandbox back after an execution (in the background: the caller has its result)."""
         key = sandbox.pool_key
         self._busy[key] -= 1
         keep = self.strategy == "fast" and reusable and not self._closed
-        self._spawn(self._recycle(key, sandbox) if keep else self._destroy(sandbox))
+        if keep:
+            self._scrubbing[key] += 1
+            self._spawn(self._recycle(key, sandbox))
+        else:
+            self._spawn(self._destroy(sandbox))
+            if self.strategy == "fast" and not self._closed and key in self._configs:
+                self._refill(key, self._configs[key])
+        if self._busy[key] == 0 and not self._closed:
+            self._trims[key] = asyncio.get_running_loop().call_later(IDLE_TRIM_S, self._trim, key)
 
     async def prewarm(self, configs: list[dict[str, Any]]) -> None:
         for config in configs:
             key = pool_key(config)
             self._images[key] = config["image"]
+            self._configs[key] = config
             self._refill(key, config)
         await self.settle()
 
@@ -91,6 +145,13 @@ class Pool:
 
     async def close(self) -> None:
         self._closed = True
+        for timer in self._trims.values():
+            timer.cancel()
+        self._trims.clear()
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(_Retry())
         await self.settle()
         doomed = [sandbox for ready in self._ready.values() for sandbox in ready]
         self._ready.clear()
@@ -106,28 +167,41 @@ class Pool:
     async def _start(self, key: str, config: dict[str, Any]) -> None:
         try:
             sandbox = await Sandbox.launch(self.docker, config)
-        except Exception as exc:  # the next acquire starts one itself and reports the error
+        except Exception as exc:  # a waiter starts one itself and reports the error
             log.debug("pool start for %s failed: %s", config["image"], exc)
-            return
-        finally:
             self._starting[key] -= 1
+            self._wake_waiters(key)
+            return
+        self._starting[key] -= 1
         sandbox.pool_key = key
         if self._closed:
             await sandbox.destroy()
         else:
-            self._ready[key].append(sandbox)
+            self._put(key, sandbox)
 
     async def _recycle(self, key: str, sandbox: Sandbox) -> None:
         try:
             error = await asyncio.wait_for(sandbox.scrub(), 10)
         except Exception as exc:
             error = str(exc) or type(exc).__name__
-        if error is None and not self._closed and len(self._ready[key]) < self.size:
-            self._ready[key].append(sandbox)
+        finally:
+            self._scrubbing[key] -= 1
+        wanted = self._waiters[key] or len(self._ready[key]) < max(self.size, self._peak[key])
+        if error is None and not self._closed and wanted:
+            self._put(key, sandbox)
             return
         if error:
             log.debug("sandbox %s not reused: %s", sandbox.container_id[:12], error)
+            self._wake_waiters(key)
         await sandbox.destroy()
+
+    def _trim(self, key: str) -> None:
+        """Idle for a while: back to `size` ready sandboxes for this key."""
+        self._trims.pop(key, None)
+        self._peak[key] = 0
+        ready = self._ready[key]
+        while len(ready) > self.size:
+            self._spawn(self._destroy(ready.pop()))
 
     async def _destroy(self, sandbox: Sandbox) -> None:
         await sandbox.destroy()
@@ -136,3 +210,7 @@ class Pool:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class _Retry(Exception):
+    """Raised into a waiter whose promised sandbox will not come."""

@@ -35,6 +35,7 @@ class Job:
     files: dict[str, bytes] = field(default_factory=dict)
     stdin: bytes | None = None
     output_paths: list[str] = field(default_factory=list)
+    python_file: str | None = None  # a Python script the agent may run on its forked interpreter
 
     def request(self) -> dict[str, Any]:
         return {
@@ -47,6 +48,7 @@ class Job:
             "files": list(self.files),
             "stdin": self.stdin is not None,
             "output_paths": self.output_paths,
+            "python_file": self.python_file,
         }
 
 

@@ -28,7 +28,8 @@ import sys
 import time
 from collections.abc import Iterator
 
-import protocol as P
+import protocol as P  # sibling files inside the image (/opt/isol8)
+import zygote
 
 ROOTS = ("/sandbox", "/tmp")
 READ_CHUNK = 64 * 1024
@@ -115,7 +116,7 @@ class Job:
         self.current_fd: int | None = None
         self.stdin_buffer = bytearray()
         self.stdin_open = self.expect_stdin
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | ZygoteChild | None = None
         self.status: int | None = None
         self.started = 0.0
         self.deadline = 0.0
@@ -191,19 +192,14 @@ class Job:
             cwd = confine(cwd)
             with self.agent.as_sandbox():
                 os.makedirs(cwd, exist_ok=True)
-            self.proc = subprocess.Popen(
-                req["argv"],
-                stdin=subprocess.PIPE if self.expect_stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=cwd,
-                env=env,
-                user=self.agent.uid,
-                group=self.agent.gid,
-                extra_groups=[],
-                start_new_session=True,
-                close_fds=True,
-            )
+            if self.agent.zygote and req.get("python_file"):
+                self.proc = self.agent.zygote.spawn(
+                    {"uid": self.agent.uid, "gid": self.agent.gid, "cwd": cwd, "path": req["python_file"], "env": env},
+                    self.expect_stdin,
+                )
+                self.agent.zygote.deliver()
+            else:
+                self.proc = self._popen(req["argv"], cwd, env)
         except (RefusedPath, OSError, subprocess.SubprocessError) as exc:
             self.error = f"Cannot start {req['argv'][0]!r}: {_reason(exc)}"
             self.agent.finish(self)
@@ -219,6 +215,21 @@ class Job:
         if self.proc.stdin:
             os.set_blocking(self.proc.stdin.fileno(), False)
             self.agent.want_stdin_write()
+
+    def _popen(self, argv: list[str], cwd: str, env: dict[str, str]) -> subprocess.Popen:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if self.expect_stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            user=self.agent.uid,
+            group=self.agent.gid,
+            extra_groups=[],
+            start_new_session=True,
+            close_fds=True,
+        )
 
     def read_output(self, fd: int) -> bool:
         """Forward what `fd` has; False at EOF (the fd is then closed and unregistered)."""
@@ -283,6 +294,75 @@ class Job:
         return os.waitstatus_to_exitcode(status)
 
 
+class ZygoteChild:
+    """A job process forked by the zygote: the same face as a Popen object, as the Job uses it."""
+
+    def __init__(self, pid: int, stdin: int | None, stdout: int, stderr: int) -> None:
+        self.pid = pid
+        self.stdin = os.fdopen(stdin, "wb", buffering=0) if stdin is not None else None
+        self.stdout = os.fdopen(stdout, "rb", buffering=0)
+        self.stderr = os.fdopen(stderr, "rb", buffering=0)
+        self.returncode: int | None = None
+
+
+class Zygote:
+    """The agent's end of zygote.py: spawn requests out, `spawned`/`exited` lines in."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.pid, self.sock = zygote.start()
+        self.lines = bytearray()
+        self.spawned: list[int] = []
+        self.exits: dict[int, tuple[int, int]] = {}  # pid -> (status, maxrss), until its job takes it
+
+    def spawn(self, spec: dict, with_stdin: bool) -> ZygoteChild:
+        cloexec = os.O_CLOEXEC
+        stdin_r, stdin_w = os.pipe2(cloexec) if with_stdin else (os.open(os.devnull, os.O_RDONLY | cloexec), None)
+        out_r, out_w = os.pipe2(cloexec)
+        err_r, err_w = os.pipe2(cloexec)
+        spec_r, spec_w = os.pipe2(cloexec)
+        zygote.spawn(self.sock, [stdin_r, out_w, err_w, spec_r])
+        for fd in (stdin_r, out_w, err_w, spec_r):
+            os.close(fd)
+        _write_all(spec_w, json.dumps(spec).encode())
+        os.close(spec_w)
+        while not self.spawned:
+            self.sock.setblocking(True)
+            self.read()
+        return ZygoteChild(self.spawned.pop(0), stdin_w, out_r, err_r)
+
+    def read(self) -> None:
+        """Take what the zygote said: remember spawned pids, hand exits to the running job."""
+        try:
+            chunk = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        finally:
+            self.sock.setblocking(False)
+        if not chunk:
+            raise SystemExit("isol8 agent: the Python zygote died")
+        self.lines += chunk
+        while b"\n" in self.lines:
+            line, _, rest = self.lines.partition(b"\n")
+            self.lines = bytearray(rest)
+            word, *numbers = line.split()
+            if word == b"spawned":
+                self.spawned.append(int(numbers[0]))
+            elif word == b"exited":
+                pid, status, rss = (int(n) for n in numbers)
+                self.exits[pid] = (status, rss)
+        self.deliver()
+
+    def deliver(self) -> None:
+        """Hand the running job its exit, which may arrive in the same read as `spawned`."""
+        job = self.agent.job
+        if job and job.proc and job.proc.pid in self.exits:
+            status, rss = self.exits.pop(job.proc.pid)
+            job.max_rss_kb = max(job.max_rss_kb, rss)
+            job.status = status
+            job.proc.returncode = os.waitstatus_to_exitcode(status)
+
+
 class Upload:
     """A `put` request: one file written as the sandbox user, then a `done` event."""
 
@@ -324,6 +404,7 @@ class Agent:
         self.uid, self.gid = user.pw_uid, user.pw_gid
         self.base_env = dict(os.environ)
         self.network_policy = self.base_env.pop("ISOL8_NETWORK", None)
+        self.zygote: Zygote | None = None
         self.proxy: subprocess.Popen | None = None
         self.proxy_lines = bytearray()
         self.selector = selectors.DefaultSelector()
@@ -626,6 +707,9 @@ class Agent:
 
     # --- main loop -----------------------------------------------------------------------------
     def run(self) -> None:
+        if self.base_env.get("ISOL8_RUNTIME") == "python":
+            self.zygote = Zygote(self)  # forked now, before any job: its memory holds none
+            self.selector.register(self.zygote.sock, selectors.EVENT_READ, ("zygote", None))
         error = self.setup_network() if self.network_policy is not None else None
         self.event({"ev": "hello", "version": P.VERSION, "uid": self.uid, "error": error})
         if error:
@@ -653,6 +737,8 @@ class Agent:
                     self.reap()
                 elif what == "proxy":
                     self.read_proxy()
+                elif what == "zygote" and self.zygote:
+                    self.zygote.read()
                 elif what == "output" and self.job:
                     self.job.read_output(key.fd)
                 elif what == "stdin" and self.job:

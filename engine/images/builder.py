@@ -45,7 +45,7 @@ PACKAGES = (
     "procps",
 )
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
-AGENT_FILES = ("agent.py", "protocol.py", "proxy.py", "node-proxy.cjs")
+AGENT_FILES = ("agent.py", "protocol.py", "zygote.py", "proxy.py", "node-proxy.cjs")
 PROXY_UID = SANDBOX_UID + 1  # the filtered-network proxy's own unprivileged user
 
 # Everything a job sees by default. Installs land in /sandbox because /tmp is noexec.
