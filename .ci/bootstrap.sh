@@ -21,6 +21,26 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# gVisor (optional, for `security.runtime: "runsc"`): Debian's runsc, registered with its own
+# network stack off (sandboxes under it use network "none").
+if ! command -v runsc >/dev/null 2>&1; then
+  $SUDO apt-get update -qq >/dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq runsc >/dev/null 2>&1 \
+    || echo "[WARN] runsc (gVisor) is not available here: its tests will be skipped"
+fi
+if command -v runsc >/dev/null 2>&1 && ! grep -q '"runsc"' /etc/docker/daemon.json 2>/dev/null; then
+  $SUDO mkdir -p /etc/docker
+  $SUDO python3 - "$(command -v runsc)" <<'PY'
+import json, pathlib, sys
+path = pathlib.Path("/etc/docker/daemon.json")
+config = json.loads(path.read_text() or "{}") if path.exists() else {}
+config.setdefault("runtimes", {})["runsc"] = {"path": sys.argv[1], "runtimeArgs": ["--network=none"]}
+path.write_text(json.dumps(config, indent=2) + "\n")
+PY
+  pid=$(pidof dockerd || true)
+  [ -z "$pid" ] || $SUDO kill -HUP $pid  # the daemon reloads its runtimes without a restart
+fi
+
 docker_ok() { timeout 10 docker info >/dev/null 2>&1; }
 if ! docker_ok; then
   echo "[..] starting dockerd in the background (log: /var/log/isol8-dockerd.log)"

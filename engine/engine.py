@@ -41,7 +41,8 @@ log = logging.getLogger("isol8.engine")
 
 # The host-side backstop: the agent enforces the timeout; the engine kills the container if the
 # agent has not reported this long after it.
-BACKSTOP_GRACE_S = 5.0
+BACKSTOP_GRACE_S = 2.0
+AGENT_SILENT = "The sandbox agent did not answer in time; its container was removed."
 # Request fields that override the engine's options for one execution (they shape the container).
 LIMIT_FIELDS = ("memory_limit", "cpu_limit", "pids_limit", "sandbox_size", "tmp_size")
 SETUP_FILE = "/sandbox/.isol8-setup.sh"
@@ -371,6 +372,13 @@ class DockerIsol8:
     async def _sandbox(self, options: Isol8Options, image: str, runtime: str) -> AsyncIterator[Sandbox]:
         if self.options.mode == "persistent":
             async with self._session_lock:
+                if self._session is not None and not self._session.alive:
+                    self._release(self._session, reusable=False)
+                    self._session = None
+                    raise SandboxError(
+                        "The persistent container stopped (the Docker daemon restarted, or it was removed); "
+                        "its files are gone. Run again to start a new one."
+                    )
                 if self._session is None:
                     self._session = await self._launch(options, image, runtime)
                     self._session_runtime = runtime
@@ -417,7 +425,10 @@ class DockerIsol8:
         if sandbox is self._session:
             self._session = None  # its state is gone; the next call starts a new container
         self._release(sandbox, reusable=False)
-        state = await asyncio.to_thread(self.docker.state, sandbox.container_id)
+        try:
+            state = await asyncio.to_thread(self.docker.state, sandbox.container_id)
+        except Exception:  # the daemon itself may be down or restarting
+            state = {}
         report: dict[str, Any] = {
             "code": 137,
             "duration_ms": (time.monotonic() - started) * 1000,
@@ -427,6 +438,7 @@ class DockerIsol8:
             report["oom_killed"] = True
         elif isinstance(exc, TimeoutError):
             report["timed_out"] = True
+            report["error"] = AGENT_SILENT
         else:
             raise exc
         log.debug("sandbox %s lost: %s", sandbox.container_id[:12], report)
@@ -470,6 +482,7 @@ def _closing_events(outcome: Outcome) -> list[StreamEvent]:
     message = None
     if outcome.timed_out:
         message = "SETUP SCRIPT TIMED OUT" if outcome.phase == "setup" else "EXECUTION TIMED OUT"
+        message += f" ({outcome.error})" if outcome.error else ""
     elif outcome.oom_killed:
         message = "OUT OF MEMORY"
     elif outcome.failed:
@@ -528,7 +541,7 @@ def _outcome(item: Output, limit: int, phase: Phase) -> Outcome:
 def _end_markers(outcome: Outcome, request: ExecutionRequest, options: Isol8Options) -> list[str]:
     """The lines a buffered result's stderr ends with, saying why the run ended abnormally."""
     if outcome.timed_out:
-        return [TIMEOUT_MARKER]
+        return [TIMEOUT_MARKER, *([outcome.error] if outcome.error else [])]
     if outcome.oom_killed:
         limit = request.memory_limit or options.memory_limit
         return [f"--- OUT OF MEMORY (limit: {limit}) ---"]

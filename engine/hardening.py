@@ -60,6 +60,8 @@ def container_config(options: Isol8Options, image: str, runtime: str) -> dict[st
         "auto_remove": not options.persist,
         "ulimits": [{"name": "core", "soft": 0, "hard": 0}],
     }
+    if options.security.runtime:
+        host_config["runtime"] = options.security.runtime  # e.g. runsc (gVisor), where registered
     environment = {}
     if filtered:
         host_config["sysctls"] = {"net.ipv6.conf.all.disable_ipv6": "1"}

@@ -74,8 +74,11 @@ class Pool:
 
     async def _take(self, key: str, config: dict[str, Any]) -> Sandbox:
         """A ready sandbox; else one being started or scrubbed (a few ms away); else a new one."""
-        if self._ready[key]:
-            return self._ready[key].popleft()
+        while self._ready[key]:
+            sandbox = self._ready[key].popleft()
+            if sandbox.alive:
+                return sandbox
+            self._spawn(self._destroy(sandbox))  # died while waiting (e.g. the daemon restarted)
         if self._starting[key] + self._scrubbing[key] > len(self._waiters[key]):
             waiter: asyncio.Future[Sandbox] = asyncio.get_running_loop().create_future()
             self._waiters[key].append(waiter)
@@ -89,6 +92,10 @@ class Pool:
 
     def _put(self, key: str, sandbox: Sandbox) -> None:
         """A sandbox is ready: to the first waiter, else onto the ready queue."""
+        if not sandbox.alive:
+            self._spawn(self._destroy(sandbox))
+            self._wake_waiters(key)
+            return
         waiters = self._waiters[key]
         while waiters:
             waiter = waiters.popleft()

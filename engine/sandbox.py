@@ -109,6 +109,11 @@ class Sandbox:
             await asyncio.shield(asyncio.to_thread(docker.remove, container_id))
             raise
 
+    @property
+    def alive(self) -> bool:
+        """False once the stream to the agent has ended (the container or the daemon went away)."""
+        return not self._reader.at_eof() and not self._writer.is_closing()
+
     # --- reading ----------------------------------------------------------------------------------
     async def _next_frame(self) -> tuple[int, bytes]:
         while not self._pending:
