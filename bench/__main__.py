@@ -43,6 +43,8 @@ def run(quick: bool) -> dict[str, Any]:
             results["throughput"][f"{strategy}_c{concurrency}"] = rate
     with console.status("engine resident memory with a pool of 4"):
         results["rss_mb_pool4"] = asyncio.run(eb.resident_memory_with_pool(4))
+    with console.status("gVisor (runsc) against runc"):
+        results["gvisor"] = asyncio.run(eb.gvisor(max(10, n // 3)))
     eb.cleanup_bench_containers()
     return results
 
@@ -97,6 +99,12 @@ def report(results: dict[str, Any]) -> None:
     for strategy in ("fast", "secure"):
         rates.add_row(strategy, *(f"{results['throughput'][f'{strategy}_c{c}']:.1f}" for c in (1, 4, 16)))
     console.print(rates)
+    if results.get("gvisor"):
+        isolation = Table("runtime", "cold p50", "warm p50", "warm p99", title="Stronger isolation: gVisor (runsc)")
+        for runtime in ("runc", "runsc"):
+            cold, warm = results["gvisor"][f"{runtime}_cold"], results["gvisor"][f"{runtime}_warm"]
+            isolation.add_row(runtime, _ms(cold["p50"]), _ms(warm["p50"]), _ms(warm["p99"]))
+        console.print(isolation)
     goals = Table("target", "measured", "against the baselines", "met", title="Targets")
     for target, measured, ratio, met in targets(results):
         goals.add_row(target, measured, ratio, "yes" if met else "[red]no[/red]")

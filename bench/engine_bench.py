@@ -164,3 +164,21 @@ def cleanup_bench_containers() -> None:
     for container in client.containers.list(all=True, filters={"label": "isol8.bench=1"}):
         with contextlib.suppress(docker.errors.APIError):
             container.remove(force=True)
+
+
+async def gvisor(n: int) -> dict[str, dict[str, float]] | None:
+    """Cold and warm runs under runsc next to runc, when the daemon has runsc registered."""
+    if "runsc" not in docker.from_env().info().get("Runtimes", {}):
+        return None
+    request = ExecutionRequest(code=HELLO["python"])
+    results = {}
+    for runtime in ("runc", "runsc"):
+        security = {"runtime": runtime} if runtime == "runsc" else {}
+        async with DockerIsol8(security=security, pool_size=0) as engine:
+            results[f"{runtime}_cold"] = summary(await timed(max(3, n // 6), lambda e=engine: e.execute(request)))
+        async with DockerIsol8(security=security, pool_strategy="fast", pool_size=1, prewarm=["python"]) as engine:
+            await engine.execute(request)
+            results[f"{runtime}_warm"] = summary(
+                await timed(n, lambda e=engine: e.execute(request), engine._pool.settle)
+            )
+    return results
