@@ -42,6 +42,7 @@ log = logging.getLogger("isol8.engine")
 # The host-side backstop: the agent enforces the timeout; the engine kills the container if the
 # agent has not reported this long after it.
 BACKSTOP_GRACE_S = 2.0
+STALE_AFTER_S = 60  # a launch takes well under a second: older unstarted containers are leftovers
 AGENT_SILENT = "The sandbox agent did not answer in time; its container was removed."
 # Request fields that override the engine's options for one execution (they shape the container).
 LIMIT_FIELDS = ("memory_limit", "cpu_limit", "pids_limit", "sandbox_size", "tmp_size")
@@ -106,8 +107,9 @@ class DockerIsol8:
         self._pool = Pool(self.docker, self.options.pool_strategy, self.options.pool_size)
 
     async def start(self) -> None:
-        """Check Docker; in ephemeral mode, warm the pool for the `prewarm` runtimes."""
+        """Check Docker, remove stale leftovers, and in ephemeral mode warm the `prewarm` runtimes."""
         await asyncio.to_thread(self.docker.ping)
+        await asyncio.to_thread(self._remove_stale)
         if self.options.mode == "ephemeral" and not self.options.persist and self.options.prewarm:
             images = [self.options.image or get_runtime(runtime).image for runtime in self.options.prewarm]
             await self._pool.prewarm(
@@ -116,6 +118,14 @@ class DockerIsol8:
                     for image, rt in zip(images, self.options.prewarm, strict=True)
                 ]
             )
+
+    def _remove_stale(self) -> None:
+        """Containers an engine created but never started, or that stopped without being removed
+        (the engine died at the wrong moment); running ones (`persist`) are left alone."""
+        cutoff = time.time() - STALE_AFTER_S
+        for container in self.docker.managed_containers():
+            if container["State"] in ("created", "exited", "dead") and container["Created"] < cutoff:
+                self.docker.remove(container["Id"])
 
     async def stop(self) -> None:
         """Remove every container this engine created, also ones mid-run; safe to call again."""

@@ -148,7 +148,7 @@ class Pool:
             state.ready += len(self._ready[key])
             state.busy += self._busy[key]
             state.starting += self._starting[key]
-        return sorted(per_image.values(), key=lambda s: s.image)
+        return sorted((s for s in per_image.values() if s.ready or s.busy or s.starting), key=lambda s: s.image)
 
     async def close(self) -> None:
         self._closed = True

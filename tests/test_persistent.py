@@ -309,3 +309,36 @@ async def test_sessions_are_isolated_from_each_other(docker_client: DockerClient
             a.execute(ExecutionRequest(cmd="true")),
         )
         assert result.stdout.endswith("absent\n")
+
+
+async def test_a_new_engine_removes_stale_leftovers(
+    docker_client: DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine import engine as engine_module
+    from engine.hardening import container_config
+    from engine.models import Isol8Options
+
+    never_started = docker_client.create_container(container_config(Isol8Options(), "isol8:bash", "bash"))
+    monkeypatch.setattr(engine_module, "STALE_AFTER_S", -1)
+    async with DockerIsol8():
+        pass
+    assert never_started not in [c["Id"] for c in docker_client.managed_containers()]
+
+
+async def test_cancelling_a_consumer_frees_the_container(docker_client: DockerClient) -> None:
+    async with DockerIsol8(pool_size=0) as engine:
+        started = asyncio.Event()
+
+        async def consume() -> None:
+            async for event in engine.execute_stream(ExecutionRequest(cmd="echo up; sleep 60")):
+                if event.type == "stdout":
+                    started.set()
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(started.wait(), 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await engine.stop()
+        assert engine.pool_state() == []
+        assert not engine._live
