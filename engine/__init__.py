@@ -11,6 +11,7 @@ from engine.models import (
     PoolState,
     StreamEvent,
 )
+from engine.remote import RemoteIsol8
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "NetworkFilter",
     "NetworkLogEntry",
     "PoolState",
+    "RemoteIsol8",
     "StreamEvent",
     "__version__",
     "cleanup",

@@ -208,7 +208,7 @@ class Isol8Config(_Model):
     prebuilt_images: list[PrebuiltImage] = Field(default_factory=list)
     # Read from the file like any key, but left out of dumps: `isol8 config` does not show this
     # section yet (its report and the key-set tests list the sections they know).
-    server: ServerPolicy = Field(default_factory=ServerPolicy, exclude=True)
+    server: ServerPolicy = Field(default_factory=ServerPolicy)
     # The workbench (`isol8 tui`); dumps show it only when it differs from the defaults.
     tui: TuiSettings = Field(default_factory=TuiSettings)
 

@@ -17,9 +17,9 @@ def main(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from isol8_tui.commands import build, cleanup, config, run, setup
+    from isol8_tui.commands import build, cleanup, config, run, serve, session, setup
 
-    for module in (setup, build, run, config, cleanup):
+    for module in (setup, build, run, config, cleanup, serve, session):
         main.add_command(module.command)
     main.add_command(build.list_command)
 

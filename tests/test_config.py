@@ -285,6 +285,7 @@ def test_camel_case_round_trip(project: Path) -> None:
         "prewarm",
         "security",
         "prebuiltImages",
+        "server",
     }
     assert dump["defaults"]["cpuLimit"] == 0.5
     assert dump["cleanup"] == {"autoPrune": False, "maxContainerAgeMs": 3600000}

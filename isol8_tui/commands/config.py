@@ -22,6 +22,7 @@ _SECTIONS: tuple[tuple[str, str | None], ...] = (
     ("Network filter", "network"),
     ("Cleanup", "cleanup"),
     ("Security", "security"),
+    ("Server (isol8 serve)", "server"),
 )
 """Report sections: title and the nested key they show (None = top-level scalars and lists)."""
 

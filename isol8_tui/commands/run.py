@@ -188,6 +188,9 @@ async def _run(options: Isol8Options, requests: list[ExecutionRequest], stream: 
 @click.option("--persist", is_flag=True, help="Leave the container running after exit (debugging).")
 @click.option("--no-stream", is_flag=True, help="Print the output when the run ends instead of live.")
 @click.option("--debug", is_flag=True, help="Log what the engine does to stderr.")
+@click.option("--host", metavar="URL", help="Run on an isol8 server (`isol8 serve`) instead of locally.")
+@click.option("--key", metavar="KEY", help="With --host: the server's API key (default: $ISOL8_API_KEY).")
+@click.option("--session-id", metavar="ID", help="With --host: run in this server session (state persists).")
 def command(
     files: tuple[str, ...],
     code: str | None,
@@ -234,6 +237,16 @@ def command(
             setup_script=_setup_script(setup),
             workdir=workdir,
         )
+        remote = {name: limits.pop(name) for name in ("host", "key", "session_id")}
+        if any(remote.values()):
+            from isol8_tui.remote_run import run_remote
+
+            flags = {**limits, "persist": persist, "log_network": log_network, "allow": allow, "deny": deny}
+            stream = not no_stream
+            exit_code = run_remote(
+                **remote, requests=requests, persistent=persistent, stream=stream, out_path=out_path, flags=flags
+            )
+            raise SystemExit(exit_code)
         network_filter = loaded.config.network
         if allow or deny:
             network_filter = NetworkFilter(

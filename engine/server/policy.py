@@ -1,0 +1,212 @@
+"""The operator's policy over what a remote client may ask for.
+
+The reference server spread a client's `options` over its own, so any client could turn seccomp off,
+open the host network or pick an image. Here a client's options are checked against the config's
+`server` section: anything it does not allow is refused (403, naming the option) and everything
+else starts from the operator's config, never from built-in defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from engine.config import Isol8Config
+from engine.limits import parse_size
+from engine.models import (
+    ExecutionRequest,
+    Isol8Options,
+    Model,
+    NetworkFilter,
+    NetworkMode,
+    SeccompMode,
+    SecurityOptions,
+)
+
+LIMIT_FIELDS = ("memory_limit", "cpu_limit", "pids_limit", "sandbox_size", "tmp_size")
+"""Limits that shape a container: per request for stateless runs, fixed for a session's life."""
+
+
+class PolicyError(Exception):
+    """A client asked for more than the operator allows (HTTP 403)."""
+
+
+class ClientSecurity(Model):
+    seccomp: SeccompMode | None = None
+    custom_profile_path: str | None = None
+    runtime: str | None = None
+
+
+class ClientOptions(Model):
+    """The `options` of an execute call (the reference's Isol8Options, as its clients send them).
+
+    Every field is optional: what a client leaves out comes from the server's config. `mode`,
+    `runtime`, `poolStrategy`, `poolSize`, `maxConcurrent` and `debug` are the server's to decide;
+    they are accepted so reference clients work, and ignored.
+    """
+
+    network: NetworkMode | None = None
+    network_filter: NetworkFilter | None = None
+    log_network: bool | None = None
+    security: ClientSecurity | None = None
+    image: str | None = None
+    secrets: dict[str, str] = Field(default_factory=dict)
+    timeout_ms: int | None = Field(default=None, gt=0)
+    memory_limit: str | None = None
+    cpu_limit: float | None = Field(default=None, gt=0)
+    pids_limit: int | None = Field(default=None, gt=0)
+    sandbox_size: str | None = None
+    tmp_size: str | None = None
+    max_output_size: int | None = Field(default=None, gt=0)
+    readonly_root_fs: bool | None = None
+    persist: bool | None = None
+    mode: str | None = None
+    runtime: str | None = None
+    pool_strategy: str | None = None
+    pool_size: Any = None
+    max_concurrent: int | None = None
+    debug: bool | None = None
+
+    @field_validator("memory_limit", "sandbox_size", "tmp_size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run and on which engine, after the policy check."""
+
+    engine_options: Isol8Options  # ephemeral; also the key of the shared engine that runs it
+    request: ExecutionRequest  # the client's request with its options' limits and secrets folded in
+
+    def session_options(self) -> Isol8Options:
+        """A new session's engine: persistent, its runtime and limits fixed by its first request."""
+        limits = {name: getattr(self.request, name) for name in LIMIT_FIELDS}
+        update = {name: value for name, value in limits.items() if value is not None}
+        return self.engine_options.model_copy(update={**update, "mode": "persistent", "runtime": self.request.runtime})
+
+
+def _listing(values: list[str] | set[str]) -> str:
+    return ", ".join(sorted(values)) or "none"
+
+
+class Policy:
+    """Checks client options against the config and turns them into a Plan."""
+
+    def __init__(self, config: Isol8Config) -> None:
+        self.config = config
+        server, defaults = config.server, config.defaults
+        # (JSON name, request field, the most a client may ask for, how to compare)
+        self._limits: list[tuple[str, str, Any]] = [
+            ("timeoutMs", "timeout_ms", max(server.max_timeout_ms, defaults.timeout_ms)),
+            ("memoryLimit", "memory_limit", _larger(server.max_memory_limit, defaults.memory_limit)),
+            ("cpuLimit", "cpu_limit", max(server.max_cpu_limit, defaults.cpu_limit)),
+            ("pidsLimit", "pids_limit", max(server.max_pids_limit, defaults.pids_limit)),
+            ("sandboxSize", "sandbox_size", _larger(server.max_sandbox_size, defaults.sandbox_size)),
+            ("tmpSize", "tmp_size", _larger(server.max_tmp_size, defaults.tmp_size)),
+            ("maxOutputSize", "max_output_size", max(server.max_output_size, defaults.max_output_size)),
+        ]
+
+    def plan(self, request: ExecutionRequest, options: ClientOptions | None) -> Plan:
+        """Refuse (PolicyError) or return the engine options and request to run."""
+        options = options or ClientOptions()
+        self._check_flags(options)
+        folded = self._fold(request, options)
+        self._check_limits(folded)
+        engine_options = self.config.engine_options(
+            network=self._network(options),
+            network_filter=self._network_filter(options),
+            log_network=options.log_network,
+            security=self._security(options),
+            image=self._image(options),
+        )
+        return Plan(engine_options=engine_options, request=folded)
+
+    # --- checks -----------------------------------------------------------------------------------
+    def _check_flags(self, options: ClientOptions) -> None:
+        if options.readonly_root_fs is False:
+            raise PolicyError("readonlyRootFs false is not allowed: the root filesystem is always read-only")
+        if options.persist:
+            raise PolicyError("persist is not allowed on a server: it would leave containers running")
+
+    def _fold(self, request: ExecutionRequest, options: ClientOptions) -> ExecutionRequest:
+        """Option-level limits and secrets become request-level (the request's own values win)."""
+        update: dict[str, Any] = {}
+        for name in (*LIMIT_FIELDS, "timeout_ms", "max_output_size"):
+            if getattr(request, name) is None and getattr(options, name) is not None:
+                update[name] = getattr(options, name)
+        if options.secrets:
+            update["secrets"] = {**options.secrets, **request.secrets}
+        return request.model_copy(update=update) if update else request
+
+    def _check_limits(self, request: ExecutionRequest) -> None:
+        for json_name, field, maximum in self._limits:
+            value = getattr(request, field)
+            if value is None:
+                continue
+            too_big = parse_size(value) > parse_size(maximum) if isinstance(value, str) else value > maximum
+            if too_big:
+                raise PolicyError(f"{json_name} {value} is above this server's maximum ({maximum})")
+
+    def _network(self, options: ClientOptions) -> NetworkMode:
+        default = self.config.defaults.network
+        allowed = {*self.config.server.allowed_networks, default}
+        if options.network is not None and options.network not in allowed:
+            raise PolicyError(
+                f'network "{options.network}" is not allowed by this server (allowed: {_listing(allowed)})'
+            )
+        return options.network or default
+
+    def _network_filter(self, options: ClientOptions) -> NetworkFilter:
+        """The config's filter; a client may narrow it, or add hosts from `server.allowedHosts`."""
+        base = self.config.network
+        asked = options.network_filter
+        if asked is None:
+            return base
+        if base.whitelist:  # an empty whitelist allows every host: any client list only narrows it
+            allowed = {*base.whitelist, *self.config.server.allowed_hosts}
+            for pattern in asked.whitelist:
+                if pattern not in allowed:
+                    raise PolicyError(
+                        f'networkFilter.whitelist entry "{pattern}" is not allowed by this server '
+                        f"(allowed: {_listing(allowed)})"
+                    )
+        blacklist = [*base.blacklist, *(p for p in asked.blacklist if p not in base.blacklist)]
+        return NetworkFilter(whitelist=asked.whitelist or base.whitelist, blacklist=blacklist)
+
+    def _security(self, options: ClientOptions) -> SecurityOptions:
+        base = self.config.security
+        asked = options.security or ClientSecurity()
+        seccomp = asked.seccomp or base.seccomp
+        allowed = {*self.config.server.allowed_seccomp, base.seccomp}
+        if seccomp not in allowed:
+            raise PolicyError(
+                f'security.seccomp "{seccomp}" is not allowed by this server (allowed: {_listing(allowed)})'
+            )
+        if asked.custom_profile_path not in (None, base.custom_profile_path):
+            raise PolicyError("security.customProfilePath cannot be set by clients (the operator's config sets it)")
+        if seccomp == "custom" and not base.custom_profile_path:
+            raise PolicyError('security.seccomp "custom" needs security.customProfilePath in the server\'s config')
+        runtimes = {*self.config.server.allowed_container_runtimes, *([base.runtime] if base.runtime else [])}
+        if asked.runtime is not None and asked.runtime not in runtimes:
+            raise PolicyError(
+                f'security.runtime "{asked.runtime}" is not allowed by this server (allowed: {_listing(runtimes)})'
+            )
+        return SecurityOptions(
+            seccomp=seccomp, custom_profile_path=base.custom_profile_path, runtime=asked.runtime or base.runtime
+        )
+
+    def _image(self, options: ClientOptions) -> str | None:
+        allowed = set(self.config.server.allowed_images)
+        if options.image is not None and options.image not in allowed:
+            raise PolicyError(f'image "{options.image}" is not allowed by this server (allowed: {_listing(allowed)})')
+        return options.image
+
+
+def _larger(first: str, second: str) -> str:
+    return first if parse_size(first) >= parse_size(second) else second

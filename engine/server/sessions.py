@@ -1,0 +1,143 @@
+"""Sessions: a persistent engine per (tenant, sessionId), created by the first execute that names it.
+
+State under /sandbox and /tmp carries over between a session's requests. A session idle longer than
+`cleanup.maxContainerAgeMs` is pruned, but never while a request is using it: the in-use count is
+taken and checked under the same lock. Sessions are namespaced by the caller's tenant so one API
+key cannot reach another tenant's files by guessing an id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from engine import DockerIsol8, Isol8Options, PoolState
+from engine.models import Model
+
+log = logging.getLogger("isol8.server")
+
+
+class SessionNotFound(Exception):
+    """No such session for this caller (HTTP 404)."""
+
+
+class TooManySessions(Exception):
+    """The server's `maxSessions` is reached (HTTP 429)."""
+
+
+class SessionInfo(Model):
+    id: str
+    runtime: str | None = None
+    is_active: bool = False
+    created_at: str
+    last_accessed_at: str
+    container_id: str | None = None
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Session:
+    id: str
+    tenant_id: str
+    engine: DockerIsol8
+    created_at: float = field(default_factory=time.time)
+    last_accessed_at: float = field(default_factory=time.time)
+    active: int = 0  # requests using it now; a session in use is never pruned
+
+    def touch(self) -> None:
+        self.last_accessed_at = time.time()
+
+    def info(self) -> SessionInfo:
+        return SessionInfo(
+            id=self.id,
+            runtime=self.engine.options.runtime,
+            is_active=self.active > 0,
+            created_at=_iso(self.created_at),
+            last_accessed_at=_iso(self.last_accessed_at),
+            container_id=self.engine.container_id,
+        )
+
+
+class SessionRegistry:
+    def __init__(self, max_sessions: int, idle_ms: int) -> None:
+        self.max_sessions = max_sessions
+        self.idle_ms = idle_ms
+        self._sessions: dict[tuple[str, str], Session] = {}
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def use(self, tenant_id: str, session_id: str, create: Isol8Options | None = None) -> AsyncIterator[Session]:
+        """Lend a session, creating it from `create` (a persistent engine's options) if it is new."""
+        key = (tenant_id, session_id)
+        async with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                if create is None:
+                    raise SessionNotFound(session_id)
+                if len(self._sessions) >= self.max_sessions:
+                    raise TooManySessions(self.max_sessions)
+                session = self._sessions[key] = Session(session_id, tenant_id, DockerIsol8(create))
+                log.debug("session %s created for tenant %s", session_id, tenant_id)
+            session.active += 1
+            session.touch()
+        try:
+            yield session
+        finally:
+            session.active -= 1
+            session.touch()
+
+    def list_for(self, tenant_id: str) -> list[SessionInfo]:
+        sessions = [s for (tenant, _), s in self._sessions.items() if tenant == tenant_id]
+        return [s.info() for s in sorted(sessions, key=lambda s: s.created_at)]
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def pool_state(self) -> list[PoolState]:
+        return [state for session in self._sessions.values() for state in session.engine.pool_state()]
+
+    async def delete(self, tenant_id: str, session_id: str) -> bool:
+        """Stop and forget the session (a run in flight ends); False if there was none."""
+        async with self._lock:
+            session = self._sessions.pop((tenant_id, session_id), None)
+        if session is not None:
+            await session.engine.stop()
+        return session is not None
+
+    async def prune(self) -> list[str]:
+        """Stop sessions idle longer than `idle_ms` and not in use; their ids."""
+        cutoff = time.time() - self.idle_ms / 1000
+        async with self._lock:
+            stale = [key for key, s in self._sessions.items() if s.active == 0 and s.last_accessed_at < cutoff]
+            victims = [self._sessions.pop(key) for key in stale]
+        await asyncio.gather(*(s.engine.stop() for s in victims), return_exceptions=True)
+        for session in victims:
+            log.info("session %s pruned after %d ms idle", session.id, self.idle_ms)
+        return [s.id for s in victims]
+
+    async def prune_forever(self) -> None:
+        # Often enough that a session outlives its idle limit by at most a quarter of it (or a minute).
+        interval = min(60.0, max(0.25, self.idle_ms / 4000))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.prune()
+            except Exception:  # one bad stop must not end pruning for the server's life
+                log.exception("session prune failed")
+
+    async def stop_all(self) -> tuple[int, list[str]]:
+        """Stop every session: (how many, error messages)."""
+        async with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        results = await asyncio.gather(*(s.engine.stop() for s in sessions), return_exceptions=True)
+        errors = [f"{s.id}: {r}" for s, r in zip(sessions, results, strict=True) if isinstance(r, BaseException)]
+        return len(sessions) - len(errors), errors

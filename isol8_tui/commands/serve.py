@@ -1,0 +1,204 @@
+"""`isol8 serve`: the HTTP API (engine/server/) on uvicorn, in this process.
+
+The port comes from `--port`, `$ISOL8_PORT`, `$PORT`, then 3000. The socket is bound here and handed
+to uvicorn, so "is the port free?" and "listen" cannot race. Shutdown (Ctrl-C, SIGTERM) stops every
+container the server created and keeps the images.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from types import FrameType
+from typing import ClassVar
+
+import click
+
+from engine import __version__
+from engine.config import load_config
+from engine.docker import DockerClient
+from engine.errors import Isol8Error
+from engine.images import image_ready
+from engine.runtimes import RUNTIMES
+from isol8_tui.commands.setup import build_images, ca_bundle_option
+from isol8_tui.output import err, info, setup_logging, user_errors, warn
+
+DEFAULT_PORT = 3000
+WS_MAX_BYTES = 64 << 20  # a first WebSocket message carries the code, stdin and files
+
+
+class _Stop(Exception):
+    """SIGTERM, re-raised by uvicorn once it has shut down cleanly."""
+
+
+def resolve_port(flag: str | None) -> int:
+    """`--port`, then `$ISOL8_PORT`, then `$PORT` (empty values skipped), then 3000."""
+    env = os.environ
+    for source, raw in (("--port", flag), ("ISOL8_PORT", env.get("ISOL8_PORT")), ("PORT", env.get("PORT"))):
+        if raw:
+            port = _parse_port(raw)
+            if port is None:
+                err(f"Invalid port from {source}: {raw}. Expected 1-65535.")
+                raise SystemExit(1)
+            return port
+    return DEFAULT_PORT
+
+
+def _parse_port(raw: str) -> int | None:
+    text = raw.strip()
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        return None
+    return int(text)
+
+
+def _bind(host: str, port: int) -> socket.socket | None:
+    """A socket bound to (host, port), or None if the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            return None
+        raise Isol8Error(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.") from None
+    return sock
+
+
+def _free(host: str) -> socket.socket:
+    sock = _bind(host, 0)
+    assert sock is not None  # port 0 is never "in use"
+    return sock
+
+
+def _ask(host: str, port: int) -> socket.socket:
+    """On a terminal: enter another port, take a free one, or give up."""
+    warn(f"Port {port} is already in use.")
+    while True:
+        choice = click.prompt(
+            "Choose: [1] Enter another port  [2] Find an available port  [3] Exit (default: 2)",
+            default="2",
+            show_default=False,
+        ).strip()
+        if choice == "2":
+            sock = _free(host)
+            info(f"Using available port {sock.getsockname()[1]}")
+            return sock
+        if choice == "3":
+            err("Server startup cancelled.")
+            raise SystemExit(1)
+        if choice != "1":
+            err("Invalid selection. Enter 1, 2, or 3.")
+            continue
+        while True:
+            raw = click.prompt("Enter port (1-65535)", default="", show_default=False)
+            chosen = _parse_port(raw)
+            if chosen is None:
+                err(f"Invalid port: {raw}. Expected 1-65535.")
+                continue
+            sock = _bind(host, chosen)
+            if sock is not None:
+                return sock
+            warn(f"Port {chosen} is already in use.")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    sock = _bind(host, port)
+    if sock is not None:
+        return sock
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        try:
+            return _ask(host, port)
+        except click.Abort:
+            err("Server startup cancelled.")
+            raise SystemExit(1) from None
+    sock = _free(host)
+    warn(f"Port {port} is in use. Falling back to available port {sock.getsockname()[1]}.")
+    return sock
+
+
+class _Tagged(logging.Formatter):
+    """`[INFO] message`, like every other line the CLI prints."""
+
+    TAGS: ClassVar[dict[str, str]] = {"WARNING": "WARN", "ERROR": "ERR", "CRITICAL": "ERR"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.tag = self.TAGS.get(record.levelname, record.levelname)
+        return super().format(record)
+
+
+def _server_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Tagged("[%(tag)s] %(message)s"))
+    logger = logging.getLogger("isol8.server")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Stop
+
+
+@click.command("serve")
+@click.option("-p", "--port", "port_flag", metavar="PORT", help="Port (default: $ISOL8_PORT, $PORT, 3000).")
+@click.option("-k", "--key", metavar="KEY", help="The master API key (default: $ISOL8_API_KEY).")
+@click.option("--auth-db", metavar="PATH|URL", help="Database-backed API keys: a SQLite file or a postgresql:// URL.")
+@click.option("--bind", metavar="ADDRESS", help="Address to listen on (default: the config's server.bind, 127.0.0.1).")
+@click.option("--debug", is_flag=True, help="Log requests and what the engine does to stderr.")
+def command(port_flag: str | None, key: str | None, auth_db: str | None, bind: str | None, debug: bool) -> None:
+    """Serve the HTTP API: execute, stream (SSE and WebSocket), sessions, files, API keys."""
+    key = key or os.environ.get("ISOL8_API_KEY")
+    if not key:
+        err("API key required. Use --key or set ISOL8_API_KEY.")
+        raise SystemExit(1)
+    port = resolve_port(port_flag)
+    with user_errors():
+        loaded = load_config()
+        setup_logging(debug or loaded.config.debug)
+        _server_logging(debug)
+        docker = DockerClient()
+        docker.ping()
+        stale = [name for name in RUNTIMES if not image_ready(docker, name)]
+        if stale:
+            click.echo(f"[..] isol8 images missing or outdated for {', '.join(stale)}: building", err=True)
+            build_images(stale, refresh_base=False, ca_bundle=ca_bundle_option(None))
+        from engine.server.app import ServerSettings, create_app
+        from engine.server.auth import redact
+
+        app = create_app(ServerSettings(loaded.config, key, auth_db))
+        host = bind or loaded.config.server.bind
+        sock = listen(host, port)
+    import uvicorn  # here, like the app: other commands should not pay for importing the server stack
+
+    shown = f"[{host}]" if ":" in host else host
+    info(f"isol8 server v{__version__} listening on http://{shown}:{sock.getsockname()[1]}")
+    click.echo("       Auth: Bearer token required", err=True)
+    if auth_db or loaded.config.server.auth_db:
+        click.echo(f"       Auth DB: {redact(auth_db or loaded.config.server.auth_db or '')}", err=True)
+    config = uvicorn.Config(
+        app,
+        log_level="info" if debug else "warning",
+        access_log=debug,
+        lifespan="on",
+        ws_max_size=WS_MAX_BYTES,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        server.run(sockets=[sock])
+    except (KeyboardInterrupt, _Stop):
+        pass  # uvicorn re-raises the signal after its clean shutdown
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sock.close()
+    if not server.started:
+        err("The server failed to start; see the messages above.")
+        raise SystemExit(1)
+    info("Server cleanup complete")

@@ -1,0 +1,82 @@
+"""`isol8 session list|delete`: the sessions an isol8 server keeps for this API key's tenant."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from datetime import datetime
+
+import click
+
+from engine.remote import RemoteIsol8, RemoteSession
+from isol8_tui.output import err, info, ok, user_errors
+
+KEY_REQUIRED = "API key required. Use --key or set ISOL8_API_KEY."
+
+
+def api_key(flag: str | None) -> str:
+    key = flag or os.environ.get("ISOL8_API_KEY")
+    if not key:
+        err(KEY_REQUIRED)
+        raise SystemExit(1)
+    return key
+
+
+def _local_time(iso: str | None) -> str:
+    if not iso:
+        return "unknown"
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def _list(host: str, key: str) -> list[RemoteSession]:
+    async with RemoteIsol8(host, key) as remote:
+        return await remote.list_sessions()
+
+
+async def _delete(host: str, key: str, session_id: str) -> None:
+    async with RemoteIsol8(host, key) as remote:
+        await remote.delete_session(session_id)
+
+
+host_option = click.option("--host", required=True, metavar="URL", help="The server, e.g. http://127.0.0.1:3000.")
+key_option = click.option("-k", "--key", metavar="KEY", help="API key (default: $ISOL8_API_KEY).")
+
+
+@click.group("session")
+def command() -> None:
+    """Sessions on an isol8 server (`isol8 serve`): list or delete them."""
+
+
+@command.command("list")
+@host_option
+@key_option
+@click.option("--json", "as_json", is_flag=True, help="Print the sessions as JSON.")
+def list_command(host: str, key: str | None, as_json: bool) -> None:
+    """List the sessions of this key's tenant."""
+    secret = api_key(key)
+    with user_errors():
+        sessions = asyncio.run(_list(host, secret))
+    if as_json:
+        click.echo(json.dumps([s.model_dump(mode="json", by_alias=True) for s in sessions], indent=2))
+        return
+    if not sessions:
+        info("No active sessions.")
+        return
+    click.echo(f"\n  {len(sessions)} active session(s):\n")
+    for session in sessions:
+        state = "running" if session.is_active else "idle"
+        runtime = f"  {session.runtime}" if session.runtime else ""
+        click.echo(f"  {session.id}  [{state}]{runtime}  last accessed: {_local_time(session.last_accessed_at)}")
+
+
+@command.command("delete")
+@click.argument("session_id")
+@host_option
+@key_option
+def delete_command(session_id: str, host: str, key: str | None) -> None:
+    """Stop a session and remove its container (no error if it is already gone)."""
+    secret = api_key(key)
+    with user_errors():
+        asyncio.run(_delete(host, secret, session_id))
+    ok(f'Session "{session_id}" destroyed.')

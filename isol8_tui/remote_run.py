@@ -1,0 +1,125 @@
+"""`isol8 run --host URL`: the same run, executed by an isol8 server, with the same output and exit codes.
+
+Only the flags the user gave are sent as options: the server's own config decides the rest, and its
+policy refuses (with a message naming the flag's option) anything it does not allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from engine.errors import Isol8Error
+from engine.models import ExecutionRequest, ExecutionResult, Isol8Options, NetworkFilter, NetworkLogEntry
+from engine.remote import RemoteIsol8
+from isol8_tui.output import err, warn
+
+OPTION_FLAGS = (
+    "network",
+    "image",
+    "memory_limit",
+    "cpu_limit",
+    "pids_limit",
+    "sandbox_size",
+    "tmp_size",
+    "max_output_size",
+    "persist",
+    "log_network",
+)
+"""`isol8 run` flags that become the remote call's options (same names as Isol8Options fields)."""
+
+
+def remote_options(flags: dict[str, Any]) -> Isol8Options | None:
+    """Isol8Options holding only the flags that were given (so only those are sent)."""
+    values = {name: flags[name] for name in OPTION_FLAGS if flags.get(name) not in (None, False)}
+    allow, deny = list(flags.get("allow") or ()), list(flags.get("deny") or ())
+    if allow or deny:
+        values["network_filter"] = NetworkFilter(whitelist=allow, blacklist=deny)
+    return Isol8Options(**values) if values else None
+
+
+def run_remote(
+    host: str | None,
+    key: str | None,
+    session_id: str | None,
+    requests: list[ExecutionRequest],
+    *,
+    persistent: bool,
+    stream: bool,
+    out_path: str | None,
+    flags: dict[str, Any],
+) -> int:
+    """Run `requests` in order on the server; the exit code of the last one run."""
+    if not host:
+        raise Isol8Error("--session-id and --key need --host URL (the isol8 server to run on).")
+    key = key or os.environ.get("ISOL8_API_KEY")
+    if not key:
+        raise Isol8Error("API key required. Use --key or set ISOL8_API_KEY.")
+    # --persistent without an id: a session for this command only, deleted at the end.
+    session = session_id or (f"cli-{int(time.time() * 1000)}" if persistent else None)
+    remote = RemoteIsol8(host, key, session, remote_options(flags), keep_session=session_id is not None)
+    try:
+        return asyncio.run(_run(remote, requests, stream, out_path))
+    except KeyboardInterrupt:
+        err("Interrupted; the remote run was stopped.")
+        return 130
+
+
+async def _run(remote: RemoteIsol8, requests: list[ExecutionRequest], stream: bool, out_path: str | None) -> int:
+    exit_code = 0
+    with open(out_path, "w", encoding="utf-8") if out_path else contextlib.nullcontext(sys.stdout) as out:
+        async with remote:
+            for request in requests:
+                if stream:
+                    exit_code = await _stream(remote, request, out)
+                else:
+                    exit_code = _print_result(await remote.execute(request), out)
+                if exit_code:
+                    break
+    return exit_code
+
+
+async def _stream(remote: RemoteIsol8, request: ExecutionRequest, out: TextIO) -> int:
+    """As `isol8 run` prints a local stream: the code's stdout on `out`, everything else on stderr."""
+    exit_code = 1
+    network: list[NetworkLogEntry] = []
+    async with contextlib.aclosing(remote.execute_stream(request)) as events:
+        async for event in events:
+            if event.entry is not None:
+                network.append(event.entry)
+            elif event.type == "stdout" and event.phase in ("code", None):
+                out.write(event.data)
+                out.flush()
+            elif event.type in ("stdout", "stderr"):
+                sys.stderr.write(event.data)
+                sys.stderr.flush()
+            elif event.type == "error":
+                err(event.data)
+            elif event.type == "exit":
+                exit_code = int(event.data)
+                if event.truncated:
+                    warn("Output was truncated")
+    if network:
+        _network_log(network)
+    return exit_code
+
+
+def _print_result(result: ExecutionResult, out: TextIO) -> int:
+    out.write(result.stdout)
+    out.flush()
+    sys.stderr.write(result.stderr)
+    if result.truncated:
+        warn("Output was truncated")
+    if result.network_logs is not None:
+        _network_log(result.network_logs)
+    return result.exit_code
+
+
+def _network_log(entries: list[NetworkLogEntry]) -> None:
+    from isol8_tui.commands.run import _print_network_log  # the local run's table, so both look alike
+
+    _print_network_log(entries)
