@@ -20,12 +20,14 @@ from engine.errors import Isol8Error, SandboxError
 from engine.hardening import MANAGED_LABEL, container_config
 from engine.images.custom import find_custom
 from engine.models import (
+    CONTAINER_LIMITS,
     CleanupReport,
     ExecutionRequest,
     ExecutionResult,
     Isol8Options,
     NetworkLogEntry,
     PoolState,
+    RequestLimits,
     ResourceUsage,
     SecurityEvent,
     StreamEvent,
@@ -44,8 +46,6 @@ log = logging.getLogger("isol8.engine")
 BACKSTOP_GRACE_S = 2.0
 STALE_AFTER_S = 60  # a launch takes well under a second: older unstarted containers are leftovers
 AGENT_SILENT = "The sandbox agent did not answer in time; its container was removed."
-# Request fields that override the engine's options for one execution (they shape the container).
-LIMIT_FIELDS = ("memory_limit", "cpu_limit", "pids_limit", "sandbox_size", "tmp_size")
 SETUP_FILE = "/sandbox/.isol8-setup.sh"
 Phase = Literal["setup", "code"]
 
@@ -229,7 +229,7 @@ class DockerIsol8:
 
     # --- planning ---------------------------------------------------------------------------------
     def _options_for(self, request: ExecutionRequest) -> Isol8Options:
-        values = {name: getattr(request, name) for name in (*LIMIT_FIELDS, "max_output_size")}
+        values = {name: getattr(request, name) for name in RequestLimits.model_fields}
         overrides = {name: value for name, value in values.items() if value is not None}
         return self.options.model_copy(update=overrides) if overrides else self.options
 
@@ -423,7 +423,9 @@ class DockerIsol8:
             )
 
     def _check_session_limits(self, request: ExecutionRequest) -> None:
-        changed = [name for name in LIMIT_FIELDS if getattr(request, name) not in (None, getattr(self.options, name))]
+        changed = [
+            name for name in CONTAINER_LIMITS if getattr(request, name) not in (None, getattr(self.options, name))
+        ]
         if changed and self._session is not None:
             raise Isol8Error(
                 f"{', '.join(changed)} cannot change once the persistent container runs. "

@@ -76,7 +76,29 @@ class Model(BaseModel):
         return self.model_dump_json(by_alias=True, exclude_none=True)
 
 
-class ExecutionRequest(Model):
+CONTAINER_LIMITS = ("memory_limit", "cpu_limit", "pids_limit", "sandbox_size", "tmp_size")
+"""Limits that shape the container (the output cap is per job)."""
+
+
+class RequestLimits(Model):
+    """Per-request limits; None means the engine's option."""
+
+    memory_limit: str | None = None
+    cpu_limit: float | None = Field(default=None, gt=0)
+    pids_limit: int | None = Field(default=None, gt=0)
+    sandbox_size: str | None = None
+    tmp_size: str | None = None
+    max_output_size: int | None = Field(default=None, gt=0)
+
+    @field_validator("memory_limit", "sandbox_size", "tmp_size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
+
+
+class ExecutionRequest(RequestLimits):
     """One execution. Exactly one of `code` and `cmd`."""
 
     code: str | None = None
@@ -92,13 +114,6 @@ class ExecutionRequest(Model):
     files: dict[str, str | bytes] = Field(default_factory=dict)
     output_paths: list[str] = Field(default_factory=list)
     secrets: dict[str, str] = Field(default_factory=dict)
-    # Per-request limits; None means the engine's option.
-    memory_limit: str | None = None
-    cpu_limit: float | None = Field(default=None, gt=0)
-    pids_limit: int | None = Field(default=None, gt=0)
-    sandbox_size: str | None = None
-    tmp_size: str | None = None
-    max_output_size: int | None = Field(default=None, gt=0)
 
     @field_validator("runtime")
     @classmethod
@@ -116,13 +131,6 @@ class ExecutionRequest(Model):
     @classmethod
     def _output_paths(cls, paths: list[str]) -> list[str]:
         return [sandbox_path(path) for path in paths]
-
-    @field_validator("memory_limit", "sandbox_size", "tmp_size")
-    @classmethod
-    def _size(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_size(value)
-        return value
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ExecutionRequest:
