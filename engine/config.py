@@ -21,11 +21,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializationInfo,
-    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
-    model_serializer,
 )
 from pydantic.alias_generators import to_camel
 
@@ -107,6 +104,10 @@ class PrebuiltImage(_Model):
     setup_script: str | None = None
 
 
+MAX_KEY_TTL_MS = 10 * 365 * 86_400_000
+"""Ten years: longer lifetimes would overflow the key store's integers and dates."""
+
+
 class ServerPolicy(_Model):
     """`isol8 serve`: what remote clients may ask for, and the server's own settings.
 
@@ -132,7 +133,10 @@ class ServerPolicy(_Model):
     max_output_size: int = Field(16 << 20, gt=0)
     max_sessions: int = Field(100, ge=0)
     auth_db: str | None = None
-    key_ttl_ms: int = Field(86_400_000, gt=0)
+    key_ttl_ms: int = Field(86_400_000, gt=0, le=MAX_KEY_TTL_MS)
+    # Files and stdin travel base64 in JSON (4/3 of their size), so this leaves room for 64 MiB of
+    # stdin plus files; a larger body is refused with 413 before it is read.
+    max_body_bytes: int = Field(256 << 20, gt=0)
 
 
 TUI_ACTIONS: tuple[str, ...] = (
@@ -206,18 +210,8 @@ class Isol8Config(_Model):
     prewarm: list[Runtime] = Field(default_factory=list)
     security: SecurityOptions = Field(default_factory=SecurityOptions)
     prebuilt_images: list[PrebuiltImage] = Field(default_factory=list)
-    # Read from the file like any key, but left out of dumps: `isol8 config` does not show this
-    # section yet (its report and the key-set tests list the sections they know).
-    server: ServerPolicy = Field(default_factory=ServerPolicy)
-    # The workbench (`isol8 tui`); dumps show it only when it differs from the defaults.
-    tui: TuiSettings = Field(default_factory=TuiSettings)
-
-    @model_serializer(mode="wrap")
-    def _omit_default_tui(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
-        data = handler(self)
-        if self.tui == TuiSettings():
-            data.pop("tui", None)
-        return data
+    server: ServerPolicy = Field(default_factory=ServerPolicy)  # `isol8 serve`
+    tui: TuiSettings = Field(default_factory=TuiSettings)  # the workbench, `isol8 tui`
 
     def engine_options(self, **overrides: Any) -> Isol8Options:
         """Engine options from this config; `overrides` (e.g. CLI flags) win over the file."""

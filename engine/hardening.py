@@ -62,6 +62,10 @@ def container_config(options: Isol8Options, image: str, runtime: str) -> dict[st
     }
     if options.security.runtime:
         host_config["runtime"] = options.security.runtime  # e.g. runsc (gVisor), where registered
+        # gVisor's own kernel runs in the container's cgroup, and its threads count as pids there:
+        # the process limit moves inside, as RLIMIT_NPROC, which its kernel enforces per user.
+        host_config["pids_limit"] = None
+        host_config["ulimits"].append({"name": "nproc", "soft": options.pids_limit, "hard": options.pids_limit})
     environment = {}
     if filtered:
         host_config["sysctls"] = {"net.ipv6.conf.all.disable_ipv6": "1"}

@@ -17,9 +17,9 @@ def main(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from isol8_tui.commands import build, cleanup, config, run, serve, session, setup
+    from isol8_tui.commands import build, cleanup, config, run, serve, session, setup, tui
 
-    for module in (setup, build, run, config, cleanup, serve, session):
+    for module in (setup, build, run, config, cleanup, serve, session, tui):
         main.add_command(module.command)
     main.add_command(build.list_command)
 

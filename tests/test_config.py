@@ -286,6 +286,7 @@ def test_camel_case_round_trip(project: Path) -> None:
         "security",
         "prebuiltImages",
         "server",
+        "tui",
     }
     assert dump["defaults"]["cpuLimit"] == 0.5
     assert dump["cleanup"] == {"autoPrune": False, "maxContainerAgeMs": 3600000}

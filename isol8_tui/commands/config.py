@@ -23,6 +23,7 @@ _SECTIONS: tuple[tuple[str, str | None], ...] = (
     ("Cleanup", "cleanup"),
     ("Security", "security"),
     ("Server (isol8 serve)", "server"),
+    ("Workbench (isol8 tui)", "tui"),
 )
 """Report sections: title and the nested key they show (None = top-level scalars and lists)."""
 

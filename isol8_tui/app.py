@@ -1,0 +1,261 @@
+"""`isol8 tui`: the workbench app. Settings, theme, keys, help and the command palette live here; the
+main screen owns the panes and the run orchestration; `bridge.py` is the only door to the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.theme import Theme
+
+from engine.config import Isol8Config, TuiSettings
+from isol8_tui.bridge import NETWORK_POLICIES, RUNTIMES, Backend, EngineBridge, RealBackend, runtime_for_path
+from isol8_tui.screens.dialogs import ConfirmScreen
+from isol8_tui.screens.help import HelpScreen, KeyHelp
+from isol8_tui.screens.main import MainScreen
+
+STARTER = {
+    "python": 'print("hello from isol8")\n',
+    "node": 'console.log("hello from isol8");\n',
+    "bun": 'const who: string = "isol8";\nconsole.log(`hello from ${who}`);\n',
+    "deno": 'const who: string = "isol8";\nconsole.log(`hello from ${who}`);\n',
+    "bash": 'echo "hello from isol8"\n',
+}
+
+HELP_SKIPPED_PREFIXES = ("cursor_", "scroll_", "delete_", "page_")
+HELP_SKIPPED = frozenset({"help_quit", "select_line", "delete_line"})
+"""Editing and movement keys every editor has; the help lists what is particular to each pane."""
+
+ISOL8_THEME = Theme(
+    name="isol8",
+    primary="#4FB3D9",
+    secondary="#8B7CF6",
+    accent="#F5A524",
+    warning="#F5A524",
+    error="#F2555A",
+    success="#3FC98A",
+    foreground="#D8DEE9",
+    background="#10151C",
+    surface="#161D26",
+    panel="#1D2631",
+    dark=True,
+)
+
+
+def stylesheet() -> Path:
+    """`styles/workbench.tcss`: inside the package in a wheel, next to it in the source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "styles" / "workbench.tcss", here.parent / "styles" / "workbench.tcss"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("styles/workbench.tcss is missing from the isol8 installation")
+
+
+def theme_names() -> list[str]:
+    from textual.theme import BUILTIN_THEMES
+
+    return sorted({*BUILTIN_THEMES, ISOL8_THEME.name})
+
+
+class WorkbenchApp(App[None], inherit_bindings=False):
+    """The workbench. Build it with `make_app`."""
+
+    TITLE = "isol8 workbench"
+    CSS_PATH = str(stylesheet())
+    BINDINGS: ClassVar = [
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, tooltip="Quit (stops every session)"),
+        Binding("f1", "help", "Help", id="help", tooltip="The keys of the focused pane"),
+        Binding("ctrl+c", "help_quit", show=False, system=True),
+    ]
+
+    def __init__(
+        self,
+        bridge: EngineBridge,
+        settings: TuiSettings,
+        *,
+        path: Path | None,
+        text: str,
+        runtime: str,
+        watch: bool,
+        new_file: bool = False,
+        cursor_blink: bool = True,
+        check_docker: bool = True,
+        animations: bool = True,
+    ) -> None:
+        super().__init__()
+        self.bridge = bridge
+        self.settings = settings
+        self._screen_args: dict[str, Any] = {
+            "path": path,
+            "text": text,
+            "runtime": runtime,
+            "watch": watch,
+            "new_file": new_file,
+            "cursor_blink": cursor_blink,
+            "check_docker": check_docker,
+        }
+        self.register_theme(ISOL8_THEME)
+        self._bad_theme = settings.theme not in self.available_themes
+        self.theme = ISOL8_THEME.name if self._bad_theme else settings.theme
+        if not animations:
+            self.animation_level = "none"
+        self.set_keymap(settings.keymap)
+
+    def get_default_screen(self) -> Screen[Any]:
+        return MainScreen(self.bridge, self.settings, **self._screen_args)
+
+    def on_ready(self) -> None:
+        """The first frame is on screen: start the sessions and background checks."""
+        if self.main is not None:
+            self.main.start()
+
+    def on_mount(self) -> None:
+        if self._bad_theme:
+            self.notify(f'Unknown theme "{self.settings.theme}"; using isol8.', severity="warning")
+
+    async def on_unmount(self) -> None:
+        """Every session's container goes when the app ends, whichever way it ends."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.bridge.shutdown(), timeout=20)
+
+    @property
+    def main(self) -> MainScreen | None:
+        screen = self.screen_stack[0] if self.screen_stack else None
+        return screen if isinstance(screen, MainScreen) else None
+
+    async def action_quit(self) -> None:
+        main = self.main
+        if main is not None and main.dirty and main.is_mounted:
+
+            def answered(yes: object) -> None:
+                if yes:
+                    self.exit()
+
+            question = "The buffer has unsaved changes. Quit anyway?"
+            await self.push_screen(ConfirmScreen("Unsaved changes", question, "Quit"), answered)
+            return
+        self.exit()
+
+    # --- help -------------------------------------------------------------------------------------------------------
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        screen = self.screen
+        pane, about = screen.focused_pane() if isinstance(screen, MainScreen) else (screen.__class__.__name__, "")
+        about = about or getattr(screen, "HELP", "")
+        pane_keys: dict[tuple[int, str], list[str]] = {}
+        global_keys: dict[tuple[int, str], list[str]] = {}
+        descriptions: dict[tuple[int, str], str] = {}
+        for key, active in screen.active_bindings.items():
+            binding = active.binding
+            if binding.system or not (binding.description or binding.tooltip):
+                continue
+            if binding.action.startswith(HELP_SKIPPED_PREFIXES) or binding.action in HELP_SKIPPED:
+                continue
+            ident = (id(active.node), binding.action)
+            bucket = global_keys if isinstance(active.node, (App, Screen)) else pane_keys
+            bucket.setdefault(ident, []).append(self.get_key_display(binding.with_key(key)))
+            descriptions[ident] = binding.tooltip or binding.description
+
+        def rows(bucket: dict[tuple[int, str], list[str]]) -> list[KeyHelp]:
+            return [KeyHelp(" ".join(dict.fromkeys(keys)), descriptions[ident]) for ident, keys in bucket.items()]
+
+        global_rows = [*rows(global_keys), KeyHelp("ctrl+p", "Command palette: every action, searchable")]
+        self.push_screen(HelpScreen(pane, about, rows(pane_keys), global_rows))
+
+    # --- command palette ----------------------------------------------------------------------------------------------
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        main = screen if isinstance(screen, MainScreen) else None
+        if main is None:
+            return
+
+        def command(title: str, help_text: str, callback: Callable[[], Any]) -> SystemCommand:
+            return SystemCommand(title, help_text, callback)
+
+        yield command("Run: run the buffer", "ctrl+r · in the selected session", main.action_run)
+        yield command("Run: stop", "ctrl+t · cancel the run in flight", main.action_stop)
+        yield command("File: save", "ctrl+s · re-runs when the file is watched", main.action_save)
+        yield command("File: open…", "ctrl+o", main.action_open)
+        yield command("File: upload into the session…", "alt+u · a host file into /sandbox", main.action_upload)
+        yield command("File: download from the session…", "alt+d · a file out of /sandbox", main.action_download)
+        yield command("File: list /sandbox", "f9 · the Files tab", partial(main.action_focus_pane, "files"))
+        watch_title = "Watch: stop re-running on save" if main.watch_enabled else "Watch: re-run on save"
+        yield command(watch_title, "watch the file and re-run it when it changes", main.action_toggle_watch)
+        yield command("Session: new…", "ctrl+n · runtime and network policy", main.action_new_session)
+        yield command("Session: delete the selected one", "alt+x · removes its container", main.action_delete_session)
+        for session in main.sessions_in_order():
+            detail = "fresh container per run" if session.scratch else f"{session.runtime} · {session.network}"
+            yield command(f"Session: switch to {session.name}", detail, partial(main.select_session, session))
+        for runtime in RUNTIMES:
+            yield command(
+                f"Runtime: {runtime}", "highlighting and the session that runs", partial(main.pick_runtime, runtime)
+            )
+        for policy in NETWORK_POLICIES:
+            yield command(
+                f"Network: {policy} for new sessions",
+                "the default of the new-session dialog",
+                partial(main.pick_network, policy),
+            )
+        yield command(
+            "Network: show blocked requests only", "the inspector's filter", partial(main.filter_network, "BLOCK")
+        )
+        yield command(
+            "Network: show every request", "clears the inspector's filters", partial(main.filter_network, "all")
+        )
+        yield command("View: toggle the session sidebar", "f2", main.action_toggle_sidebar)
+        yield command("View: output", "f4", partial(main.action_focus_pane, "output"))
+        yield command("View: network inspector", "f8", partial(main.action_focus_pane, "network"))
+        yield command("View: editor", "f3", partial(main.action_focus_pane, "editor"))
+        yield command("Output: clear", "ctrl+l", main.action_clear_output)
+        keep = "Output: clear for each run" if main.keep_output else "Output: keep between runs"
+        yield command(keep, "alt+k", main.action_toggle_keep)
+        yield command("Images: check and build missing images", "offers a build with progress", main.action_images)
+        yield command("Help: keys of the focused pane", "f1", self.action_help)
+
+
+def make_app(
+    path: Path | None = None,
+    *,
+    runtime: str | None = None,
+    watch: bool = True,
+    config: Isol8Config | None = None,
+    settings: TuiSettings | None = None,
+    backend: Backend | None = None,
+    text: str | None = None,
+    session_overrides: dict[str, Any] | None = None,
+    cursor_blink: bool = True,
+    check_docker: bool = True,
+    animations: bool = True,
+) -> WorkbenchApp:
+    """The workbench on `path` (None: an untitled buffer). The CLI, the tests and the screenshots share it."""
+    config = config or Isol8Config()
+    settings = settings or config.tui
+    chosen = runtime or (runtime_for_path(path) if path else None) or "python"
+    new_file = False
+    if text is None:
+        if path is not None and path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+        else:
+            new_file = path is not None
+            text = STARTER[chosen]
+    bridge = EngineBridge(backend or RealBackend(), config, session_overrides)
+    return WorkbenchApp(
+        bridge,
+        settings,
+        path=path,
+        text=text,
+        runtime=chosen,
+        watch=watch,
+        new_file=new_file,
+        cursor_blink=cursor_blink,
+        check_docker=check_docker,
+        animations=animations,
+    )

@@ -1,0 +1,565 @@
+"""The workbench's only door to the engine: sessions, runs and files, reported as Textual messages.
+
+Widgets never call the engine or Docker. Screens start the coroutines below in workers; each one
+talks to the engine through its public API and reports what happened by posting messages to
+`EngineBridge.target` (the main screen), so every widget change happens in a message handler.
+
+Blocking Docker calls (ping, image checks and builds) live on the `Backend`; they run in thread
+workers. The real backend uses `engine`; tests and the screenshot command use
+`isol8_tui.fake_engine.FakeBackend`, which is deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, Protocol
+
+from textual.message import Message
+from textual.message_pump import MessagePump
+
+from engine import (
+    DockerUnavailable,
+    ExecutionRequest,
+    ExecutionResult,
+    Isol8Error,
+    Isol8Options,
+    NetworkFilter,
+    NetworkLogEntry,
+    PoolState,
+    StreamEvent,
+)
+from engine.config import Isol8Config
+
+log = logging.getLogger("isol8.tui")
+
+RUNTIMES: tuple[str, ...] = ("python", "node", "bun", "deno", "bash")
+RUNTIME_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "python": (".py",),
+    "node": (".mjs", ".js", ".cjs"),
+    "bun": (".ts", ".tsx", ".jsx"),
+    "deno": (".mts",),
+    "bash": (".sh",),
+}
+"""File extensions per runtime, as `isol8 run` detects them (`.ts` is bun, `.mts` deno)."""
+
+NetworkPolicy = Literal["none", "filtered", "host"]
+NETWORK_POLICIES: tuple[NetworkPolicy, ...] = ("none", "filtered", "host")
+SessionState = Literal["new", "starting", "idle", "running", "error"]
+Stream = Literal["stdout", "stderr"]
+
+LISTING_COMMAND = (
+    "find /sandbox -mindepth 1 -maxdepth 6 -printf '%y\\t%s\\t%TY-%Tm-%Td %TH:%TM\\t%P\\n' 2>/dev/null"
+    " | sort -t \"$(printf '\\t')\" -k4 | head -n 1000"
+)
+"""Lists /sandbox as `type<TAB>size<TAB>modified<TAB>relative path` lines (GNU find, in every image)."""
+
+
+def runtime_for_path(path: str | Path) -> str | None:
+    """The runtime a file's extension selects, or None when no runtime claims it."""
+    suffix = Path(path).suffix.lower()
+    return next((name for name, exts in RUNTIME_EXTENSIONS.items() if suffix in exts), None)
+
+
+def request_extension(runtime: str, path: Path | None) -> str | None:
+    """The file's own extension when it is one of the runtime's (`.cjs` makes Node use CommonJS)."""
+    if path is not None and path.suffix.lower() in RUNTIME_EXTENSIONS.get(runtime, ()):
+        return path.suffix.lower()
+    return None
+
+
+# --- what the engine and Docker look like to the workbench ---------------------------------------------
+
+
+class Engine(Protocol):
+    """The part of `DockerIsol8`'s public API the workbench uses."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def execute_stream(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent]: ...
+    async def execute(self, request: ExecutionRequest) -> ExecutionResult: ...
+    async def put_file(self, path: str, content: str | bytes) -> None: ...
+    async def get_file(self, path: str) -> bytes: ...
+    def pool_state(self) -> list[PoolState]: ...
+
+
+class Backend(Protocol):
+    """Engines plus the blocking Docker checks; the blocking methods run in thread workers only."""
+
+    def clock(self) -> float:
+        """Seconds on a monotonic clock (durations, session ages)."""
+        ...
+
+    def create_engine(self, options: Isol8Options) -> Engine: ...
+
+    def ping(self) -> None:
+        """Raise DockerUnavailable when the daemon does not answer (blocking)."""
+        ...
+
+    def missing_images(self, runtimes: Sequence[str]) -> list[str]:
+        """The runtimes whose image is missing or outdated (blocking)."""
+        ...
+
+    def build_images(self, runtimes: Sequence[str], progress: Callable[[str], None]) -> None:
+        """Build the runtimes' images, reporting progress lines (blocking; minutes on a first build)."""
+        ...
+
+
+class RealBackend:
+    """The engine and the Docker daemon of this machine."""
+
+    def clock(self) -> float:
+        return time.monotonic()
+
+    def create_engine(self, options: Isol8Options) -> Engine:
+        from engine import DockerIsol8
+
+        return DockerIsol8(options)
+
+    def ping(self) -> None:
+        from engine.docker import DockerClient
+
+        DockerClient().ping()
+
+    def missing_images(self, runtimes: Sequence[str]) -> list[str]:
+        from engine.docker import DockerClient
+        from engine.images import image_ready
+
+        client = DockerClient()
+        client.ping()
+        return [runtime for runtime in runtimes if not image_ready(client, runtime)]
+
+    def build_images(self, runtimes: Sequence[str], progress: Callable[[str], None]) -> None:
+        from engine.docker import DockerClient
+        from engine.images import ensure_images
+
+        bundle = os.environ.get("ISOL8_CA_BUNDLE")
+        ensure_images(
+            DockerClient(),
+            list(runtimes),
+            refresh_base=False,
+            ca_bundle=Path(bundle) if bundle else None,
+            progress=progress,
+        )
+
+
+# --- sessions ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What the new-session dialog asks for."""
+
+    runtime: str
+    network: NetworkPolicy = "none"
+    whitelist: tuple[str, ...] = ()
+    blacklist: tuple[str, ...] = ()
+
+
+@dataclass
+class Session:
+    """One engine of this workbench: a persistent container (state and files survive runs), or the
+    scratch engine, which starts a fresh container for every run and can run any runtime."""
+
+    id: str
+    name: str
+    runtime: str | None  # None: scratch, any runtime
+    network: str
+    log_network: bool
+    engine: Engine
+    created_at: float
+    whitelist: tuple[str, ...] = ()
+    blacklist: tuple[str, ...] = ()
+    state: SessionState = "new"
+    detail: str = ""  # the last failure, shown in the sidebar and the status line
+    runs: int = 0
+    active_run: int | None = None
+
+    @property
+    def scratch(self) -> bool:
+        return self.runtime is None
+
+    @property
+    def logs_network(self) -> bool:
+        return self.network == "filtered" and self.log_network
+
+    def can_run(self, runtime: str) -> bool:
+        return self.runtime is None or self.runtime == runtime
+
+
+@dataclass(frozen=True)
+class SandboxEntry:
+    """One line of the /sandbox listing."""
+
+    kind: Literal["file", "dir", "link", "other"]
+    size: int
+    modified: str
+    path: str  # absolute, e.g. /sandbox/out/data.csv
+
+
+# --- messages (past tense: what happened) -----------------------------------------------------------------
+
+
+@dataclass
+class RunStarted(Message, bubble=False):
+    run_id: int
+    session_id: str
+    runtime: str
+    trigger: str  # "key", "button", "watch", "palette"
+    started_at: float
+
+
+@dataclass
+class OutputReceived(Message, bubble=False):
+    run_id: int
+    stream: Stream
+    text: str
+    phase: str = "code"
+
+
+@dataclass
+class NetworkRequestCaptured(Message, bubble=False):
+    run_id: int
+    entry: NetworkLogEntry
+
+
+@dataclass
+class RunNoticed(Message, bubble=False):
+    """The engine's `error` event: why a run ended abnormally (timeout, out of memory, ...)."""
+
+    run_id: int
+    text: str
+
+
+@dataclass
+class RunFinished(Message, bubble=False):
+    run_id: int
+    session_id: str
+    exit_code: int | None
+    duration_ms: float
+    timed_out: bool = False
+    oom_killed: bool = False
+    truncated: bool = False
+    cancelled: bool = False
+    error: str | None = None
+    docker_down: bool = False
+
+
+@dataclass
+class SessionChanged(Message, bubble=False):
+    session_id: str
+
+
+@dataclass
+class DockerChecked(Message, bubble=False):
+    available: bool
+    message: str = ""
+
+
+@dataclass
+class ImagesChecked(Message, bubble=False):
+    missing: list[str]
+
+
+@dataclass
+class ImageBuildProgressed(Message, bubble=False):
+    line: str
+
+
+@dataclass
+class ImageBuildFinished(Message, bubble=False):
+    error: str | None
+
+
+@dataclass
+class SandboxListed(Message, bubble=False):
+    session_id: str
+    entries: list[SandboxEntry] | None
+    error: str | None = None
+
+
+@dataclass
+class FileTransferred(Message, bubble=False):
+    session_id: str
+    direction: Literal["upload", "download"]
+    source: str
+    target: str
+    size: int = 0
+    error: str | None = None
+
+
+@dataclass
+class WatchedFileChanged(Message, bubble=False):
+    path: Path
+    exists: bool
+    detected_at: float
+
+
+# --- the bridge ------------------------------------------------------------------------------------------
+
+
+class EngineBridge:
+    """Owns the sessions' engines and reports their events to `target` as messages."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        config: Isol8Config | None = None,
+        session_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.config = config or Isol8Config()
+        self.session_overrides = dict(session_overrides or {})
+        self.sessions: dict[str, Session] = {}
+        self.target: MessagePump | None = None
+        self._next_id = 0
+        self._names: dict[str, int] = {}
+
+    def post(self, message: Message) -> None:
+        if self.target is not None:
+            self.target.post_message(message)
+
+    # --- sessions ------------------------------------------------------------------------------------
+    def create_scratch(self) -> Session:
+        options = self.config.engine_options()
+        return self._add("scratch", None, options)
+
+    def create_session(self, spec: SessionSpec) -> Session:
+        """A persistent engine; its container starts with `warm_up` or the first run. Bad patterns raise
+        ValueError (the dialog checks them first)."""
+        options = self.config.engine_options(
+            mode="persistent",
+            runtime=spec.runtime,
+            network=spec.network,
+            network_filter=NetworkFilter(whitelist=list(spec.whitelist), blacklist=list(spec.blacklist)),
+            log_network=True,
+            **self.session_overrides,
+        )
+        count = self._names.get(spec.runtime, 0) + 1
+        self._names[spec.runtime] = count
+        return self._add(f"{spec.runtime}-{count}", spec.runtime, options)
+
+    def _add(self, name: str, runtime: str | None, options: Isol8Options) -> Session:
+        self._next_id += 1
+        session = Session(
+            id=f"s{self._next_id}",
+            name=name,
+            runtime=runtime,
+            network=options.network,
+            log_network=options.log_network,
+            whitelist=tuple(options.network_filter.whitelist),
+            blacklist=tuple(options.network_filter.blacklist),
+            engine=self.backend.create_engine(options),
+            created_at=self.backend.clock(),
+        )
+        self.sessions[session.id] = session
+        return session
+
+    async def warm_up(self, session: Session) -> None:
+        """Start the session's container now so the first run does not wait for it."""
+        if session.scratch or session.state not in ("new", "error"):
+            return
+        self._set_state(session, "starting")
+        try:
+            await session.engine.start()
+            await session.engine.execute(ExecutionRequest(cmd="true", runtime=session.runtime))
+        except DockerUnavailable as exc:
+            self._set_state(session, "error", str(exc))
+            self.post(DockerChecked(False, str(exc)))
+            return
+        except Isol8Error as exc:
+            self._set_state(session, "error", str(exc))
+            return
+        except Exception as exc:  # never let a session take the app down
+            log.exception("warm-up of %s failed", session.name)
+            self._set_state(session, "error", f"Unexpected error: {exc}")
+            return
+        if session.active_run is None:
+            self._set_state(session, "idle")
+
+    async def delete_session(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        with contextlib.suppress(Exception):
+            await session.engine.stop()
+
+    async def shutdown(self) -> None:
+        """Stop every engine (removes their containers)."""
+        sessions = list(self.sessions.values())
+        self.sessions.clear()
+        results = await asyncio.gather(*(s.engine.stop() for s in sessions), return_exceptions=True)
+        for session, result in zip(sessions, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("stopping %s failed: %s", session.name, result)
+
+    def pool_states(self) -> list[PoolState]:
+        """Containers per image over every session (in-memory; no Docker call)."""
+        merged: dict[str, PoolState] = {}
+        for session in self.sessions.values():
+            try:
+                states = session.engine.pool_state()
+            except Exception:
+                continue
+            for state in states:
+                total = merged.setdefault(state.image, PoolState(image=state.image))
+                total.ready += state.ready
+                total.busy += state.busy
+                total.starting += state.starting
+        return sorted(merged.values(), key=lambda s: s.image)
+
+    def _set_state(self, session: Session, state: SessionState, detail: str = "") -> None:
+        session.state = state
+        session.detail = detail
+        self.post(SessionChanged(session.id))
+
+    # --- runs ------------------------------------------------------------------------------------------
+    async def run(self, session: Session, request: ExecutionRequest, run_id: int, trigger: str = "key") -> None:
+        """Stream one run's events as messages; cancelling the caller kills the run (the stream is closed)."""
+        started = self.backend.clock()
+        session.runs += 1
+        session.active_run = run_id
+        self._set_state(session, "running")
+        self.post(RunStarted(run_id, session.id, request.runtime, trigger, started))
+        exit_code: int | None = None
+        flags = {"timed_out": False, "oom_killed": False, "truncated": False}
+        error: str | None = None
+        docker_down = cancelled = False
+        try:
+            async with contextlib.aclosing(session.engine.execute_stream(request)) as events:
+                async for event in events:
+                    if event.type in ("stdout", "stderr"):
+                        self.post(OutputReceived(run_id, event.type, event.data, event.phase or "code"))  # type: ignore[arg-type]
+                    elif event.type == "network" and event.entry is not None:
+                        self.post(NetworkRequestCaptured(run_id, event.entry))
+                    elif event.type == "error":
+                        flags["timed_out"] |= "TIMED OUT" in event.data
+                        flags["oom_killed"] |= "OUT OF MEMORY" in event.data
+                        self.post(RunNoticed(run_id, event.data))
+                    elif event.type == "exit":
+                        exit_code = int(event.data)
+                        flags["truncated"] = bool(event.truncated)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        except DockerUnavailable as exc:
+            error, docker_down = str(exc), True
+        except Isol8Error as exc:
+            error = str(exc)
+            if not session.scratch and "stopped unexpectedly" in error:
+                error += " The session's next run starts a new container; its files and state are gone."
+        except Exception as exc:
+            log.exception("run %s failed", run_id)
+            error = f"Unexpected error: {exc}"
+        finally:
+            duration_ms = (self.backend.clock() - started) * 1000
+            if session.active_run == run_id:
+                session.active_run = None
+                if session.id in self.sessions:
+                    self._set_state(session, "error" if error else "idle", error or "")
+            self.post(
+                RunFinished(
+                    run_id,
+                    session.id,
+                    exit_code,
+                    duration_ms,
+                    cancelled=cancelled,
+                    error=error,
+                    docker_down=docker_down,
+                    **flags,
+                )
+            )
+            if docker_down:
+                self.post(DockerChecked(False, error or ""))
+
+    # --- files -----------------------------------------------------------------------------------------
+    async def list_sandbox(self, session: Session) -> None:
+        if session.scratch or session.runtime is None:
+            self.post(SandboxListed(session.id, None, "Scratch runs are ephemeral: there is no /sandbox to list."))
+            return
+        try:
+            result = await session.engine.execute(ExecutionRequest(cmd=LISTING_COMMAND, runtime=session.runtime))
+        except Exception as exc:
+            self.post(SandboxListed(session.id, None, _one_line(exc)))
+            return
+        if result.exit_code != 0 and not result.stdout:
+            self.post(SandboxListed(session.id, None, result.stderr.strip() or f"listing exited {result.exit_code}"))
+            return
+        self.post(SandboxListed(session.id, parse_listing(result.stdout)))
+
+    async def upload(self, session: Session, source: Path, target: str) -> None:
+        try:
+            data = await asyncio.to_thread(source.read_bytes)
+            await session.engine.put_file(target, data)
+        except Exception as exc:
+            self.post(FileTransferred(session.id, "upload", str(source), target, error=_one_line(exc)))
+            return
+        self.post(FileTransferred(session.id, "upload", str(source), target, size=len(data)))
+
+    async def download(self, session: Session, source: str, target: Path) -> None:
+        try:
+            data = await session.engine.get_file(source)
+            await asyncio.to_thread(_write_file, target, data)
+        except Exception as exc:
+            self.post(FileTransferred(session.id, "download", source, str(target), error=_one_line(exc)))
+            return
+        self.post(FileTransferred(session.id, "download", source, str(target), size=len(data)))
+
+    # --- Docker ----------------------------------------------------------------------------------------
+    def check_docker(self, runtimes: Sequence[str] = RUNTIMES) -> None:
+        """Blocking (thread worker): is Docker up, and which images are missing."""
+        try:
+            missing = self.backend.missing_images(runtimes)
+        except DockerUnavailable as exc:
+            self.post(DockerChecked(False, str(exc)))
+            return
+        except Exception as exc:
+            self.post(DockerChecked(False, _one_line(exc)))
+            return
+        self.post(DockerChecked(True))
+        self.post(ImagesChecked(missing))
+
+    def build_images(self, runtimes: Sequence[str]) -> None:
+        """Blocking (thread worker): build the images, reporting each progress line."""
+        try:
+            self.backend.build_images(runtimes, lambda line: self.post(ImageBuildProgressed(line)))
+        except Exception as exc:
+            self.post(ImageBuildFinished(_one_line(exc)))
+            return
+        self.post(ImageBuildFinished(None))
+
+    def ping(self) -> None:
+        """Blocking (thread worker): report Docker's status."""
+        try:
+            self.backend.ping()
+        except Exception as exc:
+            self.post(DockerChecked(False, _one_line(exc)))
+            return
+        self.post(DockerChecked(True))
+
+
+def parse_listing(text: str) -> list[SandboxEntry]:
+    kinds: dict[str, Literal["file", "dir", "link", "other"]] = {"f": "file", "d": "dir", "l": "link"}
+    entries = []
+    for line in text.splitlines():
+        parts = line.split("\t", 3)
+        if len(parts) != 4 or not parts[1].isdigit():
+            continue
+        kind, size, modified, relative = parts
+        path = str(PurePosixPath("/sandbox") / relative)
+        entries.append(SandboxEntry(kinds.get(kind, "other"), int(size), modified, path))
+    return entries
+
+
+def _write_file(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,49 @@
+"""`isol8 tui`: the workbench, an editor with live output over persistent sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from engine.config import load_config
+from engine.errors import Isol8Error
+from isol8_tui.output import user_errors
+
+RUNTIME_NAMES = ("python", "node", "bun", "deno", "bash")
+
+
+@click.command("tui")
+@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--no-watch", is_flag=True, help="Do not re-run when the file changes on disk.")
+@click.option("-r", "--runtime", type=click.Choice(RUNTIME_NAMES), help="Runtime (default: from the extension).")
+def command(path: Path | None, no_watch: bool, runtime: str | None) -> None:
+    """Open the workbench on PATH (created on first save if it does not exist).
+
+    Edit, run (ctrl+r) and watch the output live; saving re-runs the file. F1 shows the keys of the
+    focused pane, ctrl+p every action.
+    """
+    with user_errors():
+        loaded = load_config()
+        from isol8_tui.app import make_app, theme_names
+        from isol8_tui.bridge import runtime_for_path
+
+        settings = loaded.config.tui
+        if settings.theme not in theme_names():
+            where = loaded.source or "the config"
+            raise Isol8Error(
+                f'Invalid config {where}: tui.theme: unknown theme "{settings.theme}". '
+                f"Use one of: {', '.join(theme_names())}."
+            )
+        if path is not None:
+            if path.is_dir():
+                raise Isol8Error(f"{path} is a folder: pass a file.")
+            if not path.parent.resolve().is_dir():
+                raise Isol8Error(f"Folder not found: {path.parent}")
+            if runtime is None and runtime_for_path(path) is None:
+                raise Isol8Error(
+                    f'Cannot detect runtime for "{path}". Known extensions: .py .js .mjs .cjs .ts .tsx .jsx .mts '
+                    ".sh. Use --runtime to specify."
+                )
+        app = make_app(path, runtime=runtime, watch=not no_watch, config=loaded.config)
+    app.run()

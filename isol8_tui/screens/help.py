@@ -1,0 +1,55 @@
+"""F1: what the focused pane is for and its keys, then the keys that work everywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+
+@dataclass(frozen=True)
+class KeyHelp:
+    keys: str
+    description: str
+
+
+def key_table(rows: list[KeyHelp]) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True, min_width=14)
+    table.add_column()
+    for row in rows:
+        table.add_row(Text(row.keys, style="bold cyan"), Text(row.description))
+    return table
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS: ClassVar = [Binding("escape,f1,q", "close", "Close")]
+
+    def __init__(self, pane: str, about: str, pane_keys: list[KeyHelp], global_keys: list[KeyHelp]) -> None:
+        super().__init__()
+        self._pane = pane
+        self._about = about
+        self.pane_keys = pane_keys
+        self.global_keys = global_keys
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-dialog", classes="dialog") as box:
+            box.border_title = f"Help · {self._pane}"
+            box.border_subtitle = "escape closes · ctrl+p lists every action"
+            if self._about:
+                yield Static(self._about, id="help-about")
+            if self.pane_keys:
+                yield Static(f"[b]Keys in {self._pane.lower()}[/]", classes="help-heading")
+                yield Static(key_table(self.pane_keys), id="help-pane-keys")
+            yield Static("[b]Everywhere[/]", classes="help-heading")
+            yield Static(key_table(self.global_keys), id="help-global-keys")
+
+    def action_close(self) -> None:
+        self.dismiss(None)

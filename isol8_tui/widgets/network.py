@@ -1,0 +1,221 @@
+"""The network-log inspector: the run's requests, filterable, blocked ones highlighted, with details."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Input, Select, Static
+
+from engine import NetworkLogEntry
+
+ACTION_FILTERS = (("All", "all"), ("Allowed", "ALLOW"), ("Blocked", "BLOCK"))
+COLUMNS = ("time", "action", "method", "host", "path", "rule", "status", "bytes", "ms")
+
+
+def clock_time(timestamp: str) -> str:
+    """`12:00:01.120` out of an ISO timestamp (the date is the run's)."""
+    _, _, time_part = timestamp.partition("T")
+    return (time_part or timestamp).rstrip("Z")[:12]
+
+
+def human_bytes(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    if count < 1024 * 1024:
+        return f"{count / 1024:.1f} KB"
+    return f"{count / 1024 / 1024:.1f} MB"
+
+
+def describe(entry: NetworkLogEntry) -> str:
+    """The detail view of one request (markup)."""
+    scheme = "https" if entry.method == "CONNECT" else "http"
+    target = f"{scheme}://{entry.host}:{entry.port}{entry.path or ''}"
+    verdict = "[b $success]ALLOW[/]" if entry.action == "ALLOW" else "[b $error]BLOCK[/]"
+    rule = f"rule [b]{entry.rule}[/]" if entry.rule else "no rule (default policy)"
+    tunnel = "  [dim](TLS tunnel: the path is not visible)[/]" if entry.method == "CONNECT" else ""
+    return (
+        f"[b]{entry.method}[/] {target}{tunnel}\n"
+        f"{verdict} by {rule} · status {entry.status if entry.status is not None else '—'} · "
+        f"in {human_bytes(entry.bytes_in)} · out {human_bytes(entry.bytes_out)} · "
+        f"{entry.duration_ms:.1f} ms · at {clock_time(entry.timestamp)}"
+    )
+
+
+class NetworkTable(DataTable[Text]):
+    HELP: ClassVar[str] = (
+        "Every request the program made through the filtered network's proxy, live. Blocked requests "
+        "are red. Enter shows a request's details; / filters by host; a cycles all/allowed/blocked."
+    )
+
+
+class NetworkInspector(Vertical):
+    """Requests of the current run; a hint replaces the table when the session logs no requests."""
+
+    HELP: ClassVar[str] = NetworkTable.HELP
+    BINDINGS: ClassVar = [
+        Binding("slash", "focus_filter", "Filter host", show=True),
+        Binding("a", "cycle_action", "All/allowed/blocked", show=True),
+    ]
+
+    @dataclass
+    class DetailRequested(Message):
+        entry: NetworkLogEntry
+
+    def __init__(self) -> None:
+        super().__init__(id="network")
+        self.entries: list[NetworkLogEntry] = []
+        self._hint = ""
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="network-filters"):
+            yield Input(placeholder="filter host…", id="host-filter", compact=True)
+            yield Select(ACTION_FILTERS, value="all", allow_blank=False, id="action-filter", compact=True)
+            yield Static("", id="network-count")
+        yield Static("", id="network-hint")
+        table = NetworkTable(id="network-table", cursor_type="row", zebra_stripes=True)
+        yield table
+        yield Static("", id="network-detail")
+
+    def on_mount(self) -> None:
+        table = self.query_one(NetworkTable)
+        for name in COLUMNS:
+            table.add_column(name, key=name)
+        self._refresh_rows()
+
+    # --- state from the screen --------------------------------------------------------------------------
+    def set_hint(self, hint: str) -> None:
+        """Explain why there is nothing to see (no filtered network, logging off); "" shows the table."""
+        self._hint = hint
+        self.query_one("#network-hint", Static).update(hint)
+        self.set_class(bool(hint), "-hint")
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self._refresh_rows()
+
+    def add(self, entry: NetworkLogEntry) -> None:
+        self.entries.append(entry)
+        if self._matches(entry):
+            self._add_row(len(self.entries) - 1, entry)
+        self._update_count()
+
+    def set_filters(self, host: str | None = None, action: str | None = None) -> None:
+        if host is not None:
+            self.query_one("#host-filter", Input).value = host
+        if action is not None:
+            self.query_one("#action-filter", Select).value = action
+        self._refresh_rows()
+
+    @property
+    def host_filter(self) -> str:
+        return self.query_one("#host-filter", Input).value.strip().lower()
+
+    @property
+    def action_filter(self) -> str:
+        value = self.query_one("#action-filter", Select).value
+        return value if isinstance(value, str) else "all"
+
+    @property
+    def visible_rows(self) -> int:
+        return self.query_one(NetworkTable).row_count
+
+    # --- filtering -----------------------------------------------------------------------------------------
+    def _matches(self, entry: NetworkLogEntry) -> bool:
+        action = self.action_filter
+        if action != "all" and entry.action != action:
+            return False
+        host = self.host_filter
+        return not host or host in entry.host.lower()
+
+    def _refresh_rows(self) -> None:
+        table = self.query_one(NetworkTable)
+        table.clear()
+        for index, entry in enumerate(self.entries):
+            if self._matches(entry):
+                self._add_row(index, entry)
+        self._update_count()
+        self._show_detail()
+
+    def _add_row(self, index: int, entry: NetworkLogEntry) -> None:
+        blocked = entry.action == "BLOCK"
+        style = "bold red" if blocked else ""
+        path = entry.path or "—"
+        if len(path) > 28:
+            path = path[:27] + "…"
+        cells = (
+            clock_time(entry.timestamp),
+            "✗ BLOCK" if blocked else "✓ ALLOW",
+            entry.method,
+            entry.host,
+            path,
+            entry.rule or "—",
+            str(entry.status) if entry.status is not None else "—",
+            human_bytes(entry.bytes_in + entry.bytes_out),
+            f"{entry.duration_ms:.0f}",
+        )
+        row = [Text(cell, style=style) for cell in cells]
+        row[1] = Text(cells[1], style="bold red" if blocked else "green")
+        table = self.query_one(NetworkTable)
+        table.add_row(*row, key=str(index))
+        if table.row_count == 1:
+            self._show_detail()
+
+    def _update_count(self) -> None:
+        total = len(self.entries)
+        blocked = sum(1 for e in self.entries if e.action == "BLOCK")
+        shown = self.visible_rows
+        parts = [f"{total} request{'s' if total != 1 else ''}"]
+        if blocked:
+            parts.append(f"[b $error]{blocked} blocked[/]")
+        if shown != total:
+            parts.append(f"{shown} shown")
+        self.query_one("#network-count", Static).update(" · ".join(parts))
+
+    def _selected(self) -> NetworkLogEntry | None:
+        table = self.query_one(NetworkTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self.entries[int(key)] if key is not None else None
+
+    def _show_detail(self) -> None:
+        entry = self._selected()
+        detail = self.query_one("#network-detail", Static)
+        detail.update(describe(entry) if entry else "")
+        detail.set_class(entry is not None and entry.action == "BLOCK", "-blocked")
+        detail.display = entry is not None
+
+    # --- events ----------------------------------------------------------------------------------------------
+    @on(Input.Changed, "#host-filter")
+    @on(Select.Changed, "#action-filter")
+    def _filters_changed(self) -> None:
+        self._refresh_rows()
+
+    @on(DataTable.RowHighlighted)
+    def _row_highlighted(self) -> None:
+        self._show_detail()
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self) -> None:
+        entry = self._selected()
+        if entry is not None:
+            self.post_message(self.DetailRequested(entry))
+
+    @on(Input.Submitted, "#host-filter")
+    def _filter_submitted(self) -> None:
+        self.query_one(NetworkTable).focus()
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#host-filter", Input).focus()
+
+    def action_cycle_action(self) -> None:
+        values = [value for _, value in ACTION_FILTERS]
+        current = values.index(self.action_filter)
+        self.query_one("#action-filter", Select).value = values[(current + 1) % len(values)]
