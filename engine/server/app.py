@@ -4,32 +4,48 @@ The wire format is the reference server's, so its clients work unchanged: camelC
 `{"error": "..."}`, SSE frames `data: <json>\\n\\n`, WebSocket text frames and close 1000 "Execution
 complete". Where the reference was unsafe this server differs on purpose: `Bearer` tokens only, a
 policy over client options (engine/server/policy.py), long-lived shared engines instead of one per
-request, sessions per tenant, and a run is killed as soon as its client goes away.
+request, sessions per tenant, and a run is killed as soon as its client goes away. Bodies are capped
+(`server.maxBodyBytes`), and the OpenAPI document says exactly what is accepted and answered, so a
+fuzzer (tests/security/test_server_fuzz.py) can hold the server to it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request, Security, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import Field, ValidationError, field_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from starlette.exceptions import HTTPException
-from starlette.types import Receive, Scope, Send
+from starlette.requests import HTTPConnection
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import DockerIsol8, ExecutionRequest, ExecutionResult, Isol8Error, PoolState, StreamEvent, __version__
-from engine.config import Isol8Config
+from engine.config import MAX_KEY_TTL_MS, Isol8Config
 from engine.errors import DockerUnavailable, ImageMissing, SandboxError
-from engine.models import FileBytes, Model
+from engine.models import RUNTIME_NAMES, FileBytes, Model
 from engine.server.auth import (
     DEFAULT_TENANT,
     ApiKeyInfo,
@@ -41,7 +57,7 @@ from engine.server.auth import (
     open_store,
 )
 from engine.server.engines import SharedEngines
-from engine.server.policy import ClientOptions, Plan, Policy, PolicyError
+from engine.server.policy import MINIMUMS, ClientOptions, Plan, Policy, PolicyError
 from engine.server.sessions import SessionInfo, SessionNotFound, SessionRegistry, TooManySessions
 
 log = logging.getLogger("isol8.server")
@@ -53,7 +69,76 @@ KEY_PURGE_EVERY_S = 3600.0
 
 
 # --- wire models --------------------------------------------------------------------------------------
-class ExecuteBody(Model):
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _not_unicode(value: object, where: str = "") -> str | None:
+    """The JSON path of the first string (or key) in `value` that cannot be encoded as UTF-8, if any.
+
+    JSON may spell lone surrogates (`"\\ud800"`); Python decodes them into strings that every later
+    step (the agent's framing, files, the reply) fails to encode.
+    """
+    if isinstance(value, str):
+        if SURROGATE.search(value):  # a search, not an encode: no copy of a 64 MiB stdin
+            return where or "body"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            found = _not_unicode(key, path) or _not_unicode(item, path)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _not_unicode(item, f"{where}[{index}]")
+            if found:
+                return found
+    return None
+
+
+class TextBody(Model):
+    """A JSON body read exactly as its schema says.
+
+    Strings must be valid Unicode. Types are strict: pydantic's lax mode would take `true` for 1, `0`
+    for false and `"5"` for 5, so the OpenAPI document would promise refusals the server does not
+    make. The body is validated once, strictly (the wrap validator hands it to a strict validation
+    and stands aside there), and any error becomes the usual one line.
+    """
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _strictly(cls, data: Any, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo) -> Self:
+        if not isinstance(data, dict) or (info.context or {}).get(STRICT_PASS):
+            return handler(data)
+        where = _not_unicode(data)
+        if where is not None:  # the path may hold the surrogate itself: spelled out, not encoded
+            where = where.encode("utf-8", "backslashreplace").decode()
+            raise ValueError(f"{where}: not valid Unicode (a lone surrogate); send UTF-8 text, binary data as base64")
+        try:
+            return cls.model_validate(data, strict=True, context={STRICT_PASS: True})
+        except ValidationError as exc:
+            errors = [{**error, "loc": _in_body(data, error["loc"], error["type"])} for error in exc.errors()]
+            raise ValueError(describe_validation(errors)) from None
+
+
+STRICT_PASS = "isol8.strict"
+
+
+def _in_body(data: Any, loc: tuple[int | str, ...], kind: str) -> tuple[int | str, ...]:
+    """`loc` up to what the client sent: pydantic appends the union member it tried (`stdin.str`)."""
+    kept: list[int | str] = []
+    node = data
+    for index, part in enumerate(loc):
+        if isinstance(node, dict) and (part in node or (kind == "missing" and index == len(loc) - 1)):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            break
+        kept.append(part)
+    return tuple(kept)
+
+
+class ExecuteBody(TextBody):
     """`POST /execute` and `/execute/stream`: run `request`, in session `sessionId` if given."""
 
     request: ExecutionRequest
@@ -63,7 +148,7 @@ class ExecuteBody(Model):
     @field_validator("session_id", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
-        return value or None  # reference clients send "" for "no session"
+        return None if value == "" else value  # reference clients send "" for "no session"; `false` is wrong
 
 
 class WsExecute(ExecuteBody):
@@ -72,14 +157,29 @@ class WsExecute(ExecuteBody):
     type: Literal["execute"]
 
 
-class FileUpload(Model):
+BASE64 = WithJsonSchema({"type": "string", "format": "byte", "contentEncoding": "base64"})
+"""How FileBytes travel, for the OpenAPI document (pydantic would say raw octets)."""
+
+
+class FileUpload(TextBody):
     session_id: str = Field(pattern=NAME)
     path: str
-    content: FileBytes
+    content: Annotated[FileBytes, BASE64]
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _base64(cls, value: object) -> object:
+        """Decoded here, so any base64 error (bad padding, stray or non-ASCII characters) is one line."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError as exc:
+            raise ValueError(f"content: not valid base64 ({exc}); send the bytes base64-encoded") from None
 
 
 class FileContent(Model):
-    content: FileBytes
+    content: Annotated[FileBytes, BASE64]
 
 
 class ErrorBody(Model):
@@ -101,12 +201,24 @@ class SessionList(Model):
     sessions: list[SessionInfo]
 
 
-class KeyRequest(Model):
-    """`POST /auth/keys` and `/auth/login`; `ttlMs` defaults to `server.keyTtlMs`."""
+class KeyRequest(TextBody):
+    """`POST /auth/login` (and the base of `/auth/keys`); `ttlMs` defaults to `server.keyTtlMs` and is
+    capped at ten years, past which the store's integers and dates overflow."""
 
     name: str | None = Field(default=None, max_length=200)
     tenant_id: str = Field(default=DEFAULT_TENANT, pattern=NAME)
-    ttl_ms: int | None = Field(default=None, gt=0)
+    ttl_ms: int | None = Field(default=None, gt=0, le=MAX_KEY_TTL_MS)
+
+
+class NewKey(KeyRequest):
+    """`POST /auth/keys`: `name` is required. The route checks it (the reference's exact "name is
+    required" for a missing, empty or blank name); the schema says so for clients and fuzzers."""
+
+    model_config = ConfigDict(json_schema_extra={"required": ["name"]})
+
+    name: Annotated[
+        str | None, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"})
+    ] = Field(default=None, max_length=200)
 
 
 class KeyList(Model):
@@ -213,12 +325,15 @@ def describe_validation(errors: list[Any]) -> str:
     first = errors[0]
     if first["type"] == "json_invalid":
         return "Invalid JSON body"
+    loc = tuple(first["loc"])
+    if loc[:1] == ("query",) and loc[1:] in (("sessionId",), ("path",)):
+        return "Missing sessionId or path"  # the reference's words for `GET /file` without them
     message = str(first["msg"])
-    if tuple(first["loc"]) == ("body",) and first["type"] in ("model_attributes_type", "model_type", "dict_type"):
+    where = ".".join(str(part) for part in loc if part != "body")
+    if loc == ("body",) and first["type"] in ("model_attributes_type", "model_type", "dict_type"):
         return "The body must be a JSON object (Content-Type: application/json)"
     if message.startswith("Value error, "):
         return message.removeprefix("Value error, ")
-    where = ".".join(str(part) for part in first["loc"] if part != "body")
     if first["type"] == "missing" and not where:
         return "Missing JSON body"
     return f"{where}: {message}" if where else message
@@ -245,21 +360,129 @@ def error_reply(exc: Exception) -> tuple[int, str]:
     return 500, "Internal server error"
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    # Messages may quote client input; a lone surrogate in it must not break the reply.
+    text = message.encode("utf-8", "backslashreplace").decode()
+    return JSONResponse({"error": text}, status_code=status, headers=headers or None)
 
 
-async def _on_error(_: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, HTTPException):
-        return _error(exc.status_code, str(exc.detail))
+async def _on_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, HTTPException):  # also BodyTooLarge
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        return _error(exc.status_code, str(exc.detail), headers)
     status, message = error_reply(exc)
     if status == 500 and not isinstance(exc, SandboxError):
         log.error("unexpected error", exc_info=exc)
     return _error(status, message)
 
 
-# --- auth dependencies ------------------------------------------------------------------------------------
+def _allowed_methods(request: Request) -> str:
+    """Every method of every route at this path: Starlette's 405 names only the first route's."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "type": "http"})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
+async def _on_crash(_: Request, exc: Exception) -> JSONResponse:
+    """Anything no handler knows: still a JSON body (uvicorn logs the traceback once this is sent)."""
+    return _error(500, "Internal server error")
+
+
+# --- body size ----------------------------------------------------------------------------------------
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` once a streamed body passes the limit. An HTTPException, so FastAPI's body
+    reader lets it through and the usual handler turns it into the JSON 413."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message, headers={"Connection": "close"})
+
+
+def _size_text(size: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} bytes"
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+class BodyLimit:
+    """413 for HTTP bodies over `max_bytes`, without holding more than the limit in memory.
+
+    A declared Content-Length over it is refused before a byte is read (and before auth: refusing is
+    cheaper than checking a key). A chunked or understated body is counted as it streams in and cut
+    off once it passes the limit. WebSocket messages have their own cap (uvicorn's `ws_max_size`).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.message = (
+            f"Request body too large: this server accepts at most {_size_text(max_bytes)} per request "
+            "(server.maxBodyBytes); split big inputs over several requests, e.g. one POST /file per file"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await _error(413, self.message, {"Connection": "close"})(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.message)
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except BodyTooLarge:  # raised where no handler caught it (a route reading the body itself)
+            if started:
+                raise
+            await _error(413, self.message, {"Connection": "close"})(scope, receive, send)
+
+
+# --- dependencies -----------------------------------------------------------------------------------------
+async def known_query(connection: HTTPConnection) -> None:
+    """Refuse a query parameter the route does not take, as unknown body keys are refused: a typo such as
+    `GET /auth/keys?tenant=x` would otherwise list every tenant's keys instead of one tenant's."""
+    if connection.scope["type"] != "http" or not connection.query_params:
+        return
+    path = getattr(connection.scope.get("route"), "path_format", "")
+    operation = connection.app.openapi()["paths"].get(path, {}).get(connection.scope["method"].lower(), {})
+    names = [param["name"] for param in operation.get("parameters", []) if param["in"] == "query"]
+    unknown = next((name for name in connection.query_params if name not in names), None)
+    if unknown is not None:
+        taken = ", ".join(names) or "none"
+        raise HTTPException(400, f'Unknown query parameter "{unknown}" (this route takes: {taken})')
+
+
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>`")
 
 
@@ -398,14 +621,85 @@ async def _ws_pump(websocket: WebSocket, events: AsyncIterator[StreamEvent]) -> 
 
 
 # --- the app ----------------------------------------------------------------------------------------------
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (400, "Invalid body or engine error"),
-        (401, "Missing or malformed Authorization header"),
-        (403, "Invalid API key, or options the server's policy refuses"),
-    )
+ERROR_TEXTS: dict[int, str] = {
+    400: "Invalid body or engine error",
+    401: "Missing or malformed Authorization header",
+    403: "Invalid API key, or options the server's policy refuses",
+    404: "Session, file or key not found",
+    413: "Request body larger than server.maxBodyBytes",
+    429: "Too many sessions (server.maxSessions)",
+    500: "The sandbox failed (a real internal failure, reported as JSON)",
+    503: "Docker is unavailable or the images are missing",
 }
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error replies a route can give, each `{"error": "..."}`; 400, 401 and 403 always."""
+    return {code: {"model": ErrorBody, "description": ERROR_TEXTS[code]} for code in sorted({400, 401, 403, *codes})}
+
+
+ERRORS = _errors()
+RUNS = _errors(413, 429, 500, 503)
+"""An execution: a new session may be one too many; the sandbox or Docker may fail."""
+
+
+def _tighten(document: dict[str, Any]) -> dict[str, Any]:
+    """What the models' own schemas cannot say, added to the OpenAPI document.
+
+    FastAPI documents a 422 reply this server never gives (validation errors are 400 `{"error"}`), and
+    ExecutionRequest's validators (exactly one of code and cmd, a known runtime, a size format) are
+    invisible in its schema. A client or fuzzer reading the document should see the real contract.
+    """
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            operation.get("responses", {}).pop("422", None)
+    schemas = document.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    body = schemas.get("ExecuteBody")
+    if body is not None:  # reference clients send "" for "no session"
+        _set(body["properties"]["sessionId"], "string", pattern=NAME.replace("{1,128}", "{0,128}"))
+    request = schemas.get("ExecutionRequest")
+    if request is not None:
+        properties = request["properties"]
+        properties["runtime"]["enum"] = list(RUNTIME_NAMES)
+        request["oneOf"] = [{"required": [name], "properties": {name: {"type": "string"}}} for name in ("code", "cmd")]
+        properties["files"]["propertyNames"] = {"pattern": FILE_PATH_PATTERN}
+        properties["outputPaths"]["items"]["pattern"] = FILE_PATH_PATTERN
+        _set(properties["fileExtension"], "string", pattern=r"^\.?[A-Za-z0-9]+$")
+    upload = schemas.get("FileUpload")
+    if upload is not None:
+        upload["properties"]["path"]["pattern"] = FILE_PATH_PATTERN
+    for param in document.get("paths", {}).get("/file", {}).get("get", {}).get("parameters", []):
+        if param["name"] == "path":
+            param["schema"]["pattern"] = FILE_PATH_PATTERN
+    for name in ("ExecutionRequest", "ClientOptions"):
+        properties = schemas.get(name, {}).get("properties", {})
+        _set(properties.get("memoryLimit"), "string", pattern=MEMORY_PATTERN)
+        for size in ("sandboxSize", "tmpSize"):
+            _set(properties.get(size), "string", pattern=SIZE_PATTERN)
+        for variables in ("env", "secrets"):  # names: not empty, no `=`; no NUL anywhere
+            _set(properties.get(variables), "object", propertyNames={"pattern": "^[^=\u0000]+$"})
+            _set((properties.get(variables) or {}).get("additionalProperties"), "string", pattern="^[^\u0000]*$")
+        for json_name, _, minimum in MINIMUMS:
+            if not isinstance(minimum, str):
+                _set(properties.get(json_name), "number" if json_name == "cpuLimit" else "integer", minimum=minimum)
+    return document
+
+
+FILE_PATH_PATTERN = r"^/(sandbox|tmp)(/([^/\u0000.][^/\u0000]*|\.[^/\u0000.][^/\u0000]*|\.\.[^/\u0000]+))+$"
+"""Paths engine.models.sandbox_path accepts (a subset: no `.` segments), as a JSON-schema pattern."""
+SIZE_PATTERN = r"^\s*0*[1-9]\d*(\.\d+)?\s*[kmgtKMGT]?[bB]?\s*$"
+"""Sizes parse_size accepts (a subset: no `0.5k`), as a JSON-schema pattern."""
+MEMORY_PATTERN = r"^\s*0*([1-9]\d{2,}|[2-9]\d|1[6-9])(\.\d+)?\s*[mM][bB]?\s*$|^\s*0*[1-9]\d*(\.\d+)?\s*[gG][bB]?\s*$"
+"""Memory limits of at least policy.MINIMUMS' 16m, spelled in m or g (a subset of what is accepted)."""
+
+
+def _set(prop: dict[str, Any] | None, kind: str, **keywords: Any) -> None:
+    """Add `keywords` to the `kind` variant of an optional property (`anyOf: [{type: kind}, null]`)."""
+    for variant in (prop or {}).get("anyOf", [prop or {}]):
+        if variant.get("type") == kind:
+            variant.update(keywords)
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -428,13 +722,30 @@ def create_app(settings: ServerSettings) -> FastAPI:
         summary="Run untrusted code in hardened Docker containers.",
         lifespan=lifespan,
         redoc_url=None,
+        dependencies=[Depends(known_query)],
     )
     app.state.server = state
     for exc_type in (HTTPException, RequestValidationError, AuthError, PolicyError, Isol8Error, ValidationError):
         app.add_exception_handler(exc_type, _on_error)
     app.add_exception_handler(SessionNotFound, _on_error)
     app.add_exception_handler(TooManySessions, _on_error)
+    app.add_exception_handler(Exception, _on_crash)
+    app.add_middleware(BodyLimit, max_bytes=settings.config.server.max_body_bytes)
     _routes(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+                openapi_version=app.openapi_version,
+            )
+            app.openapi_schema = _tighten(document)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
@@ -454,7 +765,7 @@ def _routes(app: FastAPI) -> None:
         ordered = sorted(pool.values(), key=lambda s: s.image)
         return Health(version=__version__, pool=ordered, sessions=len(state.sessions))
 
-    @app.post("/execute", tags=["execute"], response_model=ExecutionResult, responses=ERRORS)
+    @app.post("/execute", tags=["execute"], response_model=ExecutionResult, responses=RUNS)
     async def execute(body: ExecuteBody, request: Request, principal: Caller) -> Response:
         """Run to completion. A client that disconnects first kills the run."""
         state = _state(request)
@@ -472,7 +783,7 @@ def _routes(app: FastAPI) -> None:
     @app.post(
         "/execute/stream",
         tags=["execute"],
-        responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "data: <StreamEvent>"}},
+        responses={**RUNS, 200: {"content": {"text/event-stream": {}}, "description": "data: <StreamEvent>"}},
     )
     async def execute_stream(body: ExecuteBody, request: Request, principal: Caller) -> Response:
         """Server-sent events, one StreamEvent per frame, ending with `exit`. Refusals come before the
@@ -480,7 +791,13 @@ def _routes(app: FastAPI) -> None:
         state = _state(request)
         plan = state.policy.plan(body.request, body.options)
         resources = contextlib.AsyncExitStack()
-        engine = await resources.enter_async_context(state.engine_for(principal, body.session_id, plan))
+        # Waiting for a slot watches the client too: one that leaves while queued never starts a run.
+        entered, engine = await _unless_disconnected(
+            request, resources.enter_async_context(state.engine_for(principal, body.session_id, plan))
+        )
+        if not entered or engine is None:
+            await resources.aclose()
+            return Response(status_code=499)
         return EventStream(engine.execute_stream(plan.request), resources)
 
     @app.websocket("/execute/ws")
@@ -518,23 +835,21 @@ def _routes(app: FastAPI) -> None:
                     await websocket.close(1000, "Execution complete")
             return
 
-    @app.post("/file", tags=["sessions"], responses={**ERRORS, 404: {"model": ErrorBody}})
+    @app.post("/file", tags=["sessions"], responses=_errors(404, 413, 500, 503))
     async def put_file(body: FileUpload, request: Request, principal: Caller) -> OkBody:
         """Write a file (base64 `content`) into an existing session."""
         async with _state(request).sessions.use(principal.tenant_id, body.session_id) as session:
             await session.engine.put_file(body.path, body.content)
         return OkBody()
 
-    @app.get("/file", tags=["sessions"], responses={**ERRORS, 404: {"model": ErrorBody}})
+    @app.get("/file", tags=["sessions"], responses=_errors(404, 500, 503))
     async def get_file(
         request: Request,
         principal: Caller,
-        session_id: Annotated[str | None, Query(alias="sessionId")] = None,
-        path: str | None = None,
+        session_id: Annotated[str, Query(alias="sessionId", min_length=1)],
+        path: Annotated[str, Query(min_length=1)],
     ) -> FileContent:
         """Read a file of an existing session, as base64 `content`."""
-        if not session_id or not path:
-            raise HTTPException(400, "Missing sessionId or path")
         async with _state(request).sessions.use(principal.tenant_id, session_id) as session:
             try:
                 data = await session.engine.get_file(path)
@@ -555,7 +870,7 @@ def _routes(app: FastAPI) -> None:
         await _state(request).sessions.delete(principal.tenant_id, session_id)
         return OkBody()
 
-    @app.post("/cleanup", tags=["server"], responses=ERRORS)
+    @app.post("/cleanup", tags=["server"], responses=_errors(413))
     async def cleanup(request: Request, _: Master) -> CleanupReply:
         """Master key only: stop every session and every container this server runs. Images stay:
         body `{"images": true}` is refused (the server needs them; use `isol8 cleanup --images`)."""
@@ -577,8 +892,8 @@ def _routes(app: FastAPI) -> None:
             containers=CleanupCount(removed=containers),
         )
 
-    @app.post("/auth/keys", tags=["auth"], status_code=201, responses=ERRORS)
-    async def create_key(body: KeyRequest, request: Request, _: Master) -> CreatedKey:
+    @app.post("/auth/keys", tags=["auth"], status_code=201, responses=_errors(413))
+    async def create_key(body: NewKey, request: Request, _: Master) -> CreatedKey:
         """Master key only. The plaintext `key` is in this reply and nowhere else, ever."""
         state = _state(request)
         store = state.store_or_refuse()
@@ -595,7 +910,7 @@ def _routes(app: FastAPI) -> None:
         store = _state(request).store_or_refuse()
         return KeyList(keys=await asyncio.to_thread(store.list_keys, tenant_id))
 
-    @app.delete("/auth/keys/{key_id}", tags=["auth"], responses={**ERRORS, 404: {"model": ErrorBody}})
+    @app.delete("/auth/keys/{key_id}", tags=["auth"], responses=_errors(404))
     async def revoke_key(key_id: str, request: Request, _: Master) -> Revoked:
         """Master key only; the key stops working at once."""
         store = _state(request).store_or_refuse()
@@ -603,7 +918,7 @@ def _routes(app: FastAPI) -> None:
             raise HTTPException(404, "Key not found")
         return Revoked(id=key_id)
 
-    @app.post("/auth/login", tags=["auth"], responses=ERRORS)
+    @app.post("/auth/login", tags=["auth"], responses=_errors(413))
     async def login(request: Request, _: Master) -> LoginReply:
         """Master key only: a new short-lived key for a CLI or a user (body optional)."""
         state = _state(request)

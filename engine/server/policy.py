@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from engine.config import Isol8Config
+from engine.errors import Isol8Error
 from engine.limits import parse_size
 from engine.models import (
     ExecutionRequest,
@@ -28,9 +29,24 @@ from engine.models import (
 LIMIT_FIELDS = ("memory_limit", "cpu_limit", "pids_limit", "sandbox_size", "tmp_size")
 """Limits that shape a container: per request for stateless runs, fixed for a session's life."""
 
+MINIMUMS: tuple[tuple[str, str, str | float | int], ...] = (
+    ("memoryLimit", "memory_limit", "16m"),
+    ("cpuLimit", "cpu_limit", 0.1),
+    ("pidsLimit", "pids_limit", 4),
+)
+"""The smallest limits a sandbox works with (JSON name, field, minimum). Below them the container dies
+before the code runs (measured: 8m of memory, or 2 processes for python's agent and zygote), or
+crawls: at 0.01 CPU a container takes 8 s to start and under load misses the agent's 30 s hello (a
+value that rounds to 0 nano-CPUs would even mean *no* limit). A client would see a 500, or a slot
+held for seconds, for what is really a bad request."""
+
 
 class PolicyError(Exception):
     """A client asked for more than the operator allows (HTTP 403)."""
+
+
+class LimitTooSmall(Isol8Error):
+    """A limit below what a sandbox can start with (HTTP 400: a bad request, not a refusal)."""
 
 
 class ClientSecurity(Model):
@@ -76,6 +92,15 @@ class ClientOptions(Model):
             parse_size(value)
         return value
 
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, secrets: dict[str, str]) -> dict[str, str]:
+        """As ExecutionRequest checks its own: these are merged into the request unvalidated."""
+        for name, value in secrets.items():
+            if not name or "=" in name or "\0" in name or "\0" in value:
+                raise ValueError(f'Invalid environment variable name or value: "{name}"')
+        return secrets
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -117,6 +142,7 @@ class Policy:
         options = options or ClientOptions()
         self._check_flags(options)
         folded = self._fold(request, options)
+        self._check_limits(options)  # also the values the request's own ones override: asked is asked
         self._check_limits(folded)
         engine_options = self.config.engine_options(
             network=self._network(options),
@@ -144,7 +170,14 @@ class Policy:
             update["secrets"] = {**options.secrets, **request.secrets}
         return request.model_copy(update=update) if update else request
 
-    def _check_limits(self, request: ExecutionRequest) -> None:
+    def _check_limits(self, request: ExecutionRequest | ClientOptions) -> None:
+        for json_name, field, minimum in MINIMUMS:
+            value = getattr(request, field)
+            if value is None:
+                continue
+            too_small = parse_size(value) < parse_size(minimum) if isinstance(value, str) else value < minimum
+            if too_small:
+                raise LimitTooSmall(f"{json_name} {value} is below the smallest a sandbox can start with ({minimum})")
         for json_name, field, maximum in self._limits:
             value = getattr(request, field)
             if value is None:
