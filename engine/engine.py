@@ -17,7 +17,7 @@ from typing import Any, Literal, Self
 
 from engine.docker import DockerClient
 from engine.errors import Isol8Error, SandboxError
-from engine.hardening import MANAGED_LABEL, container_config
+from engine.hardening import MANAGED_LABEL, OWNER_LABEL, container_config, owner_alive
 from engine.images.custom import find_custom
 from engine.models import (
     CONTAINER_LIMITS,
@@ -120,11 +120,18 @@ class DockerIsol8:
             )
 
     def _remove_stale(self) -> None:
-        """Containers an engine created but never started, or that stopped without being removed
-        (the engine died at the wrong moment); running ones (`persist`) are left alone."""
+        """Leftovers of engines that died at the wrong moment (a container created but never
+        started, or started after its engine was gone): their owner process no longer exists.
+        Containers left on purpose (`persist`) are kept; unlabelled stopped ones go after a minute."""
         cutoff = time.time() - STALE_AFTER_S
         for container in self.docker.managed_containers():
-            if container["State"] in ("created", "exited", "dead") and container["Created"] < cutoff:
+            labels = container.get("Labels") or {}
+            if labels.get("isol8.mode") == "persist":
+                continue
+            owner = labels.get(OWNER_LABEL)
+            dead_owner = owner is not None and not owner_alive(owner)
+            stopped = container["State"] in ("created", "exited", "dead") and container["Created"] < cutoff
+            if dead_owner or stopped:
                 self.docker.remove(container["Id"])
 
     async def stop(self) -> None:

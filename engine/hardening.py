@@ -7,6 +7,8 @@ Docker's own, and limits on memory (no extra swap), CPU and processes.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from engine.limits import parse_size
@@ -28,6 +30,27 @@ CAPABILITIES = (
 FILTERED_CAPABILITIES = ("NET_ADMIN",)
 
 MANAGED_LABEL = "isol8.managed"
+OWNER_LABEL = "isol8.owner"
+
+
+def owner_id(pid: int | None = None) -> str:
+    """Host, pid and start time of a process: a later engine can tell whether it is still alive."""
+    pid = pid or os.getpid()
+    with open(f"/proc/{pid}/stat") as stat:
+        started = stat.read().rsplit(")", 1)[1].split()[19]
+    return f"{socket.gethostname()}/{pid}/{started}"
+
+
+def owner_alive(owner: str) -> bool:
+    """False when `owner` names a process of this host that no longer exists."""
+    host, _, rest = owner.partition("/")
+    pid = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another host's engine: not ours to judge
+    try:
+        return owner_id(int(pid)) == owner
+    except OSError:
+        return False
 
 
 def container_config(options: Isol8Options, image: str, runtime: str) -> dict[str, Any]:
@@ -80,7 +103,12 @@ def container_config(options: Isol8Options, image: str, runtime: str) -> dict[st
         "working_dir": "/sandbox",
         "network_disabled": options.network == "none",
         "environment": environment,
-        "labels": {MANAGED_LABEL: "true", "isol8.runtime": runtime, "isol8.mode": options.mode},
+        "labels": {
+            MANAGED_LABEL: "true",
+            OWNER_LABEL: owner_id(),
+            "isol8.runtime": runtime,
+            "isol8.mode": "persist" if options.persist else options.mode,
+        },
         "host_config": host_config,
         "keep": options.persist,  # --persist: the container outlives the engine, for debugging
     }

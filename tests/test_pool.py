@@ -85,7 +85,7 @@ async def test_max_concurrent_queues_in_order(docker_client: DockerClient) -> No
             async for event in engine.execute_stream(
                 ExecutionRequest(code="print('go', flush=True)\nimport time; time.sleep(1)")
             ):
-                if event.type == "stdout":
+                if event.type == "stdout" and index not in [i for i, _ in starts]:
                     starts.append((index, time.monotonic()))
 
         tasks = []
@@ -106,7 +106,7 @@ async def test_stop_removes_ready_and_busy_containers(docker_client: DockerClien
     stream = engine.execute_stream(ExecutionRequest(cmd="echo started; sleep 60"))
     async for _ in stream:
         break
-    assert len(docker_client.managed_containers()) >= 5
+    assert len(docker_client.managed_containers()) >= 4  # 2 ready per runtime, one of them now busy
     started = time.monotonic()
     await engine.stop()
     await stream.aclose()

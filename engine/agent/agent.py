@@ -23,6 +23,7 @@ import os
 import pwd
 import selectors
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -693,12 +694,18 @@ class Agent:
             target = confine(path)
             with self.as_sandbox():
                 confine(target)
-                fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
+                fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except (RefusedPath, OSError) as exc:
             self.event({"ev": "file", "path": path, "error": _reason(exc)})
             return
         try:
-            self.event({"ev": "file", "path": path, "size": os.fstat(fd).st_size})
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                self.event({"ev": "file", "path": path, "error": "not a regular file"})
+                return
+            os.set_blocking(fd, True)
+            self.event({"ev": "file", "path": path, "size": info.st_size})
             while chunk := os.read(fd, P.MAX_PAYLOAD):
                 self.send(P.frame(P.DATA, chunk))
             self.send(P.frame(P.END))

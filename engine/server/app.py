@@ -100,8 +100,9 @@ class TextBody(Model):
 
     Strings must be valid Unicode. Types are strict: pydantic's lax mode would take `true` for 1, `0`
     for false and `"5"` for 5, so the OpenAPI document would promise refusals the server does not
-    make. The body is validated once, strictly (the wrap validator hands it to a strict validation
-    and stands aside there), and any error becomes the usual one line.
+    make; numbers are read as JSON Schema reads them (`437.0` is an integer). The body is validated
+    once, strictly (the wrap validator hands it to a strict validation and stands aside there), and
+    any error becomes the usual one line.
     """
 
     @model_validator(mode="wrap")
@@ -114,13 +115,25 @@ class TextBody(Model):
             where = where.encode("utf-8", "backslashreplace").decode()
             raise ValueError(f"{where}: not valid Unicode (a lone surrogate); send UTF-8 text, binary data as base64")
         try:
-            return cls.model_validate(data, strict=True, context={STRICT_PASS: True})
+            return cls.model_validate(_whole_numbers(data), strict=True, context={STRICT_PASS: True})
         except ValidationError as exc:
             errors = [{**error, "loc": _in_body(data, error["loc"], error["type"])} for error in exc.errors()]
             raise ValueError(describe_validation(errors)) from None
 
 
 STRICT_PASS = "isol8.strict"
+
+
+def _whole_numbers(value: Any) -> Any:
+    """`value` with integral floats as ints: a float field takes an int, and an int field an integral
+    float, as JSON Schema's `integer` does."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    return value
 
 
 def _in_body(data: Any, loc: tuple[int | str, ...], kind: str) -> tuple[int | str, ...]:

@@ -470,11 +470,6 @@ def test_default_limit_is_256_mib(tmp_path: Path, docker_client: DockerClient) -
 
 
 # --- known agent bugs, found by the fuzzer (engine/agent/agent.py `send_file`, not the server's) -------
-@pytest.mark.xfail(
-    strict=True,
-    reason="the agent reads any file type: a directory raises EISDIR outside its try (the agent dies, and the "
-    "session's container with it); opening a FIFO blocks the agent for good",
-)
 @pytest.mark.parametrize("make", ["mkdir /sandbox/thing", "mkfifo /sandbox/thing"])
 def test_reading_a_non_regular_file_is_4xx_and_the_session_survives(http: httpx.Client, make: str) -> None:
     sid = "nonregular-" + make.split()[0]
