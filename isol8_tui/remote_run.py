@@ -11,12 +11,13 @@ import contextlib
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any
 
 from engine.errors import Isol8Error
-from engine.models import ExecutionRequest, ExecutionResult, Isol8Options, NetworkFilter, NetworkLogEntry
+from engine.models import ExecutionRequest, Isol8Options, NetworkFilter
 from engine.remote import RemoteIsol8
-from isol8_tui.output import err, warn
+from isol8_tui.output import err
+from isol8_tui.printing import run_requests
 
 OPTION_FLAGS = (
     "network",
@@ -70,56 +71,6 @@ def run_remote(
 
 
 async def _run(remote: RemoteIsol8, requests: list[ExecutionRequest], stream: bool, out_path: str | None) -> int:
-    exit_code = 0
     with open(out_path, "w", encoding="utf-8") if out_path else contextlib.nullcontext(sys.stdout) as out:
         async with remote:
-            for request in requests:
-                if stream:
-                    exit_code = await _stream(remote, request, out)
-                else:
-                    exit_code = _print_result(await remote.execute(request), out)
-                if exit_code:
-                    break
-    return exit_code
-
-
-async def _stream(remote: RemoteIsol8, request: ExecutionRequest, out: TextIO) -> int:
-    """As `isol8 run` prints a local stream: the code's stdout on `out`, everything else on stderr."""
-    exit_code = 1
-    network: list[NetworkLogEntry] = []
-    async with contextlib.aclosing(remote.execute_stream(request)) as events:
-        async for event in events:
-            if event.entry is not None:
-                network.append(event.entry)
-            elif event.type == "stdout" and event.phase in ("code", None):
-                out.write(event.data)
-                out.flush()
-            elif event.type in ("stdout", "stderr"):
-                sys.stderr.write(event.data)
-                sys.stderr.flush()
-            elif event.type == "error":
-                err(event.data)
-            elif event.type == "exit":
-                exit_code = int(event.data)
-                if event.truncated:
-                    warn("Output was truncated")
-    if network:
-        _network_log(network)
-    return exit_code
-
-
-def _print_result(result: ExecutionResult, out: TextIO) -> int:
-    out.write(result.stdout)
-    out.flush()
-    sys.stderr.write(result.stderr)
-    if result.truncated:
-        warn("Output was truncated")
-    if result.network_logs is not None:
-        _network_log(result.network_logs)
-    return result.exit_code
-
-
-def _network_log(entries: list[NetworkLogEntry]) -> None:
-    from isol8_tui.commands.run import _print_network_log  # the local run's table, so both look alike
-
-    _print_network_log(entries)
+            return await run_requests(remote, requests, stream=stream, out=out, log_network=False)

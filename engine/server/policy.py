@@ -17,17 +17,16 @@ from engine.config import Isol8Config
 from engine.errors import Isol8Error
 from engine.limits import parse_size
 from engine.models import (
+    CONTAINER_LIMITS,
     ExecutionRequest,
     Isol8Options,
     Model,
     NetworkFilter,
     NetworkMode,
+    RequestLimits,
     SeccompMode,
     SecurityOptions,
 )
-
-LIMIT_FIELDS = ("memory_limit", "cpu_limit", "pids_limit", "sandbox_size", "tmp_size")
-"""Limits that shape a container: per request for stateless runs, fixed for a session's life."""
 
 MINIMUMS: tuple[tuple[str, str, str | float | int], ...] = (
     ("memoryLimit", "memory_limit", "16m"),
@@ -55,7 +54,7 @@ class ClientSecurity(Model):
     runtime: str | None = None
 
 
-class ClientOptions(Model):
+class ClientOptions(RequestLimits):
     """The `options` of an execute call (the reference's Isol8Options, as its clients send them).
 
     Every field is optional: what a client leaves out comes from the server's config. `mode`,
@@ -70,12 +69,6 @@ class ClientOptions(Model):
     image: str | None = None
     secrets: dict[str, str] = Field(default_factory=dict)
     timeout_ms: int | None = Field(default=None, gt=0)
-    memory_limit: str | None = None
-    cpu_limit: float | None = Field(default=None, gt=0)
-    pids_limit: int | None = Field(default=None, gt=0)
-    sandbox_size: str | None = None
-    tmp_size: str | None = None
-    max_output_size: int | None = Field(default=None, gt=0)
     readonly_root_fs: bool | None = None
     persist: bool | None = None
     mode: str | None = None
@@ -84,13 +77,6 @@ class ClientOptions(Model):
     pool_size: Any = None
     max_concurrent: int | None = None
     debug: bool | None = None
-
-    @field_validator("memory_limit", "sandbox_size", "tmp_size")
-    @classmethod
-    def _size(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_size(value)
-        return value
 
     @field_validator("secrets")
     @classmethod
@@ -111,7 +97,7 @@ class Plan:
 
     def session_options(self) -> Isol8Options:
         """A new session's engine: persistent, its runtime and limits fixed by its first request."""
-        limits = {name: getattr(self.request, name) for name in LIMIT_FIELDS}
+        limits = {name: getattr(self.request, name) for name in CONTAINER_LIMITS}
         update = {name: value for name, value in limits.items() if value is not None}
         return self.engine_options.model_copy(update={**update, "mode": "persistent", "runtime": self.request.runtime})
 
@@ -163,7 +149,7 @@ class Policy:
     def _fold(self, request: ExecutionRequest, options: ClientOptions) -> ExecutionRequest:
         """Option-level limits and secrets become request-level (the request's own values win)."""
         update: dict[str, Any] = {}
-        for name in (*LIMIT_FIELDS, "timeout_ms", "max_output_size"):
+        for name in (*CONTAINER_LIMITS, "timeout_ms", "max_output_size"):
             if getattr(request, name) is None and getattr(options, name) is not None:
                 update[name] = getattr(options, name)
         if options.secrets:

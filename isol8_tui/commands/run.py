@@ -6,22 +6,21 @@ import asyncio
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from engine.config import load_config
 from engine.docker import DockerClient
 from engine.engine import DockerIsol8
 from engine.errors import Isol8Error
 from engine.images import image_ready
-from engine.models import ExecutionRequest, ExecutionResult, Isol8Options, NetworkFilter, NetworkLogEntry
+from engine.models import ExecutionRequest, Isol8Options, NetworkFilter
 from engine.packages import REGISTRY_HOSTS
 from engine.runtimes import detect_runtime, get_runtime
 from isol8_tui.commands.setup import build_images, ca_bundle_option
 from isol8_tui.output import err, info, setup_logging, user_errors, warn
+from isol8_tui.printing import run_requests
 
 SKIPPED_DIRS = {".git", "node_modules", "__pycache__", ".venv", "venv", ".tox"}
 
@@ -91,65 +90,11 @@ def _requests(
     return requests
 
 
-def _print_network_log(entries: list[NetworkLogEntry]) -> None:
-    table = Table("Action", "Method", "Host", "Path", "Rule", "Status", "In", "Out", "ms", title="Network log")
-    for e in entries:
-        style = "red" if e.action == "BLOCK" else None
-        table.add_row(
-            e.action, e.method, f"{e.host}:{e.port}", e.path or "", e.rule or "", str(e.status or ""),
-            str(e.bytes_in), str(e.bytes_out), f"{e.duration_ms:.0f}", style=style,
-        )  # fmt: skip
-    Console(stderr=True, width=None if sys.stderr.isatty() else 200).print(table)
-
-
-async def _stream(engine: DockerIsol8, request: ExecutionRequest, out: TextIO) -> int:
-    exit_code = 1
-    network: list[NetworkLogEntry] = []
-    async for event in engine.execute_stream(request):
-        if event.entry is not None:
-            network.append(event.entry)
-        elif event.type == "stdout" and event.phase == "code":
-            out.write(event.data)
-            out.flush()
-        elif (
-            event.type == "stdout" or event.type == "stderr"
-        ):  # install and setup output: kept off the program's stdout
-            sys.stderr.write(event.data)
-            sys.stderr.flush()
-        elif event.type == "error":
-            err(event.data)
-        elif event.type == "exit":
-            exit_code = int(event.data)
-            if event.truncated:
-                warn("Output was truncated")
-    if engine.options.log_network:
-        _print_network_log(network)
-    return exit_code
-
-
-def _print_result(result: ExecutionResult, out: TextIO) -> int:
-    out.write(result.stdout)
-    out.flush()
-    sys.stderr.write(result.stderr)
-    if result.truncated:
-        warn("Output was truncated")
-    if result.network_logs is not None:
-        _print_network_log(result.network_logs)
-    return result.exit_code
-
-
 async def _run(options: Isol8Options, requests: list[ExecutionRequest], stream: bool, out_path: str | None) -> int:
     """Run the requests in order in one engine; stop at the first that exits non-zero."""
-    exit_code = 0
     with open(out_path, "w", encoding="utf-8") if out_path else contextlib.nullcontext(sys.stdout) as out:
         async with DockerIsol8(options) as engine:
-            for request in requests:
-                if stream:
-                    exit_code = await _stream(engine, request, out)
-                else:
-                    exit_code = _print_result(await engine.execute(request), out)
-                if exit_code:
-                    break
+            exit_code = await run_requests(engine, requests, stream=stream, out=out, log_network=options.log_network)
             for container_id in engine.persisted:
                 info(
                     f"Container {container_id[:12]} left running (--persist). Inspect it with "
