@@ -28,7 +28,17 @@ from pydantic.alias_generators import to_camel
 
 from engine.errors import Isol8Error
 from engine.limits import parse_size
-from engine.models import Isol8Options, NetworkFilter, NetworkMode, Pattern, Runtime, SeccompMode, SecurityOptions
+from engine.models import (
+    MAX_FILE_SIZE,
+    Isol8Options,
+    NetworkFilter,
+    NetworkMode,
+    Pattern,
+    Port,
+    Runtime,
+    SeccompMode,
+    SecurityOptions,
+)
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -86,6 +96,8 @@ class Defaults(_Model):
     sandbox_size: SizeStr = "512m"
     tmp_size: SizeStr = "256m"
     max_output_size: int = Field(1048576, gt=0)
+    max_file_size: int = Field(MAX_FILE_SIZE, gt=0)
+    """The most bytes read back from a sandbox: one get_file, or one execution's outputPaths together."""
 
 
 class Cleanup(_Model):
@@ -115,12 +127,20 @@ class ServerPolicy(_Model):
     which are always allowed); anything more is refused with 403 naming the option, so a client can
     never loosen isolation the operator did not allow. Limits go up to the larger of `maxX` and
     `defaults.X`. `allowedHosts` are whitelist patterns a client may add in filtered mode, compared as
-    strings (a regex cannot be checked for being narrower than another).
+    strings (a regex cannot be checked for being narrower than another). `allowedPorts` are CONNECT
+    ports a client may ask for besides the config's `network.ports`. A client's own whitelist never
+    reaches private, loopback or link-local addresses (the Docker host, other containers, the cloud
+    metadata address) unless `clientWhitelistReachesPrivate` says so: with an empty operator
+    whitelist a client may name any host. Sessions are capped overall (`maxSessions`) and per tenant
+    (`maxSessionsPerTenant`), so one key holder cannot take every slot; the smaller cap binds first
+    (a tenant cap above `maxSessions` is not an error, so a default stays valid under a small one).
     """
 
     bind: str = "127.0.0.1"
     allowed_networks: list[NetworkMode] = Field(default_factory=lambda: ["none"])
     allowed_hosts: list[Pattern] = Field(default_factory=list)
+    allowed_ports: list[Port] = Field(default_factory=list)
+    client_whitelist_reaches_private: bool = False
     allowed_seccomp: list[SeccompMode] = Field(default_factory=lambda: ["strict"])
     allowed_images: list[str] = Field(default_factory=list)
     allowed_container_runtimes: list[str] = Field(default_factory=list)
@@ -132,6 +152,7 @@ class ServerPolicy(_Model):
     max_tmp_size: SizeStr = "1g"
     max_output_size: int = Field(16 << 20, gt=0)
     max_sessions: int = Field(100, ge=0)
+    max_sessions_per_tenant: int = Field(20, ge=0)
     auth_db: str | None = None
     key_ttl_ms: int = Field(86_400_000, gt=0, le=MAX_KEY_TTL_MS)
     # Files and stdin travel base64 in JSON (4/3 of their size), so this leaves room for 64 MiB of
@@ -226,6 +247,7 @@ class Isol8Config(_Model):
             "sandbox_size": d.sandbox_size,
             "tmp_size": d.tmp_size,
             "max_output_size": d.max_output_size,
+            "max_file_size": d.max_file_size,
             "security": self.security,
             "max_concurrent": self.max_concurrent,
             "pool_strategy": self.pool_strategy,

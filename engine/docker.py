@@ -60,10 +60,12 @@ class DockerClient:
         """A raw socket on the container's stdin/stdout (attach before start loses nothing)."""
         raw = self.api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stream": 1})
         sock: socket.socket = getattr(raw, "_sock", raw)
-        # Own a duplicate so docker-py's response object can be collected without closing ours.
-        dup = socket.socket(fileno=os.dup(sock.fileno()))
+        # Take the descriptor over (not a duplicate): the connection must end the moment the engine
+        # closes its end. A duplicate left docker-py's copy open until a garbage collection, and a
+        # daemon still writing into it made the container's removal hang for the API timeout.
+        owned = socket.socket(fileno=sock.detach())
         raw.close()
-        return dup
+        return owned
 
     def start(self, container_id: str) -> None:
         try:

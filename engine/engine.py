@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
 from engine.docker import DockerClient
-from engine.errors import Isol8Error, SandboxError
+from engine.errors import FileError, Isol8Error, SandboxError
 from engine.hardening import MANAGED_LABEL, OWNER_LABEL, container_config, owner_alive
 from engine.images.custom import find_custom
 from engine.models import (
@@ -33,7 +33,7 @@ from engine.models import (
     StreamEvent,
     sandbox_path,
 )
-from engine.output import TIMEOUT_MARKER, StreamText, truncation_marker
+from engine.output import TIMEOUT_MARKER, Masker, StreamText, truncation_marker
 from engine.packages import install_argv, validate_packages
 from engine.pool import Pool
 from engine.runtimes import code_file, get_runtime
@@ -102,6 +102,8 @@ class DockerIsol8:
         self._session: Sandbox | None = None
         self._session_runtime: str | None = self.options.runtime
         self._session_lock = asyncio.Lock()
+        self._session_notice: str | None = None  # why the last session's state is gone, told once
+        self._session_secrets: set[str] = set()  # every secret a session was given, masked for its life
         self._installed: set[str] = set()
         self.persisted: list[str] = []  # containers left running because of `persist`
         self._pool = Pool(self.docker, self.options.pool_strategy, self.options.pool_size)
@@ -221,18 +223,21 @@ class DockerIsol8:
                     yield item
 
     async def put_file(self, path: str, content: str | bytes) -> None:
-        """Write a file into the persistent sandbox (binary-safe; parents created)."""
+        """Write a file into the persistent sandbox (binary-safe; parents created). A failed write
+        leaves nothing behind; only regular files (or new paths) can be written."""
         target = _sandbox_path(path)
         async with self._session_lock:
             sandbox = await self._file_session()
-            await sandbox.put_file(target, content.encode() if isinstance(content, str) else content)
+            async with self._session_guard(sandbox):
+                await sandbox.put_file(target, _bytes(content))
 
     async def get_file(self, path: str) -> bytes:
-        """Read a file from the persistent sandbox."""
+        """Read a regular file from the persistent sandbox, at most `max_file_size` bytes."""
         target = _sandbox_path(path)
         async with self._session_lock:
             sandbox = await self._file_session()
-            return await sandbox.get_file(target)
+            async with self._session_guard(sandbox):
+                return await sandbox.get_file(target, self.options.max_file_size)
 
     # --- planning ---------------------------------------------------------------------------------
     def _options_for(self, request: ExecutionRequest) -> Isol8Options:
@@ -260,7 +265,13 @@ class DockerIsol8:
         files = {path: _bytes(content) for path, content in request.files.items()}
 
         def job(argv: list[str], **extra: Any) -> Job:
-            base = {"env": env, "cwd": "/sandbox", "timeout_ms": 0, "max_output": options.max_output_size}
+            base = {
+                "env": env,
+                "cwd": "/sandbox",
+                "timeout_ms": 0,
+                "max_output": options.max_output_size,
+                "max_file_size": options.max_file_size,
+            }
             return Job(argv=argv, **{**base, **extra})
 
         steps = []
@@ -317,6 +328,9 @@ class DockerIsol8:
             image_setup = None  # ran when the session's container started
         steps = self._steps(request, options, packages, image_setup)
         secrets = [*self.options.secrets.values(), *request.secrets.values()]
+        if self.options.mode == "persistent":  # a later run may print an earlier secret from a file
+            self._session_secrets.update(secrets)
+            secrets = sorted(self._session_secrets)
         async with self._sandbox(options, image, spec.name) as sandbox:
             # One budget for every step, counted from when the sandbox is ready.
             deadline = time.monotonic() + (request.timeout_ms or options.timeout_ms) / 1000
@@ -344,10 +358,11 @@ class DockerIsol8:
     ) -> AsyncIterator[StreamEvent | Outcome]:
         """One job's output, masked and decoded, with the truncation markers; then its Outcome."""
         streams = {"stdout": StreamText(secrets), "stderr": StreamText(secrets)}
+        masker = Masker(secrets)
         async with contextlib.aclosing(self._run_job(sandbox, step.job)) as outputs:
             async for item in outputs:
                 if item.entry is not None:
-                    entry = NetworkLogEntry.model_validate(item.entry)
+                    entry = NetworkLogEntry.model_validate(_masked(item.entry, masker))
                     yield StreamEvent(type="network", data=entry.host, phase=step.phase, entry=entry)
                     continue
                 if item.exit is None:
@@ -355,6 +370,8 @@ class DockerIsol8:
                     if data:
                         yield StreamEvent(type=item.stream, data=data, phase=step.phase)  # type: ignore[arg-type]
                     continue
+                if item.file_errors:  # the run is over and its exit read: the sandbox is in step
+                    raise item.file_errors[0]
                 outcome = _outcome(item, options.max_output_size, step.phase)
                 for name, stream in streams.items():
                     cut = getattr(outcome, f"{name}_truncated")
@@ -390,12 +407,11 @@ class DockerIsol8:
         if self.options.mode == "persistent":
             async with self._session_lock:
                 if self._session is not None and not self._session.alive:
-                    self._release(self._session, reusable=False)
-                    self._session = None
-                    raise SandboxError(
+                    self._forget_session(
                         "The persistent container stopped (the Docker daemon restarted, or it was removed); "
                         "its files are gone. Run again to start a new one."
                     )
+                self._tell_session_notice()
                 if self._session is None:
                     self._session = await self._launch(options, image, runtime)
                     self._session_runtime = runtime
@@ -416,6 +432,7 @@ class DockerIsol8:
     async def _file_session(self) -> Sandbox:
         if self.options.mode != "persistent" or (self._session is None and self._session_runtime is None):
             raise Isol8Error("No active container. Call execute() first in persistent mode.")
+        self._tell_session_notice()
         if self._session is None:
             runtime = self._session_runtime or "python"
             self._session = await self._launch(self.options, get_runtime(runtime).image, runtime)
@@ -439,10 +456,36 @@ class DockerIsol8:
                 "Set it on the engine, or create a new engine."
             )
 
+    @contextlib.asynccontextmanager
+    async def _session_guard(self, sandbox: Sandbox) -> AsyncIterator[None]:
+        """A file operation's sandbox that can no longer be trusted (its deadline passed, its agent
+        broke the protocol) is replaced; the error raised already says the files are gone."""
+        try:
+            yield
+        except (SandboxError, FileError):
+            if not sandbox.reusable:
+                self._forget_session(None)
+            raise
+        except BaseException:  # cancelled mid-operation: settle the stream before anyone else uses it
+            await asyncio.shield(self._abort(sandbox))
+            raise
+
+    def _forget_session(self, notice: str | None) -> None:
+        """Drop the session's sandbox; the next call starts a new one, first telling `notice`."""
+        if self._session is not None:
+            self._release(self._session, reusable=False)
+        self._session = None
+        self._session_notice = notice
+
+    def _tell_session_notice(self) -> None:
+        notice, self._session_notice = self._session_notice, None
+        if notice:
+            raise SandboxError(notice)
+
     async def _lost(self, sandbox: Sandbox, exc: Exception, started: float) -> Output:
         """The agent went silent (wedged past the backstop) or its container died."""
         if sandbox is self._session:
-            self._session = None  # its state is gone; the next call starts a new container
+            self._session = None  # its state is gone (the report says why); the next call starts anew
         self._release(sandbox, reusable=False)
         try:
             state = await asyncio.to_thread(self.docker.state, sandbox.container_id)
@@ -464,15 +507,18 @@ class DockerIsol8:
         return Output("exit", exit=report)
 
     async def _abort(self, sandbox: Sandbox) -> None:
+        """A consumer left mid-request: a pooled sandbox goes; a session's is brought back in step
+        (its job killed, its stream read to the request's end), or replaced, and the next call says so."""
         if sandbox is not self._session:
             self._release(sandbox, reusable=False)
             return
         try:
-            async with asyncio.timeout(5):
-                await sandbox.abort()
-        except (TimeoutError, SandboxError, ConnectionError):
-            self._session = None
-            self._release(sandbox, reusable=False)
+            await sandbox.recover()
+        except SandboxError:
+            self._forget_session(
+                "The session's container did not recover from an abandoned run and was replaced; "
+                "its files are gone. Run again to start a new one."
+            )
 
     async def _launch(self, options: Isol8Options, image: str, runtime: str) -> Sandbox:
         """A container for a persistent session (pool containers come from the pool)."""
@@ -521,6 +567,11 @@ def _blocked(entry: NetworkLogEntry) -> SecurityEvent:
         details={"method": entry.method, "host": entry.host, "port": entry.port, "rule": entry.rule},
         timestamp=entry.timestamp,
     )
+
+
+def _masked(entry: dict[str, Any], masker: Masker) -> dict[str, Any]:
+    """A network log entry with every secret masked in every text field (host and path included)."""
+    return {key: masker.mask_text(value) if isinstance(value, str) else value for key, value in entry.items()}
 
 
 def _bytes(content: str | bytes) -> bytes:

@@ -22,3 +22,19 @@ class ImageMissing(Isol8Error):
 
 class SandboxError(Isol8Error):
     """The sandbox container or its agent failed (not the user's code)."""
+
+
+class FileError(Isol8Error):
+    """A file the engine was asked to move in or out of a sandbox cannot be moved."""
+
+
+class FileNotFound(FileError):
+    """The file does not exist in the sandbox (HTTP 404)."""
+
+
+class NotARegularFile(FileError):
+    """The path names a directory, FIFO, socket or device: only regular files move (HTTP 400)."""
+
+
+class FileTooLarge(FileError):
+    """A file read back is over `maxFileSize` (HTTP 413)."""

@@ -15,9 +15,14 @@ from engine.limits import parse_size
 from engine.models import Isol8Options
 from engine.seccomp import seccomp_security_opt
 
-# A uid no host account is likely to have: if a sandbox ever escaped, it would be nobody on the host.
+# Uids no host account is likely to have: if a sandbox ever escaped, it would be nobody on the host.
+# Every one is the user `sandbox` in the image (each with its own group). A container starts jobs as
+# the first; the `fast` pool moves a reused container to the next one at each scrub, so a process
+# that escaped every kill could still not read the next execution's files or /proc entries.
 SANDBOX_UID = 61000
 SANDBOX_GID = 61000
+SANDBOX_UIDS = range(SANDBOX_UID, SANDBOX_UID + 16)
+PROXY_UID = SANDBOX_UID - 1  # the filtered-network proxy's own unprivileged user, outside that range
 
 # The only capabilities left to the root agent (PID 1); user code runs as `sandbox` with none.
 CAPABILITIES = (
@@ -26,8 +31,11 @@ CAPABILITIES = (
     "KILL",  # kill every process of a job on timeout, even ones that changed session or group
 )
 
-# Filtered mode only: the agent sets the firewall that confines the sandbox user to the proxy.
+# Filtered mode only: the agent sets the firewall that confines the sandbox users to the proxy.
 FILTERED_CAPABILITIES = ("NET_ADMIN",)
+
+# `fast` pool only: at each scrub the agent hands the writable roots to the next sandbox uid.
+FAST_CAPABILITIES = ("CHOWN",)
 
 MANAGED_LABEL = "isol8.managed"
 OWNER_LABEL = "isol8.owner"
@@ -68,7 +76,11 @@ def container_config(options: Isol8Options, image: str, runtime: str) -> dict[st
             "/tmp": f"rw,noexec,nosuid,nodev,size={parse_size(options.tmp_size)},mode=1777",
         },
         "cap_drop": ["ALL"],
-        "cap_add": list(CAPABILITIES + (FILTERED_CAPABILITIES if filtered else ())),
+        "cap_add": [
+            *CAPABILITIES,
+            *(FILTERED_CAPABILITIES if filtered else ()),
+            *(FAST_CAPABILITIES if options.pool_strategy == "fast" and options.mode == "ephemeral" else ()),
+        ],
         "security_opt": [
             "no-new-privileges",
             seccomp_security_opt(options.security.seccomp, options.security.custom_profile_path),

@@ -29,6 +29,9 @@ from engine.limits import parse_size
 
 MAX_STDIN_BYTES = 64 << 20
 """Largest `stdin` a request may carry (it travels in memory; use `files` for more)."""
+MAX_FILE_SIZE = 64 << 20
+"""Default `maxFileSize`: the most bytes read back from a sandbox by one `get_file`, or by one
+execution's `output_paths` together (counted as they are read, so the engine's memory is bounded)."""
 FILE_ROOTS = ("/sandbox", "/tmp")
 
 
@@ -55,6 +58,7 @@ def _check_pattern(pattern: str) -> str:
 
 
 Pattern = Annotated[str, AfterValidator(_check_pattern)]
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 FileBytes = Annotated[
     bytes,
@@ -226,11 +230,20 @@ class StreamEvent(Model):
 
 
 class NetworkFilter(Model):
-    """Regular expressions matched against the whole host name (case-insensitive); the blacklist
-    wins; an empty whitelist allows every host not blacklisted."""
+    """The filtered network's policy, enforced by the in-container proxy (engine/agent/proxy.py).
+
+    Patterns are regular expressions matched against the whole canonical host name (lower case,
+    no trailing dot, IP literals as dotted quads; an internationalised name in its ASCII and its
+    Unicode form), case-insensitively; the blacklist wins; an empty whitelist allows every host
+    not blacklisted. HTTPS (CONNECT) may reach port 443 and the `ports` listed here; plain HTTP any
+    port. A host named by a whitelist pattern may resolve to a private, loopback or link-local
+    address only while `whitelist_reaches_private` is true (a server turns it off for the
+    whitelists its clients send)."""
 
     whitelist: list[Pattern] = Field(default_factory=list)
     blacklist: list[Pattern] = Field(default_factory=list)
+    ports: list[Port] = Field(default_factory=list)
+    whitelist_reaches_private: bool = True
 
 
 class PoolState(Model):
@@ -273,6 +286,7 @@ class Isol8Options(Model):
     sandbox_size: str = "512m"
     tmp_size: str = "256m"
     max_output_size: int = Field(default=1 << 20, gt=0)
+    max_file_size: int = Field(default=MAX_FILE_SIZE, gt=0)  # bytes read back by one get_file or one run
     security: SecurityOptions = Field(default_factory=SecurityOptions)
     secrets: dict[str, str] = Field(default_factory=dict)
     image: str | None = None

@@ -8,6 +8,7 @@ stderr is kept as a short diagnostic tail for when it dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 from collections import deque
@@ -17,10 +18,21 @@ from typing import Any
 
 from engine.agent import protocol as P
 from engine.docker import DockerClient
-from engine.errors import Isol8Error, SandboxError
+from engine.errors import FileError, FileNotFound, FileTooLarge, NotARegularFile, SandboxError
+from engine.models import MAX_FILE_SIZE
 
 _DOCKER_HEADER = struct.Struct(">BxxxL")
 HELLO_TIMEOUT_S = 30.0
+FILE_DEADLINE_S = 60.0
+"""A put_file or get_file the agent has not finished by then is given up (the agent never blocks
+on a file, so only a wedged or starved sandbox gets there); the sandbox is then replaced."""
+RECOVER_TIMEOUT_S = 5.0
+FILE_ERRORS: dict[str, type[FileError]] = {
+    "missing": FileNotFound,
+    "not_regular": NotARegularFile,
+    "too_large": FileTooLarge,
+}
+"""The agent's `reason` for a failed file item, as the error type the caller sees."""
 
 
 @dataclass
@@ -36,6 +48,7 @@ class Job:
     stdin: bytes | None = None
     output_paths: list[str] = field(default_factory=list)
     python_file: str | None = None  # a Python script the agent may run on its forked interpreter
+    max_file_size: int = MAX_FILE_SIZE  # the output paths' bytes together
 
     def request(self) -> dict[str, Any]:
         return {
@@ -49,22 +62,32 @@ class Job:
             "stdin": self.stdin is not None,
             "output_paths": self.output_paths,
             "python_file": self.python_file,
+            "max_file_size": self.max_file_size,
         }
 
 
 @dataclass
 class Output:
     """One piece of a job's output: stdout/stderr bytes, or the final exit report with the
-    output paths read back (a path that does not exist is left out)."""
+    output paths read back (a path that does not exist is left out) and, per output path that
+    could not be read, its error."""
 
     stream: str  # "stdout" | "stderr" | "network" | "exit"
     data: bytes = b""
     exit: dict[str, Any] | None = None
     files: dict[str, bytes] = field(default_factory=dict)
+    file_errors: list[FileError] = field(default_factory=list)
     entry: dict[str, Any] | None = None  # a network log entry
 
 
 class Sandbox:
+    """The engine's end of one agent. Requests are strictly one at a time; each owes a last event
+    (`exit`, `done`, the end of a file item, `scrubbed`, `pong`). When a caller leaves a request
+    before that event (a cancelled stream, an error, a deadline), the sandbox remembers it, and
+    `recover` cancels it in the agent and reads up to that event, so the next request never sees
+    the output of an earlier one. Frames are read whole or not at all, so a cancellation at any
+    await leaves the stream at a frame boundary."""
+
     def __init__(
         self,
         docker: DockerClient,
@@ -80,9 +103,10 @@ class Sandbox:
         self._writer = writer
         self._decoder = P.FrameDecoder()
         self._pending: deque[tuple[int, bytes]] = deque()
+        self._header: tuple[int, int] | None = None  # a Docker header read whose payload is still due
         self._agent_stderr: deque[bytes] = deque(maxlen=20)
-        self.busy = False
-        self.reusable = True  # False once a run on it was lost or abandoned: it is destroyed
+        self._open: str | None = None  # the request whose last event has not been read yet
+        self.reusable = True  # False once its stream cannot be trusted: it is destroyed
         self.pool_key = ""  # set by the pool for the containers it hands out
 
     @classmethod
@@ -118,11 +142,14 @@ class Sandbox:
     async def _next_frame(self) -> tuple[int, bytes]:
         while not self._pending:
             try:
-                header = await self._reader.readexactly(_DOCKER_HEADER.size)
-                stream, size = _DOCKER_HEADER.unpack(header)
+                if self._header is None:
+                    self._header = _DOCKER_HEADER.unpack(await self._reader.readexactly(_DOCKER_HEADER.size))
+                stream, size = self._header
                 payload = await self._reader.readexactly(size)
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                self.reusable = False
                 raise SandboxError(self._died_message()) from exc
+            self._header = None
             if stream == 2:
                 self._agent_stderr.append(payload)
                 continue
@@ -137,11 +164,38 @@ class Sandbox:
             "Retry; if it persists, run `isol8 setup --force` and check `docker info`."
         )
 
+    async def _request(self, op: str, body: dict[str, Any]) -> None:
+        """Send a request (after settling any earlier one); its last event is owed from now on."""
+        if self._open is not None:
+            await self.recover()
+        self._open = op
+        self._writer.write(P.message(P.REQUEST, {"op": op, **body}))
+
+    async def recover(self) -> None:
+        """End a request a caller left before its last event: cancel it in the agent (a job is
+        killed, an upload discarded) and read, discarding, up to that event. SandboxError when the
+        agent does not get there in RECOVER_TIMEOUT_S: the sandbox cannot be trusted any more."""
+        if self._open is None:
+            return
+        self._writer.write(P.message(P.REQUEST, {"op": "cancel"}))
+        try:
+            async with asyncio.timeout(RECOVER_TIMEOUT_S):
+                await self._writer.drain()
+                while self._open is not None:
+                    kind, payload = await self._next_frame()
+                    if _ends(self._open, kind, json.loads(payload) if kind == P.EVENT else {}):
+                        self._open = None
+        except (TimeoutError, SandboxError) as exc:
+            self.reusable = False
+            raise SandboxError(
+                f"The sandbox agent did not finish an abandoned request within {RECOVER_TIMEOUT_S:g} s; "
+                "its container is being replaced."
+            ) from exc
+
     # --- jobs -------------------------------------------------------------------------------------
     async def run(self, job: Job) -> AsyncIterator[Output]:
         """Send `job` and yield its output as it arrives, ending with the exit report."""
-        self.busy = True
-        self._writer.write(P.message(P.REQUEST, job.request()))
+        await self._request("run", job.request())
         for content in job.files.values():
             for chunk in P.data_frames(content):
                 self._writer.write(chunk)
@@ -151,8 +205,10 @@ class Sandbox:
                 self._writer.write(chunk)
                 await self._writer.drain()
         await self._writer.drain()
-        files: dict[str, bytes] = {}
+        files: dict[str, bytearray] = {}
+        errors: list[FileError] = []
         receiving: bytearray | None = None
+        received = 0
         while True:
             kind, payload = await self._next_frame()
             if kind == P.STDOUT:
@@ -160,70 +216,93 @@ class Sandbox:
             elif kind == P.STDERR:
                 yield Output("stderr", payload)
             elif kind == P.DATA and receiving is not None:
+                received += len(payload)
+                self._check_bound(received, job.max_file_size)
                 receiving += payload
             elif kind == P.END and receiving is not None:
                 receiving = None
             elif kind == P.EVENT:
                 event = json.loads(payload)
                 if event.get("ev") == "file":
-                    error = event.get("error")
-                    if error and error != "No such file or directory":
-                        raise Isol8Error(f"Cannot read {event['path']} from the sandbox: {error}")
-                    if not error:
-                        receiving = files.setdefault(event["path"], bytearray())  # type: ignore[assignment]
+                    receiving = None
+                    if event.get("error"):
+                        files.pop(event["path"], None)
+                        if event.get("reason") != "missing":  # an output path that does not exist is left out
+                            errors.append(_file_error("read", event))
+                    else:
+                        receiving = files.setdefault(event["path"], bytearray())
                 elif event.get("ev") == "net":
                     yield Output("network", entry=event["entry"])
                 elif event.get("ev") == "exit":
-                    self.busy = False
-                    yield Output("exit", exit=event, files={p: bytes(d) for p, d in files.items()})
+                    self._open = None
+                    contents = {path: bytes(data) for path, data in files.items()}
+                    yield Output("exit", exit=event, files=contents, file_errors=errors)
                     return
 
     async def put_file(self, path: str, content: bytes) -> None:
         """Write `content` to `path` in the sandbox (as the sandbox user; parents created)."""
-        self._writer.write(P.message(P.REQUEST, {"op": "put", "path": path}))
-        for chunk in P.data_frames(content):
-            self._writer.write(chunk)
+        async with self._deadline(f"writing {path}"):
+            await self._request("put", {"path": path})
+            for chunk in P.data_frames(content):
+                self._writer.write(chunk)
+                await self._writer.drain()
+            while True:
+                kind, payload = await self._next_frame()
+                if kind == P.EVENT and (event := json.loads(payload)).get("ev") == "done":
+                    self._open = None
+                    if event.get("error"):
+                        raise _file_error("write", event)
+                    return
+
+    async def get_file(self, path: str, max_bytes: int) -> bytes:
+        """The content of `path` in the sandbox, read as the sandbox user; at most `max_bytes`."""
+        async with self._deadline(f"reading {path}"):
+            await self._request("get", {"path": path, "max_bytes": max_bytes})
             await self._writer.drain()
-        while True:
-            kind, payload = await self._next_frame()
-            if kind == P.EVENT and (event := json.loads(payload)).get("ev") == "done":
-                if event.get("error"):
-                    raise Isol8Error(f"Cannot write {path} in the sandbox: {event['error']}")
-                return
+            chunks: list[bytes] = []
+            received = 0
+            while True:
+                kind, payload = await self._next_frame()
+                if kind == P.EVENT and (event := json.loads(payload)).get("ev") == "file":
+                    if event.get("error"):
+                        self._open = None
+                        raise _file_error("read", event)
+                elif kind == P.DATA:
+                    received += len(payload)
+                    self._check_bound(received, max_bytes)
+                    chunks.append(payload)
+                elif kind == P.END:
+                    self._open = None
+                    return b"".join(chunks)
 
-    async def get_file(self, path: str) -> bytes:
-        """The content of `path` in the sandbox, read as the sandbox user."""
-        self._writer.write(P.message(P.REQUEST, {"op": "get", "path": path}))
-        await self._writer.drain()
-        chunks: list[bytes] = []
-        while True:
-            kind, payload = await self._next_frame()
-            if kind == P.EVENT and (event := json.loads(payload)).get("ev") == "file":
-                if event.get("error"):
-                    raise Isol8Error(f"Cannot read {path} from the sandbox: {event['error']}")
-            elif kind == P.DATA:
-                chunks.append(payload)
-            elif kind == P.END:
-                return b"".join(chunks)
+    def _check_bound(self, received: int, limit: int) -> None:
+        """The agent bounds what it sends; an agent that does not is not trusted with more memory."""
+        if received > limit:
+            self.reusable = False
+            raise SandboxError(
+                f"The sandbox agent sent more than the {limit} bytes asked for; its container is being replaced."
+            )
 
-    async def abort(self) -> None:
-        """Kill the job in flight and wait for its exit report, so the sandbox can serve again."""
-        if not self.busy:
-            return
-        self._writer.write(P.message(P.REQUEST, {"op": "kill"}))
-        await self._writer.drain()
-        while self.busy:
-            kind, payload = await self._next_frame()
-            if kind == P.EVENT and json.loads(payload).get("ev") == "exit":
-                self.busy = False
+    @contextlib.asynccontextmanager
+    async def _deadline(self, what: str) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(FILE_DEADLINE_S):
+                yield
+        except TimeoutError:
+            self.reusable = False
+            raise SandboxError(
+                f"The sandbox did not finish {what} within {FILE_DEADLINE_S:g} s; its container is being "
+                "replaced (a session's files are gone). Retry."
+            ) from None
 
     async def scrub(self) -> str | None:
         """Have the agent erase the last execution; None when it verified the sandbox is clean."""
-        self._writer.write(P.message(P.REQUEST, {"op": "scrub"}))
+        await self._request("scrub", {})
         await self._writer.drain()
         while True:
             kind, payload = await self._next_frame()
             if kind == P.EVENT and (event := json.loads(payload)).get("ev") == "scrubbed":
+                self._open = None
                 return event.get("error")
 
     def detach(self) -> None:
@@ -233,3 +312,23 @@ class Sandbox:
     async def destroy(self) -> None:
         self._writer.close()
         await asyncio.to_thread(self.docker.remove, self.container_id)
+
+
+def _ends(op: str, kind: int, event: dict[str, Any]) -> bool:
+    """Whether this frame is the last one of request `op`."""
+    if op == "get":  # a file item: its END, or its error (before or after some DATA)
+        return kind == P.END or (event.get("ev") == "file" and bool(event.get("error")))
+    return event.get("ev") == {"run": "exit", "put": "done", "scrub": "scrubbed"}[op]
+
+
+def _file_error(verb: str, event: dict[str, Any]) -> FileError:
+    """The typed error for a failed file item or upload, in one line that says what to do."""
+    reason, path = event.get("reason"), event["path"]
+    where = "from" if verb == "read" else "in"
+    advice = {
+        "too_large": "; raise maxFileSize to allow more",
+        "not_regular": "; only regular files can be moved in or out",
+    }.get(str(reason), "")
+    return FILE_ERRORS.get(str(reason), FileError)(
+        f"Cannot {verb} {path} {where} the sandbox: {event['error']}{advice}"
+    )

@@ -2,13 +2,15 @@
 
 Why an agent instead of `docker exec`: one Engine API exec costs about 45 ms on our machines, a job
 sent over the already-attached stream about 10 ms. The agent also owns what only PID 1 can do
-well: reaping every zombie, killing every process of a job (also `setsid`/double-forked ones) on
-timeout, and enforcing the output cap before bytes ever leave the container.
+well: reaping every zombie, killing every process of a job (also `setsid`/double-forked ones, and
+ones whose main thread has exited) on timeout, and enforcing the output cap before bytes ever
+leave the container.
 
-Privileges: the agent runs as root with only CAP_SETUID/CAP_SETGID (to start jobs as `sandbox`)
-and CAP_KILL (to kill the job's processes whatever they became). Files are written and read with
-the effective uid of `sandbox`, so a symlink planted by user code can never make the agent touch
-a file the sandbox user could not touch itself.
+Privileges: the agent runs as root with only CAP_SETUID/CAP_SETGID (to start jobs as `sandbox`),
+CAP_KILL (to kill the job's processes whatever they became) and, in a `fast` pool, CAP_CHOWN (to
+hand the writable roots to the next sandbox uid). Files are written and read with the effective
+uid of `sandbox`, so a symlink planted by user code can never make the agent touch a file the
+sandbox user could not touch itself; files are opened without blocking and must be regular.
 
 Hand-written on purpose: it is the product's core, must start in milliseconds and cannot depend
 on anything but the interpreter that is in every image.
@@ -37,10 +39,20 @@ READ_CHUNK = 64 * 1024
 PROXY_URL = "http://127.0.0.1:8118"
 SCRUBBED = ("/sandbox", "/tmp", "/dev/shm", "/dev/mqueue")  # everything the sandbox user can write
 PROXY_START_TIMEOUT_S = 5.0
+KILL_DEADLINE_S = 2.0  # SIGKILL is not refused: only a task stuck in the kernel takes longer
+IPC_KINDS = {"shm": ("shmid", "-m"), "sem": ("semid", "-s"), "msg": ("msqid", "-q")}
 
 
 class RefusedPath(Exception):
     pass
+
+
+class FileProblem(Exception):
+    """A file operation that cannot be done; `reason` tells the engine which error type it is."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # one of protocol.FILE_REASONS
 
 
 def _read_first(*paths: str) -> str | None:
@@ -103,6 +115,124 @@ def confine(path: str) -> str:
     return norm
 
 
+def task_uids(status_path: str) -> list[int]:
+    """The real, effective, saved and filesystem uids of one task (thread); [] once it is gone."""
+    try:
+        with open(status_path, "rb") as status:
+            for line in status:
+                if line.startswith(b"Uid:"):
+                    return [int(value) for value in line.split()[1:]]
+    except (OSError, ValueError):
+        pass
+    return []
+
+
+def all_task_uids() -> Iterator[list[int]]:
+    """The uids of every task in the container, each thread on its own: a process whose main
+    thread has exited shows as a zombie while its other threads run on."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            yield task_uids(f"/proc/{pid}/task/{tid}/status")
+
+
+def kill_every_process_of(uid: int) -> None:
+    """SIGKILL every process of `uid` in one pass: kill(-1) from a child running as that uid.
+
+    The kernel walks every process under its task-list lock, so a fork bomb cannot slip a new
+    child past it. The child is waited for here, so `reap` never counts it as a job's process.
+    """
+    try:
+        pid = os.fork()
+    except OSError:  # the pids limit is full: the caller's direct kills free room for the next pass
+        return
+    if pid == 0:
+        try:
+            os.setresuid(uid, uid, uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+class Incoming:
+    """One file arriving in DATA frames. It is written to a hidden file next to its target and moved
+    into place at the end, so a failed or cancelled write leaves nothing behind. An existing target
+    that is not a regular file (a FIFO, a socket, a directory, a symlink) is refused before anything
+    is opened: nothing here can block."""
+
+    def __init__(self, agent: Agent, path: str) -> None:
+        self.agent = agent
+        self.path = path
+        self.temp: str | None = None
+        self.fd: int | None = None
+        self.error: FileProblem | None = None
+        try:
+            with agent.as_sandbox():
+                self.target = confine(path)
+                os.makedirs(os.path.dirname(self.target), exist_ok=True)
+                confine(self.target)
+                mode = self._existing_mode()
+                self.temp = os.path.join(os.path.dirname(self.target), f".isol8-upload-{os.urandom(6).hex()}")
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+                self.fd = os.open(self.temp, flags, mode)
+        except (RefusedPath, OSError, FileProblem) as exc:
+            self.error = _problem(exc)
+
+    def _existing_mode(self) -> int:
+        """The mode to write with: the replaced file's, else 0644. Refuses what is not a regular file."""
+        try:
+            info = os.lstat(self.target)
+        except FileNotFoundError:
+            return 0o644
+        if stat.S_ISLNK(info.st_mode):
+            raise FileProblem("refused", "the path is a symlink")
+        if not stat.S_ISREG(info.st_mode):
+            raise FileProblem("not_regular", f"not a regular file ({_kind(info.st_mode)})")
+        return stat.S_IMODE(info.st_mode)
+
+    def write(self, payload: bytes) -> None:
+        if self.fd is None or self.error:
+            return
+        try:
+            _write_all(self.fd, payload)
+        except OSError as exc:
+            self.error = _problem(exc)
+            self.abort()
+
+    def finish(self, cancelled: bool = False) -> FileProblem | None:
+        """Move the file into place (or discard it); the problem, if any."""
+        if cancelled and not self.error:
+            self.error = FileProblem("cancelled", "cancelled before it was complete")
+        if self.error:
+            self.abort()
+            return self.error
+        assert self.fd is not None and self.temp is not None
+        os.close(self.fd)
+        self.fd = None
+        try:
+            with self.agent.as_sandbox():
+                os.rename(self.temp, self.target)
+        except OSError as exc:
+            self.error = _problem(exc)
+            self.abort()
+        return self.error
+
+    def abort(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.temp is not None:
+            with contextlib.suppress(OSError), self.agent.as_sandbox():
+                os.unlink(self.temp)
+            self.temp = None
+
+
 class Job:
     """One run request: receives its files and stdin, runs, streams, reports."""
 
@@ -110,11 +240,12 @@ class Job:
         self.agent = agent
         self.request = request
         self.files: list[str] = list(request.get("files", []))
+        self.incoming: Incoming | None = None
         self.expect_stdin = bool(request.get("stdin"))
         self.max_output = int(request.get("max_output", 1 << 20))
+        self.max_file_size = int(request["max_file_size"])
         self.timeout = float(request.get("timeout_ms", 30000)) / 1000.0
         self.error: str | None = None
-        self.current_fd: int | None = None
         self.stdin_buffer = bytearray()
         self.stdin_open = self.expect_stdin
         self.proc: subprocess.Popen | ZygoteChild | None = None
@@ -132,20 +263,8 @@ class Job:
 
     # --- receiving files and stdin -------------------------------------------------------------
     def _begin_next_file(self) -> None:
-        while self.files and self.current_fd is None:
-            if self.error:
-                return
-            path = self.files[0]
-            try:
-                target = confine(path)
-                with self.agent.as_sandbox():
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    confine(target)
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-                    self.current_fd = os.open(target, flags, 0o644)
-            except (RefusedPath, OSError) as exc:
-                self.error = f"Cannot write {path}: {_reason(exc)}"
-            return
+        if self.files and self.incoming is None and not self.error:
+            self.incoming = Incoming(self.agent, self.files[0])
 
     @property
     def receiving_files(self) -> bool:
@@ -153,22 +272,19 @@ class Job:
 
     def on_data(self, payload: bytes) -> None:
         if self.receiving_files:
-            if self.current_fd is not None:
-                try:
-                    _write_all(self.current_fd, payload)
-                except OSError as exc:
-                    self.error = f"Cannot write {self.files[0]}: {_reason(exc)}"
-                    os.close(self.current_fd)
-                    self.current_fd = None
+            if self.incoming is not None:
+                self.incoming.write(payload)
         elif self.stdin_open:
             self.stdin_buffer += payload
             self.agent.want_stdin_write()
 
     def on_end(self) -> None:
         if self.receiving_files:
-            if self.current_fd is not None:
-                os.close(self.current_fd)
-                self.current_fd = None
+            if self.incoming is not None:
+                problem = self.incoming.finish()
+                if problem:
+                    self.error = f"Cannot write {self.files[0]}: {problem}"
+                self.incoming = None
             self.files.pop(0)
             self._begin_next_file()
             if not self.receiving_files:
@@ -180,6 +296,23 @@ class Job:
             self.stdin_open = False
             self.agent.want_stdin_write()
 
+    def cancel(self) -> None:
+        """The engine gave up on this job: stop receiving, discard a partial file, kill what runs."""
+        if self.agent.receiver is self:
+            self.agent.receiver = None
+        if self.incoming is not None:
+            self.incoming.finish(cancelled=True)
+            self.incoming = None
+        self.stdin_open = False
+        self.stdin_buffer.clear()
+        if self.receiving_files:
+            self.files.clear()
+            self.error = self.error or "cancelled by the engine before it started"
+            self.start()  # reports the error as the job's exit
+        elif self.proc is not None and self.agent.job is self:
+            self.agent.want_stdin_write()
+            self.stop(timed_out=False)
+
     # --- running -------------------------------------------------------------------------------
     def start(self) -> None:
         if self.error:
@@ -190,8 +323,8 @@ class Job:
         env.update(req.get("env", {}))
         cwd = req.get("cwd", "/sandbox")
         try:
-            cwd = confine(cwd)
-            with self.agent.as_sandbox():
+            with self.agent.as_sandbox():  # the roots may be closed to root itself (a `fast` pool's)
+                cwd = confine(cwd)
                 os.makedirs(cwd, exist_ok=True)
             if self.agent.zygote and req.get("python_file"):
                 self.proc = self.agent.zygote.spawn(
@@ -218,19 +351,25 @@ class Job:
             self.agent.want_stdin_write()
 
     def _popen(self, argv: list[str], cwd: str, env: dict[str, str]) -> subprocess.Popen:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE if self.expect_stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-            user=self.agent.uid,
-            group=self.agent.gid,
-            extra_groups=[],
-            start_new_session=True,
-            close_fds=True,
-        )
+        # Popen would chdir before dropping to the sandbox uid, as root, which may not enter a
+        # `fast` pool's roots: the child inherits a working directory entered as that uid instead.
+        with self.agent.as_sandbox():
+            os.chdir(cwd)
+        try:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if self.expect_stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                user=self.agent.uid,
+                group=self.agent.gid,
+                extra_groups=[],
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            os.chdir("/")
 
     def read_output(self, fd: int) -> bool:
         """Forward what `fd` has; False at EOF (the fd is then closed and unregistered)."""
@@ -270,7 +409,7 @@ class Job:
             proc.stdin.close()
 
     def stop(self, *, timed_out: bool) -> None:
-        """Kill every process of the job (timeout or a `kill` request)."""
+        """Kill every process of the job (timeout or the engine's `cancel`)."""
         self.timed_out = self.timed_out or timed_out
         self.killed = True
         self.agent.kill_sandbox_processes()
@@ -370,39 +509,31 @@ class Upload:
     def __init__(self, agent: Agent, path: str) -> None:
         self.agent = agent
         self.path = path
-        self.fd: int | None = None
-        self.error: str | None = None
-        try:
-            target = confine(path)
-            with agent.as_sandbox():
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                confine(target)
-                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-                self.fd = os.open(target, flags, 0o644)
-        except (RefusedPath, OSError) as exc:
-            self.error = _reason(exc)
+        self.incoming = Incoming(agent, path)
 
     def on_data(self, payload: bytes) -> None:
-        if self.fd is None:
-            return
-        try:
-            _write_all(self.fd, payload)
-        except OSError as exc:
-            self.error = _reason(exc)
-            os.close(self.fd)
-            self.fd = None
+        self.incoming.write(payload)
 
     def on_end(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
+        self._done(self.incoming.finish())
+
+    def cancel(self) -> None:
+        self._done(self.incoming.finish(cancelled=True))
+
+    def _done(self, problem: FileProblem | None) -> None:
         self.agent.receiver = None
-        self.agent.event({"ev": "done", "path": self.path, "error": self.error})
+        self.agent.event({"ev": "done", "path": self.path, **_problem_fields(problem)})
 
 
 class Agent:
     def __init__(self) -> None:
-        user = pwd.getpwnam("sandbox")
-        self.uid, self.gid = user.pw_uid, user.pw_gid
+        # Every uid of the image's user `sandbox`: jobs run as the current one, the `fast` pool's
+        # scrub moves to the next, and nothing of any of them may outlive a scrub.
+        users = [user for user in pwd.getpwall() if user.pw_name == "sandbox"]
+        self.gids = {user.pw_uid: user.pw_gid for user in users}
+        self.uids = sorted(self.gids)
+        self.uid = self.uids[0]
+        self.gid = self.gids[self.uid]
         self.base_env = dict(os.environ)
         self.network_policy = self.base_env.pop("ISOL8_NETWORK", None)
         self.zygote: Zygote | None = None
@@ -430,7 +561,7 @@ class Agent:
 
     @contextlib.contextmanager
     def as_sandbox(self) -> Iterator[None]:
-        """Act with the sandbox user's effective ids (the agent is single-threaded)."""
+        """Act with the current sandbox uid's effective ids (the agent is single-threaded)."""
         os.setegid(self.gid)
         os.seteuid(self.uid)
         try:
@@ -452,7 +583,7 @@ class Agent:
 
     # --- filtered network ----------------------------------------------------------------------
     def setup_network(self) -> str | None:
-        """Start the proxy, then firewall the sandbox user to loopback; an error stops everything."""
+        """Start the proxy, then firewall the sandbox users to loopback; an error stops everything."""
         proxy_user = pwd.getpwnam("isol8proxy")
         self.proxy = subprocess.Popen(
             [sys.executable, "-E", "-s", os.path.join(os.path.dirname(__file__), "proxy.py")],
@@ -469,16 +600,16 @@ class Agent:
         ready.register(self.proxy.stdout, selectors.EVENT_READ)
         if not ready.select(PROXY_START_TIMEOUT_S) or b"ready" not in self.proxy.stdout.readline():
             return "Proxy failed to start within timeout"
-        uid = str(self.uid)
+        uids = f"{self.uids[0]}-{self.uids[-1]}"  # every sandbox uid, the current and later ones
         rules = [
-            ["iptables", "-w", "-A", "OUTPUT", "-o", "lo", "-d", "127.0.0.1", "-m", "owner", "--uid-owner", uid,
+            ["iptables", "-w", "-A", "OUTPUT", "-o", "lo", "-d", "127.0.0.1", "-m", "owner", "--uid-owner", uids,
              "-j", "ACCEPT"],
-            ["iptables", "-w", "-A", "OUTPUT", "-m", "owner", "--uid-owner", uid, "-p", "tcp", "-j", "REJECT",
+            ["iptables", "-w", "-A", "OUTPUT", "-m", "owner", "--uid-owner", uids, "-p", "tcp", "-j", "REJECT",
              "--reject-with", "tcp-reset"],
-            ["iptables", "-w", "-A", "OUTPUT", "-m", "owner", "--uid-owner", uid, "-j", "REJECT"],
+            ["iptables", "-w", "-A", "OUTPUT", "-m", "owner", "--uid-owner", uids, "-j", "REJECT"],
         ]  # fmt: skip
         if _read_first("/proc/sys/net/ipv6/conf/all/disable_ipv6") != "1\n":
-            rules.append(["ip6tables", "-w", "-A", "OUTPUT", "-m", "owner", "--uid-owner", uid, "-j", "REJECT"])
+            rules.append(["ip6tables", "-w", "-A", "OUTPUT", "-m", "owner", "--uid-owner", uids, "-j", "REJECT"])
         for rule in rules:
             try:
                 done = subprocess.run(rule, capture_output=True, text=True, check=False)
@@ -552,81 +683,114 @@ class Agent:
                     job.status = status
                     job.proc.returncode = os.waitstatus_to_exitcode(status)
 
-    def sandbox_pids(self) -> list[int]:
-        pids = []
+    def sandbox_processes(self) -> dict[int, set[int]]:
+        """Each process with a task of any sandbox uid, whatever the task's state: pid -> those uids.
+
+        Per task, because a thread-group leader that has exited is a zombie while its threads run."""
+        found: dict[int, set[int]] = {}
         for name in os.listdir("/proc"):
             if not name.isdigit():
                 continue
             try:
-                with open(f"/proc/{name}/status", "rb") as status:
-                    text = status.read()
+                tids = os.listdir(f"/proc/{name}/task")
             except OSError:
                 continue
-            state = uid_line = b""
-            for line in text.splitlines():
-                if line.startswith(b"State:"):
-                    state = line
-                elif line.startswith(b"Uid:"):
-                    uid_line = line
-                    break
-            if b"Z" in state.split()[1:2] or not uid_line:
-                continue
-            if str(self.uid).encode() in uid_line.split()[1:]:
-                pids.append(int(name))
-        return pids
+            for tid in tids:
+                uids = [uid for uid in task_uids(f"/proc/{name}/task/{tid}/status") if uid in self.gids]
+                if uids:
+                    found.setdefault(int(name), set()).update(uids)
+        return found
 
-    def kill_sandbox_processes(self) -> None:
-        """SIGKILL every process of the sandbox user until none is left (fork bombs included)."""
-        for _ in range(1000):
-            pids = self.sandbox_pids()
-            if not pids:
-                return
-            for pid in pids:
+    def kill_sandbox_processes(self) -> bool:
+        """SIGKILL every process of every sandbox uid until none is left (fork bombs, `setsid` and
+        double forks, processes whose main thread exited, leftovers of earlier uids); False when
+        some still exist at the deadline."""
+        deadline = time.monotonic() + KILL_DEADLINE_S
+        pause = 0.0002
+        while found := self.sandbox_processes():
+            if time.monotonic() > deadline:
+                return False
+            for pid in found:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.0005)
+            for uid in set().union(*found.values()):
+                kill_every_process_of(uid)
             self.reap()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+        return True
 
     # --- reuse (the pool's `fast` strategy) -------------------------------------------------------
     def scrub(self) -> str | None:
-        """Leave nothing of the last execution: processes, files, IPC objects. None when verified."""
-        self.kill_sandbox_processes()
+        """Leave nothing of the last execution, then move on to the next sandbox uid, so that even a
+        process that escaped could not reach the next execution. None once verified: no task of any
+        sandbox uid, no System V IPC object, the writable roots empty and the new uid's alone."""
+        if not self.kill_sandbox_processes():
+            return "sandbox processes survived SIGKILL"
         with self.as_sandbox():
-            os.chmod("/sandbox", 0o755)
             for root in SCRUBBED:
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):  # what stays is caught just below
+                    if os.lstat(root).st_uid == self.uid:
+                        os.chmod(root, 0o700)  # the code may have locked itself out
                     for name in os.listdir(root):
-                        with contextlib.suppress(OSError):  # what stays is caught just below
+                        with contextlib.suppress(OSError):
                             _remove(os.path.join(root, name))
-        if self.sandbox_ipc():
-            subprocess.run(["ipcrm", "--all"], user=self.uid, group=self.gid, extra_groups=[],
-                           capture_output=True, check=False)  # fmt: skip
-        left = [root for root in SCRUBBED if os.path.isdir(root) and os.listdir(root)]
-        if self.sandbox_pids():
+        self.remove_ipc()
+        try:
+            self.next_uid()
+        except OSError as exc:
+            return f"could not hand the sandbox to the next uid: {_reason(exc)}"
+        with self.as_sandbox():
+            left = [root for root in SCRUBBED if not _empty_and_private(root, self.uid)]
+        if self.sandbox_processes():
             return "sandbox processes survived"
-        if left or self.sandbox_ipc():
-            return f"could not empty {', '.join(left) or 'System V IPC'}"
+        if left:
+            return f"could not empty {', '.join(left)}"
+        if self.ipc_objects():
+            return "could not remove every System V IPC object"
         return None
 
-    def sandbox_ipc(self) -> bool:
-        """Whether the sandbox user owns any System V shared memory, queue or semaphore."""
-        uid = str(self.uid)
-        for kind in ("shm", "msg", "sem"):
-            lines = (_read_first(f"/proc/sysvipc/{kind}") or "").splitlines()[1:]
-            header = (_read_first(f"/proc/sysvipc/{kind}") or "").split("\n", 1)[0].split()
-            column = header.index("uid") if "uid" in header else None
-            if column is not None and any(line.split()[column] == uid for line in lines):
-                return True
-        return False
+    def next_uid(self) -> None:
+        """Jobs from now on run as the next sandbox uid, which alone may enter the writable roots."""
+        uid = self.uids[(self.uids.index(self.uid) + 1) % len(self.uids)]
+        gid = self.gids[uid]
+        for root in SCRUBBED:  # mount points: the code can neither replace them nor make them symlinks
+            os.chown(root, uid, gid, follow_symlinks=False)
+        self.uid, self.gid = uid, gid
+        with self.as_sandbox():
+            for root in SCRUBBED:
+                os.chmod(root, 0o700)
+
+    def ipc_objects(self) -> list[tuple[str, int, int, int]]:
+        """Every System V IPC object in the container's namespace: (ipcrm flag, id, creator, owner)."""
+        found = []
+        for kind, (id_column, flag) in IPC_KINDS.items():
+            lines = (_read_first(f"/proc/sysvipc/{kind}") or "").splitlines()
+            header = lines[0].split() if lines else []
+            for line in lines[1:]:
+                fields = dict(zip(header, line.split(), strict=False))
+                found.append((flag, int(fields[id_column]), int(fields["cuid"]), int(fields["uid"])))
+        return found
+
+    def remove_ipc(self) -> None:
+        """Remove every object as its creator (or else its owner): IPC_RMID stays theirs even after
+        IPC_SET handed the object to another uid. What no sandbox uid made fails the check after."""
+        removals: dict[int, list[str]] = {}
+        for flag, ident, creator, owner in self.ipc_objects():
+            actor = creator if creator in self.gids else owner if owner in self.gids else None
+            if actor is not None:
+                removals.setdefault(actor, []).extend([flag, str(ident)])
+        for actor, args in removals.items():
+            subprocess.run(["ipcrm", *args], user=actor, group=self.gids[actor], extra_groups=[],
+                           capture_output=True, check=False)  # fmt: skip
 
     # --- job lifecycle -------------------------------------------------------------------------
     def handle_request(self, req: dict) -> None:
         op = req.get("op")
         if op == "ping":
             self.event({"ev": "pong"})
-        elif op == "kill":
-            if self.job and self.job.proc:
-                self.job.stop(timed_out=False)
+        elif op == "cancel":
+            self.cancel()
         elif op == "run":
             if self.job is not None:
                 self.event({"ev": "exit", "code": 1, "error": "agent is busy with another job"})
@@ -639,11 +803,21 @@ class Agent:
         elif op == "put":
             self.receiver = Upload(self, req["path"])
         elif op == "get":
-            self.send_file(req["path"])
+            self.send_file(req["path"], int(req["max_bytes"]))
         elif op == "scrub":
             self.event({"ev": "scrubbed", "error": self.scrub()})
         else:
             self.event({"ev": "error", "message": f"unknown op {op!r}"})
+
+    def cancel(self) -> None:
+        """The engine abandoned its request: end it now, so its last event comes at once."""
+        receiver, job = self.receiver, self.job
+        if isinstance(receiver, Upload):
+            receiver.cancel()
+        elif receiver is not None and receiver is not job:
+            receiver.cancel()  # a finished job still owed its stdin
+        if job is not None:
+            job.cancel()
 
     def handle_frame(self, kind: int, payload: bytes) -> None:
         if kind == P.REQUEST:
@@ -672,8 +846,9 @@ class Agent:
         duration = (time.monotonic() - job.started) * 1000 if job.started else 0.0
         self.flush_proxy()
         if not job.error:
+            budget = job.max_file_size  # for all output paths together: hard links cost nothing to make
             for path in job.request.get("output_paths", []):
-                self.send_file(path)
+                budget -= self.send_file(path, budget, job.max_file_size)
         self.job = None
         self.event(
             {
@@ -689,28 +864,55 @@ class Agent:
             }
         )
 
-    def send_file(self, path: str) -> None:
+    def open_regular(self, path: str) -> int:
+        """A read-only descriptor on the regular file `path`, opened as the sandbox user without
+        blocking (a FIFO would otherwise wait for a writer); FileProblem for anything else."""
         try:
-            target = confine(path)
             with self.as_sandbox():
-                confine(target)
-                # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
-                fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+                target = confine(path)
+                try:
+                    fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+                except OSError as exc:
+                    info = _lstat(target)
+                    if info is not None and not stat.S_ISREG(info.st_mode) and not stat.S_ISLNK(info.st_mode):
+                        raise FileProblem("not_regular", f"not a regular file ({_kind(info.st_mode)})") from exc
+                    raise
         except (RefusedPath, OSError) as exc:
-            self.event({"ev": "file", "path": path, "error": _reason(exc)})
-            return
+            raise _problem(exc) from exc
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise FileProblem("not_regular", f"not a regular file ({_kind(mode)})")
+        return fd
+
+    def send_file(self, path: str, limit: int, maximum: int | None = None) -> int:
+        """One file out: a `file {path, size}` event, its DATA frames and END; or a `file {path,
+        error, reason}` event, also after some DATA when the content runs past `limit` (the size
+        on disk may lie: the bytes are counted as they are read). Returns the bytes sent."""
+        maximum = maximum or limit
+        scope = "" if limit == maximum else f", {limit} bytes of it left for this execution's output paths"
         try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                self.event({"ev": "file", "path": path, "error": "not a regular file"})
-                return
-            os.set_blocking(fd, True)
-            self.event({"ev": "file", "path": path, "size": info.st_size})
+            fd = self.open_regular(path)
+        except FileProblem as problem:
+            self.event({"ev": "file", "path": path, **_problem_fields(problem)})
+            return 0
+        sent = 0
+        try:
+            size = os.fstat(fd).st_size
+            if size > limit:
+                raise FileProblem("too_large", f"it is {size} bytes, over maxFileSize ({maximum} bytes{scope})")
+            self.event({"ev": "file", "path": path, "size": size})
             while chunk := os.read(fd, P.MAX_PAYLOAD):
+                if sent + len(chunk) > limit:
+                    raise FileProblem("too_large", f"it grew past maxFileSize ({maximum} bytes{scope}) as it was read")
+                sent += len(chunk)
                 self.send(P.frame(P.DATA, chunk))
             self.send(P.frame(P.END))
+        except (FileProblem, OSError) as exc:
+            self.event({"ev": "file", "path": path, **_problem_fields(_problem(exc))})
         finally:
             os.close(fd)
+        return sent
 
     # --- main loop -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -760,6 +962,14 @@ class Agent:
                     self.finish(job)
 
 
+def _empty_and_private(root: str, uid: int) -> bool:
+    try:
+        info = os.lstat(root)
+        return info.st_uid == uid and stat.S_IMODE(info.st_mode) == 0o700 and not os.listdir(root)
+    except OSError:
+        return False
+
+
 def _remove(path: str) -> None:
     """Delete a file or a whole tree, fixing permissions the user took away from itself."""
     if os.path.isdir(path) and not os.path.islink(path):
@@ -780,6 +990,41 @@ def _write_all(fd: int, data: bytes) -> None:
             selectors.DefaultSelector().select(0.01)
             continue
         view = view[written:]
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISLNK, "a symlink")):  # fmt: skip
+        if test(mode):
+            return name
+    return "not a plain file"
+
+
+def _problem(exc: BaseException) -> FileProblem:
+    """The FileProblem an exception of a file operation stands for."""
+    if isinstance(exc, FileProblem):
+        return exc
+    if isinstance(exc, RefusedPath):
+        return FileProblem("refused", str(exc))
+    if isinstance(exc, FileNotFoundError):
+        return FileProblem("missing", os.strerror(errno.ENOENT))
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        return FileProblem("refused", "the path is a symlink")
+    if isinstance(exc, OSError) and exc.errno in (errno.EISDIR, errno.ENXIO):
+        return FileProblem("not_regular", "not a regular file")
+    return FileProblem("failed", _reason(exc))
+
+
+def _problem_fields(problem: FileProblem | None) -> dict:
+    return {"error": str(problem), "reason": problem.reason} if problem else {"error": None}
 
 
 def _reason(exc: BaseException) -> str:

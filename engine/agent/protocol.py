@@ -10,16 +10,19 @@ Frame: `!BI` header (kind, payload length) followed by the payload.
 
 Engine -> agent
   REQUEST  JSON object; `op` is one of:
-           run   {argv, env, cwd, timeout_ms, max_output, files: [path...], stdin: bool,
-                  output_paths: [path...]}
-                 followed by one DATA*/END item per file, in order, then one DATA*/END
-                 item for stdin when `stdin` is true.
-           put   {path}  followed by one DATA*/END item: writes a file, answered by `done`.
-           get   {path}  answered by a `file` event and its DATA*/END.
-           kill  {}   ends the running job (its processes are killed, exit 137).
-           scrub {}   erases the last execution (processes, /sandbox, /tmp, /dev/shm, IPC);
-                      answered by `scrubbed {error}` (error is null once verified clean).
-           ping  {}   answered by a `pong` event.
+           run    {argv, env, cwd, timeout_ms, max_output, max_file_size, files: [path...],
+                   stdin: bool, output_paths: [path...], python_file}
+                  followed by one DATA*/END item per file, in order, then one DATA*/END
+                  item for stdin when `stdin` is true.
+           put    {path}  followed by one DATA*/END item: writes a file, answered by `done`.
+           get    {path, max_bytes}  answered by one file item (below).
+           cancel {}   the engine gave up on its request: a job being received or running ends
+                       at once (its processes killed, exit 137), an upload is discarded; the
+                       request's own last event (`exit`, `done`) follows. Ignored when idle.
+           scrub  {}   erases the last execution (processes, /sandbox, /tmp, /dev/shm, IPC) and
+                       moves on to the next sandbox uid; answered by `scrubbed {error}` (error is
+                       null once verified clean).
+           ping   {}   answered by a `pong` event.
   DATA     raw bytes of the current item (file content or stdin).
   END      closes the current item.
 
@@ -27,16 +30,22 @@ Agent -> engine
   EVENT    JSON object; `ev` is one of:
            hello {version, uid}            once, when the agent is ready for jobs
            pong  {}
-           done  {path, error}                 a `put` finished (error is null on success)
-           file  {path, size} | {path, error}   before the DATA*/END of one output path
+           done  {path, error, reason}         a `put` finished (error is null on success)
+           file  {path, size}                  a file item: DATA* then END, or this event again
+                                               with an error if it ran past its limit
+           file  {path, error, reason}         a file item that failed (nothing, or what was sent
+                                               of it, is to be discarded)
            exit  {code, timed_out, killed, duration_ms, stdout_bytes, stderr_bytes, error,
                   oom_killed, cpu_time_ms, peak_memory_bytes, network_bytes_in, network_bytes_out}
                  the last event of every run; `error` is set when the job could not start;
                  *_bytes count everything the job wrote, also past `max_output`.
+           net   {entry}                       one request through the filtered network's proxy
   STDOUT   raw bytes the job wrote to its stdout (at most `max_output` bytes in all)
   STDERR   raw bytes the job wrote to its stderr (at most `max_output` bytes in all)
-  DATA     raw bytes of the output path announced by the preceding `file` event
-  END      closes that output path
+  DATA     raw bytes of the file item announced by the preceding `file` event
+  END      closes that file item
+  A run sends one file item per output path, before `exit`; their bytes together are at most
+  `max_file_size`. `reason` names the kind of failure: one of FILE_REASONS.
 
 Bumping VERSION is required for any incompatible change; the engine refuses other versions.
 """
@@ -47,10 +56,11 @@ import json
 import struct
 from collections.abc import Iterator
 
-VERSION = 1
+VERSION = 2
 
 HEADER = struct.Struct("!BI")
 MAX_PAYLOAD = 1 << 20
+FILE_REASONS = ("missing", "not_regular", "too_large", "refused", "cancelled", "failed")
 
 # engine -> agent
 REQUEST = 1

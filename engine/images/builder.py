@@ -22,7 +22,7 @@ from pathlib import Path
 
 from engine.docker import DockerClient, Progress
 from engine.errors import Isol8Error
-from engine.hardening import SANDBOX_GID, SANDBOX_UID
+from engine.hardening import PROXY_UID, SANDBOX_UIDS
 from engine.images import tools
 from engine.runtimes import RUNTIMES, get_runtime
 
@@ -46,7 +46,6 @@ PACKAGES = (
 )
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 AGENT_FILES = ("agent.py", "protocol.py", "zygote.py", "proxy.py", "node-proxy.cjs")
-PROXY_UID = SANDBOX_UID + 1  # the filtered-network proxy's own unprivileged user
 
 # Everything a job sees by default. Installs land in /sandbox because /tmp is noexec.
 ENVIRONMENT = {
@@ -100,7 +99,8 @@ def base_hash(ca_bundle: Path | None) -> str:
         "suite": SUITE,
         "packages": PACKAGES,
         "tools": [(t.package, t.version) for t in tools.tools_for_host()],
-        "uid": SANDBOX_UID,
+        "uids": [SANDBOX_UIDS.start, SANDBOX_UIDS.stop],
+        "proxy_uid": PROXY_UID,
         "env": ENVIRONMENT,
     }
     ca = ca_bundle.read_bytes() if ca_bundle else b""
@@ -137,14 +137,24 @@ def _base_dockerfile(source: str, pulled: bool, build_hash: str, with_ca: bool) 
         f"FROM {source}\n{apt}"
         "COPY tools/ /usr/local/\n"
         + ("COPY isol8-extra.crt /usr/local/share/ca-certificates/isol8-extra.crt\n" if with_ca else "")
-        + f"RUN groupadd -g {SANDBOX_GID} sandbox"
-        f" && useradd -u {SANDBOX_UID} -g {SANDBOX_GID} -d /sandbox -s /bin/bash -M sandbox"
+        + f"RUN {_sandbox_users()}"
         f" && groupadd -g {PROXY_UID} isol8proxy"
         f" && useradd -u {PROXY_UID} -g {PROXY_UID} -d /nonexistent -s /usr/sbin/nologin -M isol8proxy"
         f" && mkdir -p /sandbox /opt/isol8 && rm -rf /var/cache/apt/archives/*.deb{ca}\n"
         f"ENV {env}\n"
         f'LABEL {HASH_LABEL}="{build_hash}" isol8.managed="true"\n'
     )
+
+
+def _sandbox_users() -> str:
+    """Shell that adds every sandbox uid as the user `sandbox`, each with its own group of that name.
+
+    useradd refuses a name twice, so the lines are written directly: `id` and `whoami` then say
+    `sandbox` whichever uid a job runs as, and the agent finds the uids by that name.
+    """
+    passwd = "".join(f"sandbox:x:{uid}:{uid}::/sandbox:/bin/bash\\n" for uid in SANDBOX_UIDS)
+    group = "".join(f"sandbox:x:{uid}:\\n" for uid in SANDBOX_UIDS)
+    return f"printf '{passwd}' >> /etc/passwd && printf '{group}' >> /etc/group"
 
 
 def _debootstrap(docker: DockerClient, progress: Progress) -> None:

@@ -125,3 +125,17 @@ async def test_daemon_restart_mid_run(docker_client: DockerClient) -> None:
             await session.execute(ExecutionRequest(cmd="cat /sandbox/f", runtime="bash"))
         fresh = await session.execute(ExecutionRequest(cmd="cat /sandbox/f 2>/dev/null || echo gone", runtime="bash"))
         assert fresh.stdout == "gone\n"
+
+
+async def test_a_flooding_run_left_mid_stream_is_removed_at_once(docker_client: DockerClient) -> None:
+    """The agent is blocked writing output nobody reads; leaving the stream must still end the
+    container at once (a second copy of the attach connection once kept the daemon waiting on it)."""
+    async with DockerIsol8(pool_size=0) as engine:
+        flood = ExecutionRequest(cmd="cat /dev/zero", max_output_size=1 << 30, timeout_ms=120_000)
+        stream, container_id = await first_output_container(engine, flood)
+        await asyncio.sleep(1)  # the engine reads nothing more: every buffer on the way fills up
+        await stream.aclose()
+        gone = await asyncio.to_thread(
+            wait_for, lambda: not any(c["Id"] == container_id for c in docker_client.managed_containers()), 20
+        )
+        assert gone
