@@ -160,6 +160,7 @@ class SessionSpec:
     network: NetworkPolicy = "none"
     whitelist: tuple[str, ...] = ()
     blacklist: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()  # extra HTTPS (CONNECT) ports besides 443
 
 
 @dataclass
@@ -176,6 +177,7 @@ class Session:
     created_at: float
     whitelist: tuple[str, ...] = ()
     blacklist: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
     state: SessionState = "new"
     detail: str = ""  # the last failure, shown in the sidebar and the status line
     runs: int = 0
@@ -331,13 +333,20 @@ class EngineBridge:
         return self._add("scratch", None, options)
 
     def create_session(self, spec: SessionSpec) -> Session:
-        """A persistent engine; its container starts with `warm_up` or the first run. Bad patterns raise
-        ValueError (the dialog checks them first)."""
+        """A persistent engine; its container starts with `warm_up` or the first run. Bad patterns or
+        ports raise ValueError (the dialog checks them first). The config's
+        `network.whitelistReachesPrivate` still applies."""
+        network_filter = NetworkFilter(
+            whitelist=list(spec.whitelist),
+            blacklist=list(spec.blacklist),
+            ports=list(spec.ports),
+            whitelist_reaches_private=self.config.network.whitelist_reaches_private,
+        )
         options = self.config.engine_options(
             mode="persistent",
             runtime=spec.runtime,
             network=spec.network,
-            network_filter=NetworkFilter(whitelist=list(spec.whitelist), blacklist=list(spec.blacklist)),
+            network_filter=network_filter,
             log_network=True,
             **self.session_overrides,
         )
@@ -355,6 +364,7 @@ class EngineBridge:
             log_network=options.log_network,
             whitelist=tuple(options.network_filter.whitelist),
             blacklist=tuple(options.network_filter.blacklist),
+            ports=tuple(options.network_filter.ports),
             engine=self.backend.create_engine(options),
             created_at=self.backend.clock(),
         )

@@ -320,6 +320,7 @@ class FakeEngine:
             )
             return
         action, rule = "ALLOW", None
+        port = parts.port or (443 if https else 80)
         if network == "filtered":
             rules = self.options.network_filter
             blocked = next((p for p in rules.blacklist if re.fullmatch(p, host, re.IGNORECASE)), None)
@@ -328,6 +329,8 @@ class FakeEngine:
                 action, rule = "BLOCK", blocked
             elif rules.whitelist and allowed is None:
                 action = "BLOCK"
+            elif https and port not in (443, *rules.ports):
+                action, rule = "BLOCK", f"port {port} not allowed"
             else:
                 rule = allowed
         status = 200 if action == "ALLOW" else 403
@@ -338,7 +341,7 @@ class FakeEngine:
                 timestamp=stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                 method="CONNECT" if https else "GET",
                 host=host,
-                port=parts.port or (443 if https else 80),
+                port=port,
                 path=None if https else (parts.path or "/"),
                 action=action,  # type: ignore[arg-type]
                 rule=rule,

@@ -37,9 +37,12 @@ OPTION_FLAGS = (
 def remote_options(flags: dict[str, Any]) -> Isol8Options | None:
     """Isol8Options holding only the flags that were given (so only those are sent)."""
     values = {name: flags[name] for name in OPTION_FLAGS if flags.get(name) not in (None, False)}
-    allow, deny = list(flags.get("allow") or ()), list(flags.get("deny") or ())
-    if allow or deny:
-        values["network_filter"] = NetworkFilter(whitelist=allow, blacklist=deny)
+    rules = {
+        field: list(flags.get(flag) or ())
+        for field, flag in (("whitelist", "allow"), ("blacklist", "deny"), ("ports", "allow_ports"))
+    }
+    if any(rules.values()):  # only what was given: the server's own filter supplies the rest
+        values["network_filter"] = NetworkFilter(**{field: rule for field, rule in rules.items() if rule})
     return Isol8Options(**values) if values else None
 
 

@@ -104,7 +104,8 @@ def filtered(
     return DockerIsol8(
         network="filtered",
         docker_network=web.network,
-        network_filter=NetworkFilter(whitelist=whitelist or [], blacklist=blacklist or []),
+        # The test servers' TLS port: CONNECT reaches 443 and the filter's ports only.
+        network_filter=NetworkFilter(whitelist=whitelist or [], blacklist=blacklist or [], ports=[8443]),
         **kw,
     )
 

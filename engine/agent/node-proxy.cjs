@@ -12,15 +12,28 @@ const PROXY = { host: '127.0.0.1', port: 8118 };
 const direct = (host) => (process.env.NO_PROXY || '').split(',').includes(host);
 
 try {
-  const { setGlobalDispatcher, Agent, Dispatcher, ProxyAgent } = require('/usr/local/lib/isol8-node/undici');
-  const viaProxy = new ProxyAgent(`http://${PROXY.host}:${PROXY.port}`);
+  const { setGlobalDispatcher, Agent, Dispatcher, Pool, ProxyAgent } = require('/usr/local/lib/isol8-node/undici');
+  const proxyOrigin = `http://${PROXY.host}:${PROXY.port}`;
+  const viaProxy = new ProxyAgent(proxyOrigin);  // https: a CONNECT tunnel
+  // http: the absolute-URI form, one request per connection (ProxyAgent would tunnel it with
+  // CONNECT, which the proxy allows to port 443 and its listed ports only).
+  const forward = new Pool(proxyOrigin, { pipelining: 0 });
   const plain = new Agent();
+  const withHost = (headers, host) => {
+    const list = Array.isArray(headers) ? [...headers] : Object.entries(headers || {}).flat();
+    for (let i = 0; i < list.length; i += 2) if (String(list[i]).toLowerCase() === 'host') return list;
+    return ['host', host, ...list];
+  };
   class Router extends Dispatcher {
     dispatch(options, handler) {
-      return (direct(new URL(options.origin).hostname) ? plain : viaProxy).dispatch(options, handler);
+      const url = new URL(options.origin);
+      if (direct(url.hostname)) return plain.dispatch(options, handler);
+      if (url.protocol === 'https:') return viaProxy.dispatch(options, handler);
+      const target = { ...options, origin: proxyOrigin, path: url.origin + options.path, headers: withHost(options.headers, url.host) };
+      return forward.dispatch(target, handler);
     }
-    close() { return Promise.all([viaProxy.close(), plain.close()]); }
-    destroy() { return Promise.all([viaProxy.destroy(), plain.destroy()]); }
+    close() { return Promise.all([viaProxy.close(), forward.close(), plain.close()]); }
+    destroy() { return Promise.all([viaProxy.destroy(), forward.destroy(), plain.destroy()]); }
   }
   setGlobalDispatcher(new Router());
 } catch (error) {

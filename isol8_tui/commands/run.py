@@ -118,6 +118,14 @@ async def _run(options: Isol8Options, requests: list[ExecutionRequest], stream: 
 @click.option("--net", "network", type=click.Choice(["none", "host", "filtered"]), help="Network mode (default: none).")
 @click.option("--allow", multiple=True, metavar="REGEX", help="Filtered mode: allow hosts matching (repeatable).")
 @click.option("--deny", multiple=True, metavar="REGEX", help="Filtered mode: block hosts matching (repeatable).")
+@click.option(
+    "--allow-port",
+    "allow_ports",
+    multiple=True,
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Filtered mode: HTTPS may also reach this port besides 443 (repeatable; adds to the config's).",
+)
 @click.option("--log-network", is_flag=True, help="Filtered mode: print every request after the run.")
 @click.option("--image", metavar="IMAGE", help="Run in this image instead of isol8:<runtime>.")
 @click.option("--install", "packages", multiple=True, metavar="PKG", help="Install a package first; repeatable.")
@@ -155,6 +163,7 @@ def command(
     persist: bool,
     allow: tuple[str, ...],
     deny: tuple[str, ...],
+    allow_ports: tuple[int, ...],
     log_network: bool,
     no_stream: bool,
     debug: bool,
@@ -186,24 +195,26 @@ def command(
         if any(remote.values()):
             from isol8_tui.remote_run import run_remote
 
-            flags = {**limits, "persist": persist, "log_network": log_network, "allow": allow, "deny": deny}
+            flags = {**limits, "persist": persist, "log_network": log_network}
+            flags.update(allow=allow, deny=deny, allow_ports=allow_ports)
             stream = not no_stream
             exit_code = run_remote(
                 **remote, requests=requests, persistent=persistent, stream=stream, out_path=out_path, flags=flags
             )
             raise SystemExit(exit_code)
+        # --allow/--deny replace the config's lists, --allow-port adds to its ports.
         network_filter = loaded.config.network
-        if allow or deny:
-            network_filter = NetworkFilter(
-                whitelist=list(allow) or network_filter.whitelist, blacklist=list(deny) or network_filter.blacklist
-            )
+        network_filter = NetworkFilter(
+            whitelist=list(allow) or network_filter.whitelist,
+            blacklist=list(deny) or network_filter.blacklist,
+            ports=[*network_filter.ports, *allow_ports],
+            whitelist_reaches_private=network_filter.whitelist_reaches_private,
+        )
         if packages and limits["network"] is None:
             # Installs need a registry, and nothing else: filtered mode limited to its hosts.
             limits["network"] = "filtered"
             hosts = sorted({h for r in requests for h in REGISTRY_HOSTS[r.runtime]})
-            network_filter = NetworkFilter(
-                whitelist=[*network_filter.whitelist, *hosts], blacklist=network_filter.blacklist
-            )
+            network_filter = network_filter.model_copy(update={"whitelist": [*network_filter.whitelist, *hosts]})
         options = loaded.config.engine_options(
             timeout_ms=timeout_ms,
             mode="persistent" if persistent else "ephemeral",

@@ -61,6 +61,15 @@ def _split_patterns(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in re.split(r"[\s,]+", text) if part.strip())
 
 
+def _parse_ports(text: str) -> tuple[int, ...]:
+    """Port numbers separated by spaces or commas; ValueError naming the first one that is not 1-65535."""
+    ports = _split_patterns(text)
+    for port in ports:
+        if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f'"{port}" is not a port number (use 1-65535).')
+    return tuple(int(port) for port in ports)
+
+
 class NewSessionScreen(Dialog):
     """Runtime + network policy (none, filtered with allow/deny lists, host) for a new session."""
 
@@ -68,7 +77,8 @@ class NewSessionScreen(Dialog):
         "A session is a persistent container: state and files survive between runs. Pick its runtime "
         "and network. 'filtered' sends traffic through a proxy that allows or blocks each host by the "
         "regular expressions below (blacklist wins; an empty whitelist allows every host not "
-        "blacklisted) and logs every request to the network inspector."
+        "blacklisted), lets HTTPS reach port 443 and the extra ports listed, and logs every request "
+        "to the network inspector."
     )
     BINDINGS: ClassVar = [
         Binding("escape", "cancel", "Cancel"),
@@ -100,6 +110,9 @@ class NewSessionScreen(Dialog):
                 with Horizontal(classes="field"):
                     yield Label("Deny", classes="label")
                     yield Input(placeholder=r"e.g. .*\.evil\.com", id="ns-blacklist", compact=True)
+                with Horizontal(classes="field"):
+                    yield Label("Ports", classes="label")
+                    yield Input(placeholder="extra HTTPS ports besides 443, e.g. 8443", id="ns-ports", compact=True)
             yield Static("", id="ns-note", classes="note")
             with Horizontal(classes="buttons"):
                 yield Button("Create", variant="primary", id="ns-create", compact=True)
@@ -131,10 +144,12 @@ class NewSessionScreen(Dialog):
         note.set_class(error, "-error")
 
     def spec(self) -> SessionSpec | None:
-        """The dialog's values, or None (with the reason shown) when a pattern is not a regex."""
+        """The dialog's values, or None (with the reason shown) when a pattern is not a regex or a
+        port not a port number."""
         runtime = self.query_one("#ns-runtime", Select).value
         network = self.network
         whitelist = blacklist = ()
+        ports: tuple[int, ...] = ()
         if network == "filtered":
             whitelist = _split_patterns(self.query_one("#ns-whitelist", Input).value)
             blacklist = _split_patterns(self.query_one("#ns-blacklist", Input).value)
@@ -144,7 +159,12 @@ class NewSessionScreen(Dialog):
                 except re.error as exc:
                     self._note(f'"{pattern}" is not a valid regular expression ({exc}).', error=True)
                     return None
-        return SessionSpec(str(runtime), network, whitelist, blacklist)  # type: ignore[arg-type]
+            try:
+                ports = _parse_ports(self.query_one("#ns-ports", Input).value)
+            except ValueError as exc:
+                self._note(str(exc), error=True)
+                return None
+        return SessionSpec(str(runtime), network, whitelist, blacklist, ports)  # type: ignore[arg-type]
 
     @on(Button.Pressed, "#ns-create")
     def action_create(self) -> None:

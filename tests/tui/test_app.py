@@ -107,14 +107,23 @@ async def test_session_created_switched_and_deleted(fake_app, backend: FakeBacke
         assert "not a valid regular expression" in str(app.screen.query_one("#ns-note").render())
         blacklist = app.screen.query_one("#ns-blacklist", Input)
         blacklist.value = r".*\.evil\.com"
+        ports = app.screen.query_one("#ns-ports", Input)
+        ports.value = "8443 99999"
         await pilot.click("#ns-create")
+        assert isinstance(app.screen, NewSessionScreen)  # so does a bad port
+        assert '"99999" is not a port number' in str(app.screen.query_one("#ns-note").render())
+        ports.value = "8443, 9443"
+        ports.focus()
+        await pilot.press("enter")
         await wait_for(pilot, lambda: not isinstance(app.screen, NewSessionScreen))
         created = screen.selected
         assert created is not None and created.name == "python-2" and created.network == "filtered"
         assert created.whitelist == (r"(.*\.)?pypi\.org",) and created.blacklist == (r".*\.evil\.com",)
+        assert created.ports == (8443, 9443)
         await run_and_wait(pilot)
         engine = created.engine
         assert isinstance(engine, FakeEngine) and len(engine.requests) >= 1
+        assert engine.options.network_filter.ports == [8443, 9443]
         # switch back to python-1 from the sidebar
         options = screen.query_one(SessionList)
         options.focus()
