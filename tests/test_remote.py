@@ -242,6 +242,8 @@ def test_run_remote_errors(server: ServerProcess) -> None:
     refused = _remote(server, "--net", "host", "-e", "print(1)")
     assert refused.returncode == 1
     assert refused.stderr == '[ERR] Stream failed: network "host" is not allowed by this server (allowed: none)\n'
+    port = _remote(server, "--allow-port", "22", "-e", "print(1)")  # sent, and held to the server's policy
+    assert port.stderr.startswith("[ERR] Stream failed: networkFilter.ports entry 22 is not allowed by this server")
     no_stream = _remote(server, "--no-stream", "--memory", "9g", "-e", "print(1)")
     assert no_stream.stderr == "[ERR] Execution failed: memoryLimit 9g is above this server's maximum (2g)\n"
     wrong = run_cli("run", "--host", server.url, "--key", "nope", "-e", "1")

@@ -66,12 +66,12 @@ def execute(http: httpx.Client, request: dict[str, Any], **body: Any) -> httpx.R
 
 
 # --- health, OpenAPI, auth ----------------------------------------------------------------------------
-def test_health_needs_no_auth_and_reports_version_and_pool(server: ServerProcess) -> None:
-    reply = httpx.get(f"{server.url}/health")
-    assert reply.status_code == 200
-    body = reply.json()
-    assert body["status"] == "ok"
-    assert body["version"] == __version__
+def test_health_needs_no_auth_and_shows_the_pool_only_to_a_key(server: ServerProcess) -> None:
+    for headers in ({}, {"Authorization": "Bearer not-the-key"}):  # the reference's exact reply
+        reply = httpx.get(f"{server.url}/health", headers=headers)
+        assert (reply.status_code, reply.json()) == (200, {"status": "ok", "version": __version__})
+    body = httpx.get(f"{server.url}/health", headers=server.headers).json()
+    assert (body["status"], body["version"]) == ("ok", __version__)
     assert isinstance(body["pool"], list)
     assert isinstance(body["sessions"], int)
 
@@ -287,7 +287,7 @@ def test_sse_disconnect_mid_stream_kills_the_run(server: ServerProcess) -> None:
         container = running_container(marker)
     # The connection is closed; the program printed nothing more, yet its container must go.
     wait_until(lambda: container not in managed_ids(), what="the run's container to be removed")
-    pool = httpx.get(f"{server.url}/health").json()["pool"]
+    pool = httpx.get(f"{server.url}/health", headers=server.headers).json()["pool"]
     assert pool and all(state["busy"] == 0 for state in pool), pool
 
 

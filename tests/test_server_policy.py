@@ -26,6 +26,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def config_from(tmp_path: Path, data: dict[str, Any]) -> Isol8Config:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "isol8.config.json").write_text(json.dumps(data))
     return load_config(tmp_path).config
 
@@ -48,6 +49,11 @@ def test_server_defaults_are_closed() -> None:
     assert (server.bind, server.allowed_networks, server.allowed_seccomp) == ("127.0.0.1", ["none"], ["strict"])
     assert (server.allowed_images, server.allowed_hosts, server.allowed_container_runtimes) == ([], [], [])
     assert (server.max_timeout_ms, server.max_memory_limit, server.max_sessions) == (300_000, "2g", 100)
+    assert (server.max_sessions_per_tenant, server.allowed_ports, server.client_whitelist_reaches_private) == (
+        20,
+        [],
+        False,
+    )
     assert server.auth_db is None
 
 
@@ -84,6 +90,17 @@ def test_server_section_is_read_from_the_file(tmp_path: Path) -> None:
         ),
         ({"server": {"allowedHosts": ["("]}}, 'server.allowedHosts[0]: "(" is not a valid regular expression'),
         ({"server": {"maxSessions": -1}}, "server.maxSessions: Input should be greater than or equal to 0"),
+        (
+            {"server": {"maxSessionsPerTenant": -1}},
+            "server.maxSessionsPerTenant: Input should be greater than or equal to 0",
+        ),
+        ({"server": {"allowedPorts": [0]}}, "server.allowedPorts[0]: Input should be greater than or equal to 1"),
+        ({"server": {"allowedPorts": [65536]}}, "server.allowedPorts[0]: Input should be less than or equal to 65535"),
+        ({"server": {"allowedPorts": ["22"]}}, "server.allowedPorts[0]: Input should be a valid integer"),
+        (
+            {"server": {"clientWhitelistReachesPrivate": "yes"}},
+            "server.clientWhitelistReachesPrivate: Input should be a valid boolean",
+        ),
     ],
 )
 def test_server_section_errors_name_the_key(tmp_path: Path, data: dict[str, Any], message: str) -> None:
@@ -148,6 +165,85 @@ def test_an_open_filter_can_only_be_narrowed(tmp_path: Path) -> None:
     config = config_from(tmp_path, {"defaults": {"network": "filtered"}})
     narrowed = plan(config, {"networkFilter": {"whitelist": ["example\\.com"]}})
     assert narrowed.engine_options.network_filter.whitelist == ["example\\.com"]
+
+
+def test_a_tenant_cap_above_the_servers_is_not_an_error(tmp_path: Path) -> None:
+    """The server's cap binds first; refusing would break a dumped config with a small maxSessions."""
+    config = config_from(tmp_path, {"server": {"maxSessions": 3}})
+    assert config.server.max_sessions_per_tenant == 20
+    dumped = config.model_dump(by_alias=True, mode="json")
+    assert config_from(tmp_path / "again", dumped) == config
+
+
+@pytest.mark.parametrize(
+    "whitelist",
+    [[".*"], ["172\\.17\\..*"], ["169\\.254\\.169\\.254"], ["10\\.0\\.0\\.1", "example\\.com"]],
+)
+def test_a_clients_own_whitelist_never_reaches_private_addresses_unless_allowed(
+    tmp_path: Path, whitelist: list[str]
+) -> None:
+    """With an open operator whitelist any client list is accepted, but none may lift the proxy's
+    refusal of private, loopback and link-local destinations (the Docker host, other containers,
+    the metadata address) unless `server.clientWhitelistReachesPrivate` says so."""
+    config = config_from(tmp_path / "closed", {"defaults": {"network": "filtered"}})
+    filtered = plan(config, {"networkFilter": {"whitelist": whitelist}}).engine_options.network_filter
+    assert (filtered.whitelist, filtered.whitelist_reaches_private) == (whitelist, False)
+    asked = {"networkFilter": {"whitelist": whitelist, "whitelistReachesPrivate": True}}
+    assert refusal(config, asked) == (
+        "networkFilter.whitelistReachesPrivate true is not allowed by this server "
+        "(server.clientWhitelistReachesPrivate is false): a whitelist may not reach private, loopback or "
+        "link-local addresses"
+    )
+    opened = config_from(tmp_path / "open", {"server": {"clientWhitelistReachesPrivate": True}})
+    assert plan(opened, asked).engine_options.network_filter.whitelist_reaches_private is True
+    assert plan(opened, {"networkFilter": {"whitelist": whitelist}}).engine_options.network_filter == NetworkFilter(
+        whitelist=whitelist, whitelist_reaches_private=True
+    )
+    narrower = {"networkFilter": {"whitelist": whitelist, "whitelistReachesPrivate": False}}
+    assert plan(opened, narrower).engine_options.network_filter.whitelist_reaches_private is False
+
+
+def test_the_operators_own_whitelist_keeps_its_private_setting(tmp_path: Path) -> None:
+    """Patterns all taken from `network.whitelist` are the operator's: its `whitelistReachesPrivate`
+    holds (narrowing cannot widen); one of `server.allowedHosts` is the client's choice."""
+    config = config_from(
+        tmp_path,
+        {
+            "network": {"whitelist": ["db\\.internal", "api\\.internal"], "whitelistReachesPrivate": True},
+            "server": {"allowedHosts": ["other\\.internal"]},
+        },
+    )
+    assert plan(config).engine_options.network_filter.whitelist_reaches_private is True
+    subset = plan(config, {"networkFilter": {"whitelist": ["db\\.internal"]}}).engine_options.network_filter
+    assert (subset.whitelist, subset.whitelist_reaches_private) == (["db\\.internal"], True)
+    added = plan(config, {"networkFilter": {"whitelist": ["other\\.internal"]}}).engine_options.network_filter
+    assert added.whitelist_reaches_private is False
+    closed = config_from(tmp_path / "closed", {"network": {"whitelistReachesPrivate": False}})
+    assert refusal(closed, {"networkFilter": {"whitelistReachesPrivate": True}}) == (
+        "networkFilter.whitelistReachesPrivate true is not allowed by this server "
+        "(network.whitelistReachesPrivate is false): a whitelist may not reach private, loopback or "
+        "link-local addresses"
+    )
+
+
+def test_client_ports_only_within_the_operators(tmp_path: Path) -> None:
+    config = config_from(tmp_path, {"network": {"ports": [8443]}, "server": {"allowedPorts": [9000]}})
+    assert plan(config).engine_options.network_filter.ports == [8443]
+    assert plan(config, {"networkFilter": {}}).engine_options.network_filter.ports == [8443]
+    assert plan(config, {"networkFilter": {"ports": [9000, 443]}}).engine_options.network_filter.ports == [9000, 443]
+    assert plan(config, {"networkFilter": {"ports": []}}).engine_options.network_filter.ports == []  # 443 only
+    for port in (22, 2375, 8080, 65535):
+        assert refusal(config, {"networkFilter": {"ports": [9000, port]}}) == (
+            f"networkFilter.ports entry {port} is not allowed by this server "
+            "(allowed: 443, 8443, 9000; an operator adds ports with server.allowedPorts)"
+        )
+
+
+def test_a_client_filter_cannot_drop_or_empty_the_operators_lists(tmp_path: Path) -> None:
+    config = config_from(tmp_path, {"network": {"whitelist": ["a\\.org"], "blacklist": ["b\\.org", "c\\.org"]}})
+    for asked in ({"blacklist": []}, {"blacklist": ["c\\.org"]}, {"whitelist": []}, {"whitelist": [], "blacklist": []}):
+        result = plan(config, {"networkFilter": asked}).engine_options.network_filter
+        assert (result.whitelist, result.blacklist) == (["a\\.org"], ["b\\.org", "c\\.org"]), asked
 
 
 def test_limits_go_up_to_the_larger_of_the_maximum_and_the_default(tmp_path: Path) -> None:

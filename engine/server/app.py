@@ -2,11 +2,12 @@
 
 The wire format is the reference server's, so its clients work unchanged: camelCase JSON, errors as
 `{"error": "..."}`, SSE frames `data: <json>\\n\\n`, WebSocket text frames and close 1000 "Execution
-complete". Where the reference was unsafe this server differs on purpose: `Bearer` tokens only, a
-policy over client options (engine/server/policy.py), long-lived shared engines instead of one per
-request, sessions per tenant, and a run is killed as soon as its client goes away. Bodies are capped
-(`server.maxBodyBytes`), and the OpenAPI document says exactly what is accepted and answered, so a
-fuzzer (tests/security/test_server_fuzz.py) can hold the server to it.
+complete". Where the reference was unsafe this server differs on purpose: `Bearer` tokens only,
+checked before anything else (Authenticate), a policy over client options (engine/server/policy.py),
+long-lived shared engines instead of one per request, sessions per tenant and capped per tenant, and
+a run is killed as soon as its client goes away. Bodies are capped (`server.maxBodyBytes`), and the
+OpenAPI document says exactly what is accepted and answered, so a fuzzer
+(tests/security/test_server_fuzz.py) can hold the server to it.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import DockerIsol8, ExecutionRequest, ExecutionResult, Isol8Error, PoolState, StreamEvent, __version__
 from engine.config import MAX_KEY_TTL_MS, Isol8Config
-from engine.errors import DockerUnavailable, ImageMissing, SandboxError
+from engine.errors import DockerUnavailable, FileNotFound, FileTooLarge, ImageMissing, SandboxError
 from engine.models import RUNTIME_NAMES, FileBytes, Model
 from engine.server.auth import (
     DEFAULT_TENANT,
@@ -204,10 +205,13 @@ class OkBody(Model):
 
 
 class Health(Model):
+    """`GET /health`. Without a valid key only `status` and `version`; with one, also the pool and the
+    number of sessions (how busy the server is is not for anyone who can reach the port)."""
+
     status: Literal["ok"] = "ok"
     version: str
-    pool: list[PoolState]
-    sessions: int
+    pool: list[PoolState] | None = Field(default=None, description="Warm containers per image (needs a key)")
+    sessions: int | None = Field(default=None, description="Sessions on this server, all tenants (needs a key)")
 
 
 class SessionList(Model):
@@ -277,7 +281,10 @@ class ServerState:
         self.config = config
         self.policy = Policy(config)
         self.engines = SharedEngines(config.max_concurrent)
-        self.sessions = SessionRegistry(config.server.max_sessions, config.cleanup.max_container_age_ms)
+        server = config.server
+        self.sessions = SessionRegistry(
+            server.max_sessions, server.max_sessions_per_tenant, config.cleanup.max_container_age_ms
+        )
         connection = settings.auth_db or config.server.auth_db
         self.store: KeyStore | None = open_store(connection) if connection else None
         self.auth = Authenticator(settings.master_key, self.store)
@@ -361,13 +368,17 @@ def error_reply(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, SessionNotFound):
         return 404, "Session not found"
     if isinstance(exc, TooManySessions):
-        return 429, f"Too many sessions: this server keeps at most {exc.args[0]}; delete one first"
+        return 429, str(exc)
     if isinstance(exc, RequestValidationError | ValidationError):
         return 400, describe_validation(list(exc.errors()))
     if isinstance(exc, DockerUnavailable | ImageMissing):
         return 503, str(exc)
     if isinstance(exc, SandboxError):
         return 500, str(exc)
+    if isinstance(exc, FileNotFound):
+        return 404, str(exc)
+    if isinstance(exc, FileTooLarge):
+        return 413, str(exc)
     if isinstance(exc, Isol8Error):
         return 400, str(exc)
     return 500, "Internal server error"
@@ -435,9 +446,10 @@ def _content_length(scope: Scope) -> int | None:
 class BodyLimit:
     """413 for HTTP bodies over `max_bytes`, without holding more than the limit in memory.
 
-    A declared Content-Length over it is refused before a byte is read (and before auth: refusing is
-    cheaper than checking a key). A chunked or understated body is counted as it streams in and cut
-    off once it passes the limit. WebSocket messages have their own cap (uvicorn's `ws_max_size`).
+    A declared Content-Length over it is refused before a byte is read (after Authenticate: a caller
+    without a key learns nothing of the limit). A chunked or understated body is counted as it streams
+    in and cut off once it passes the limit. WebSocket messages have their own cap (uvicorn's
+    `ws_max_size`).
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -481,6 +493,65 @@ class BodyLimit:
             await _error(413, self.message, {"Connection": "close"})(scope, receive, send)
 
 
+# --- authentication ---------------------------------------------------------------------------------------
+PRINCIPAL = "isol8.principal"
+"""The scope key where Authenticate leaves the caller (a Principal, or None on a public path)."""
+PUBLIC = frozenset({"/health", "/openapi.json", "/docs"})
+"""Paths a GET may reach without a key: the liveness check, and the description of the API, which is
+the same for everyone and holds no data (clients and fuzzers read the contract there)."""
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class Authenticate:
+    """Authenticates every HTTP and WebSocket request from its headers, before anything else sees it.
+
+    The outermost layer, so a caller without a valid key gets 401 or 403 whatever it sends: never an
+    answer about its body, query, size, path or method that would show how the server parses and
+    routes. Only the GETs of PUBLIC pass without a key (one with a valid key is still its caller's:
+    `/health` tells it more). A WebSocket is refused with the same JSON body before the upgrade. The
+    caller is left in the scope for the `caller` dependency: one check per request.
+    """
+
+    def __init__(self, app: ASGIApp, auth: Authenticator) -> None:
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        public = scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in PUBLIC
+        try:
+            scope[PRINCIPAL] = await self.auth.authenticate(_header(scope, b"authorization"))
+        except Exception as exc:
+            if public:  # the key only adds detail here; a bad one, or a failing key store, costs it
+                scope[PRINCIPAL] = None
+            else:
+                await self._refuse(scope, receive, send, exc)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+        if isinstance(exc, AuthError):
+            status, message = exc.status, exc.message
+        else:  # the key store failed: still a JSON reply, and never a way in
+            log.error("authentication failed", exc_info=exc)
+            status, message = 500, "Internal server error"
+        if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008})  # a server without denial responses
+            return
+        # No `Connection: close`: the reply would be lost to a reset if the unread body arrived after
+        # the close. The HTTP server discards what is left of the body; the app never reads it.
+        await _error(status, message)(scope, receive, send)
+
+
 # --- dependencies -----------------------------------------------------------------------------------------
 async def known_query(connection: HTTPConnection) -> None:
     """Refuse a query parameter the route does not take, as unknown body keys are refused: a typo such as
@@ -499,10 +570,20 @@ async def known_query(connection: HTTPConnection) -> None:
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>`")
 
 
+def principal_of(connection: HTTPConnection) -> Principal | None:
+    """The caller Authenticate found; None on a public path reached without a valid key."""
+    principal: Principal | None = connection.scope.get(PRINCIPAL)
+    return principal
+
+
 async def caller(
-    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None
+    connection: HTTPConnection, _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None
 ) -> Principal:
-    return await _state(request).auth.authenticate(request.headers.get("authorization"))
+    """The authenticated caller (`Security` documents the scheme in the OpenAPI document)."""
+    principal = principal_of(connection)
+    if principal is None:  # a route that needs a key on a public path: refuse, never serve
+        raise AuthError(401, "Missing Authorization header")
+    return principal
 
 
 Caller = Annotated[Principal, Depends(caller)]
@@ -639,8 +720,8 @@ ERROR_TEXTS: dict[int, str] = {
     401: "Missing or malformed Authorization header",
     403: "Invalid API key, or options the server's policy refuses",
     404: "Session, file or key not found",
-    413: "Request body larger than server.maxBodyBytes",
-    429: "Too many sessions (server.maxSessions)",
+    413: "Request body larger than server.maxBodyBytes, or files read back over defaults.maxFileSize",
+    429: "Too many sessions (server.maxSessions or server.maxSessionsPerTenant)",
     500: "The sandbox failed (a real internal failure, reported as JSON)",
     503: "Docker is unavailable or the images are missing",
 }
@@ -735,6 +816,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         summary="Run untrusted code in hardened Docker containers.",
         lifespan=lifespan,
         redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
         dependencies=[Depends(known_query)],
     )
     app.state.server = state
@@ -744,6 +826,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_exception_handler(TooManySessions, _on_error)
     app.add_exception_handler(Exception, _on_crash)
     app.add_middleware(BodyLimit, max_bytes=settings.config.server.max_body_bytes)
+    app.add_middleware(Authenticate, auth=state.auth)  # added last: the outermost layer
     _routes(app)
 
     def openapi() -> dict[str, Any]:
@@ -763,10 +846,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
 
 def _routes(app: FastAPI) -> None:
-    @app.get("/health", tags=["server"])
+    @app.get("/health", tags=["server"], response_model_exclude_none=True)
     async def health(request: Request) -> Health:
-        """No auth: for load balancers and `RemoteIsol8.start()`."""
+        """No key needed: for load balancers and `RemoteIsol8.start()`. Without a valid key the reply
+        is only `status` and `version`; with one it also has `pool` and `sessions`."""
         state = _state(request)
+        if principal_of(request) is None:
+            return Health(version=__version__)
         pool: dict[str, PoolState] = {}
         for item in (*state.engines.pool_state(), *state.sessions.pool_state()):
             total = pool.setdefault(item.image, PoolState(image=item.image))
@@ -818,11 +904,7 @@ def _routes(app: FastAPI) -> None:
         """First message `{type: "execute", request, options?, sessionId?}`; StreamEvents back; closed
         with 1000 "Execution complete" after the run (also after an error)."""
         state = _state(websocket)
-        try:
-            principal = await state.auth.authenticate(websocket.headers.get("authorization"))
-        except AuthError as exc:
-            await websocket.send_denial_response(_error(exc.status, exc.message))
-            return
+        principal = await caller(websocket)  # Authenticate refused a bad key before the upgrade
         await websocket.accept()
         while True:
             message = await websocket.receive()
@@ -855,7 +937,7 @@ def _routes(app: FastAPI) -> None:
             await session.engine.put_file(body.path, body.content)
         return OkBody()
 
-    @app.get("/file", tags=["sessions"], responses=_errors(404, 500, 503))
+    @app.get("/file", tags=["sessions"], responses=_errors(404, 413, 500, 503))
     async def get_file(
         request: Request,
         principal: Caller,
@@ -864,12 +946,7 @@ def _routes(app: FastAPI) -> None:
     ) -> FileContent:
         """Read a file of an existing session, as base64 `content`."""
         async with _state(request).sessions.use(principal.tenant_id, session_id) as session:
-            try:
-                data = await session.engine.get_file(path)
-            except Isol8Error as exc:
-                if "No such file" in str(exc) or "not found" in str(exc).lower():
-                    raise HTTPException(404, str(exc)) from None
-                raise
+            data = await session.engine.get_file(path)
         return FileContent(content=data)
 
     @app.get("/sessions", tags=["sessions"], responses=ERRORS)

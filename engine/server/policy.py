@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from engine.agent.proxy import HTTPS_PORT
 from engine.config import Isol8Config
 from engine.errors import Isol8Error
 from engine.limits import parse_size
@@ -182,21 +183,55 @@ class Policy:
         return options.network or default
 
     def _network_filter(self, options: ClientOptions) -> NetworkFilter:
-        """The config's filter; a client may narrow it, or add hosts from `server.allowedHosts`."""
-        base = self.config.network
+        """The config's filter, only ever narrowed by the client's.
+
+        The client may add blacklist entries (never drop the operator's), pick whitelist patterns
+        within the operator's plus `server.allowedHosts` (any, when the operator's whitelist is empty
+        and so allows every public host; an empty list keeps the operator's), and CONNECT ports within
+        `network.ports` plus `server.allowedPorts`. A whitelist pattern of the client's own could name
+        the Docker host, another container or 169.254.169.254, so such a whitelist reaches private
+        addresses only if `server.clientWhitelistReachesPrivate` says so; patterns all taken from the
+        operator's whitelist keep its `network.whitelistReachesPrivate`. What the client leaves out, or
+        this method does not handle, is the operator's.
+        """
+        base, server = self.config.network, self.config.server
         asked = options.network_filter
         if asked is None:
             return base
-        if base.whitelist:  # an empty whitelist allows every host: any client list only narrows it
-            allowed = {*base.whitelist, *self.config.server.allowed_hosts}
+        if base.whitelist:
+            allowed = {*base.whitelist, *server.allowed_hosts}
             for pattern in asked.whitelist:
                 if pattern not in allowed:
                     raise PolicyError(
                         f'networkFilter.whitelist entry "{pattern}" is not allowed by this server '
                         f"(allowed: {_listing(allowed)})"
                     )
-        blacklist = [*base.blacklist, *(p for p in asked.blacklist if p not in base.blacklist)]
-        return NetworkFilter(whitelist=asked.whitelist or base.whitelist, blacklist=blacklist)
+        if any(pattern not in base.whitelist for pattern in asked.whitelist):
+            reaches, option = server.client_whitelist_reaches_private, "server.clientWhitelistReachesPrivate"
+        else:
+            reaches, option = base.whitelist_reaches_private, "network.whitelistReachesPrivate"
+        if "whitelist_reaches_private" in asked.model_fields_set:
+            if asked.whitelist_reaches_private and not reaches:
+                raise PolicyError(
+                    "networkFilter.whitelistReachesPrivate true is not allowed by this server "
+                    f"({option} is false): a whitelist may not reach private, loopback or link-local addresses"
+                )
+            reaches = asked.whitelist_reaches_private
+        ports = {HTTPS_PORT, *base.ports, *server.allowed_ports}
+        for port in asked.ports:
+            if port not in ports:
+                raise PolicyError(
+                    f"networkFilter.ports entry {port} is not allowed by this server "
+                    f"(allowed: {', '.join(map(str, sorted(ports)))}; an operator adds ports with server.allowedPorts)"
+                )
+        return base.model_copy(
+            update={
+                "whitelist": asked.whitelist or base.whitelist,
+                "blacklist": [*base.blacklist, *(p for p in asked.blacklist if p not in base.blacklist)],
+                "ports": asked.ports if "ports" in asked.model_fields_set else base.ports,
+                "whitelist_reaches_private": reaches,
+            }
+        )
 
     def _security(self, options: ClientOptions) -> SecurityOptions:
         base = self.config.security

@@ -27,7 +27,15 @@ class SessionNotFound(Exception):
 
 
 class TooManySessions(Exception):
-    """The server's `maxSessions` is reached (HTTP 429)."""
+    """A new session would pass a cap (HTTP 429): the server's `maxSessions`, or the tenant's
+    `maxSessionsPerTenant` when `tenant_id` is set."""
+
+    def __init__(self, limit: int, tenant_id: str | None = None) -> None:
+        if tenant_id is None:
+            cap = f"this server keeps at most {limit} (server.maxSessions)"
+        else:
+            cap = f'tenant "{tenant_id}" may keep at most {limit} (server.maxSessionsPerTenant)'
+        super().__init__(f"Too many sessions: {cap}; delete one with DELETE /session/{{id}}")
 
 
 class SessionInfo(Model):
@@ -67,8 +75,13 @@ class Session:
 
 
 class SessionRegistry:
-    def __init__(self, max_sessions: int, idle_ms: int) -> None:
+    """Sessions by (tenant, id), capped overall and per tenant so one key holder cannot take every
+    slot. The caps are checked and the session added under one lock: concurrent creations never
+    overshoot them."""
+
+    def __init__(self, max_sessions: int, max_per_tenant: int, idle_ms: int) -> None:
         self.max_sessions = max_sessions
+        self.max_per_tenant = max_per_tenant
         self.idle_ms = idle_ms
         self._sessions: dict[tuple[str, str], Session] = {}
         self._lock = asyncio.Lock()
@@ -84,6 +97,8 @@ class SessionRegistry:
                     raise SessionNotFound(session_id)
                 if len(self._sessions) >= self.max_sessions:
                     raise TooManySessions(self.max_sessions)
+                if sum(tenant == tenant_id for tenant, _ in self._sessions) >= self.max_per_tenant:
+                    raise TooManySessions(self.max_per_tenant, tenant_id)
                 session = self._sessions[key] = Session(session_id, tenant_id, DockerIsol8(create))
                 log.debug("session %s created for tenant %s", session_id, tenant_id)
             session.active += 1

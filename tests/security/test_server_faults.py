@@ -64,7 +64,7 @@ def runs_with(docker: DockerClient, prefix: str) -> list[str]:
 
 
 def pool(server: ServerProcess) -> list[dict[str, Any]]:
-    reply = httpx.get(f"{server.url}/health", timeout=10)
+    reply = httpx.get(f"{server.url}/health", headers=server.headers, timeout=10)
     assert reply.status_code == 200, reply.text
     pools: list[dict[str, Any]] = reply.json()["pool"]
     return pools
@@ -451,7 +451,11 @@ def test_chunked_oversized_body_is_cut_off_at_the_limit(server: ServerProcess, h
 
 @pytest.mark.parametrize("route", ["/execute/stream", "/file", "/auth/keys", "/auth/login", "/cleanup", "/sessions"])
 def test_every_route_refuses_a_declared_oversized_body(server: ServerProcess, route: str) -> None:
-    head = f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY_LIMIT + 1}\r\n\r\n"
+    """From a caller with a key; one without gets 401 (tests/security/test_server_attacks.py)."""
+    head = (
+        f"POST {route} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.key}\r\n"
+        f"Content-Length: {BODY_LIMIT + 1}\r\n\r\n"
+    )
     status, _, body = _raw(server, head)
     assert (status, json.loads(body)) == (413, {"error": TOO_LARGE.format(size="1 MiB")})
 
@@ -464,7 +468,10 @@ def test_a_body_under_the_limit_is_served(http: httpx.Client) -> None:
 
 def test_default_limit_is_256_mib(tmp_path: Path, docker_client: DockerClient) -> None:
     with serve(tmp_path, {}) as fresh:
-        head = f"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Length: {(256 << 20) + 1}\r\n\r\n"
+        head = (
+            f"POST /execute HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {fresh.key}\r\n"
+            f"Content-Length: {(256 << 20) + 1}\r\n\r\n"
+        )
         status, _, body = _raw(fresh, head)
     assert status == 413 and json.loads(body) == {"error": TOO_LARGE.format(size="256 MiB")}
 
