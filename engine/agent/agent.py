@@ -37,7 +37,7 @@ import zygote
 ROOTS = ("/sandbox", "/tmp")
 READ_CHUNK = 64 * 1024
 PROXY_URL = "http://127.0.0.1:8118"
-SCRUBBED = ("/sandbox", "/tmp", "/dev/shm", "/dev/mqueue")  # everything the sandbox user can write
+WRITABLE = ("/sandbox", "/tmp", "/dev/shm", "/dev/mqueue")  # all the sandbox user can write (gVisor: no mqueue)
 PROXY_START_TIMEOUT_S = 5.0
 KILL_DEADLINE_S = 2.0  # SIGKILL is not refused: only a task stuck in the kernel takes longer
 IPC_KINDS = {"shm": ("shmid", "-m"), "sem": ("semid", "-s"), "msg": ("msqid", "-q")}
@@ -125,20 +125,6 @@ def task_uids(status_path: str) -> list[int]:
     except (OSError, ValueError):
         pass
     return []
-
-
-def all_task_uids() -> Iterator[list[int]]:
-    """The uids of every task in the container, each thread on its own: a process whose main
-    thread has exited shows as a zombie while its other threads run on."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            yield task_uids(f"/proc/{pid}/task/{tid}/status")
 
 
 def kill_every_process_of(uid: int) -> None:
@@ -534,6 +520,7 @@ class Agent:
         self.uids = sorted(self.gids)
         self.uid = self.uids[0]
         self.gid = self.gids[self.uid]
+        self.writable = [root for root in WRITABLE if os.path.isdir(root)]
         self.base_env = dict(os.environ)
         self.network_policy = self.base_env.pop("ISOL8_NETWORK", None)
         self.zygote: Zygote | None = None
@@ -728,7 +715,7 @@ class Agent:
         if not self.kill_sandbox_processes():
             return "sandbox processes survived SIGKILL"
         with self.as_sandbox():
-            for root in SCRUBBED:
+            for root in self.writable:
                 with contextlib.suppress(OSError):  # what stays is caught just below
                     if os.lstat(root).st_uid == self.uid:
                         os.chmod(root, 0o700)  # the code may have locked itself out
@@ -741,7 +728,7 @@ class Agent:
         except OSError as exc:
             return f"could not hand the sandbox to the next uid: {_reason(exc)}"
         with self.as_sandbox():
-            left = [root for root in SCRUBBED if not _empty_and_private(root, self.uid)]
+            left = [root for root in self.writable if not _empty_and_private(root, self.uid)]
         if self.sandbox_processes():
             return "sandbox processes survived"
         if left:
@@ -754,11 +741,11 @@ class Agent:
         """Jobs from now on run as the next sandbox uid, which alone may enter the writable roots."""
         uid = self.uids[(self.uids.index(self.uid) + 1) % len(self.uids)]
         gid = self.gids[uid]
-        for root in SCRUBBED:  # mount points: the code can neither replace them nor make them symlinks
+        for root in self.writable:  # mount points: the code can neither replace them nor make them symlinks
             os.chown(root, uid, gid, follow_symlinks=False)
         self.uid, self.gid = uid, gid
         with self.as_sandbox():
-            for root in SCRUBBED:
+            for root in self.writable:
                 os.chmod(root, 0o700)
 
     def ipc_objects(self) -> list[tuple[str, int, int, int]]:

@@ -34,8 +34,24 @@ async def test_gvisor_with_a_warm_pool_and_sessions(runsc: None) -> None:
         security={"runtime": "runsc"}, pool_strategy="fast", pool_size=1, prewarm=["python"]
     ) as engine:
         first = await engine.execute(ExecutionRequest(code="open('/sandbox/x', 'w').write('1'); print('a')"))
+        await engine._pool.settle()  # scrubbed and handed to the next uid
         second = await engine.execute(ExecutionRequest(code="import os; print(os.path.exists('/sandbox/x'))"))
     assert (first.stdout, second.stdout) == ("a\n", "False\n")
+    assert first.container_id == second.container_id  # the scrub holds under gVisor's kernel too
     async with DockerIsol8(security={"runtime": "runsc"}, mode="persistent") as session:
         await session.execute(ExecutionRequest(cmd="echo kept > /sandbox/f"))
         assert (await session.execute(ExecutionRequest(cmd="cat /sandbox/f"))).stdout == "kept\n"
+
+
+async def test_gvisor_fast_pool_kills_survivors_and_moves_to_the_next_uid(runsc: None) -> None:
+    from test_survivors import PLANTS, SANDBOX_TASKS
+
+    async with DockerIsol8(
+        security={"runtime": "runsc"}, pool_strategy="fast", pool_size=1, prewarm=["python"]
+    ) as engine:
+        planted = await engine.execute(ExecutionRequest(code=PLANTS["detached-grandchild"]))
+        await engine._pool.settle()
+        left = await engine.execute(ExecutionRequest(code="import os\nprint(os.getuid())\n" + SANDBOX_TASKS))
+    assert planted.stdout == "planted\n", planted.stderr
+    assert left.container_id == planted.container_id
+    assert left.stdout == "61001\n[]\n", left.stdout

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from helpers import run_cli
 
 from engine.engine import DockerIsol8
 from engine.errors import FileError
@@ -173,3 +174,12 @@ async def test_secrets_are_masked_in_every_network_record(docker_client: object)
         assert TOKEN not in record, record
     assert {entry.host for entry in result.network_logs} == {"***.attacker.invalid", "blocked.invalid"}
     assert "/collect?k=***" in {entry.path for entry in result.network_logs}
+
+
+def test_secrets_are_masked_in_the_clis_network_table() -> None:
+    result = run_cli(
+        "run", "--net", "filtered", "--deny", r".*\.invalid", "--log-network", "--secret", f"T={TOKEN}", "-e", REQUESTS
+    )  # fmt: skip
+    assert result.stdout == "sent\n", result.stderr
+    assert "Network log" in result.stderr and "***.attacker.invalid" in result.stderr
+    assert TOKEN not in result.stdout + result.stderr

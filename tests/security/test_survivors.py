@@ -17,14 +17,26 @@ from engine.hardening import SANDBOX_UIDS
 from engine.models import ExecutionRequest
 
 # The main thread ends with the raw exit syscall (60 on x86_64, 93 on aarch64), not exit_group:
-# the process lives on in its other threads.
+# the process lives on in its other threads. `planted` is printed only once the leader is a zombie
+# (as an attacker would wait), so the job ends with the survivor already in that state.
 MAIN_THREAD_EXITS = """
 import ctypes, os, platform, threading, time
 SYS_EXIT = {"x86_64": 60, "aarch64": 93}[platform.machine()]
-def main_thread_exits(work):
-    threading.Thread(target=work).start()
-    time.sleep(0.05)
+ready_r, ready_w = os.pipe()
+def leader_is_a_zombie():
+    return open(f"/proc/{os.getpid()}/status").read().split("State:")[1].split()[0] == "Z"
+def main_thread_exits(work, tell=True):
+    def run():
+        while tell and not leader_is_a_zombie():
+            time.sleep(0.005)
+        if tell:
+            os.write(ready_w, b"x")
+        work()
+    threading.Thread(target=run).start()
     ctypes.CDLL(None).syscall(SYS_EXIT, 0)
+def planted():
+    os.read(ready_r, 1)
+    print("planted", flush=True)
 """
 
 STEAL = """
@@ -47,28 +59,28 @@ def steal():  # reads every other process's environment and files, forever
 """
 
 PLANTS = {
-    # the job's own process: its main thread exits at once, a thread keeps stealing
+    # a child of the job: its main thread exits, a thread keeps stealing
     "main-thread-exit-in-a-child": MAIN_THREAD_EXITS
     + STEAL
-    + "if os.fork() == 0:\n    main_thread_exits(steal)\nprint('planted', flush=True)\n",
+    + "if os.fork() == 0:\n    main_thread_exits(steal)\nplanted()\n",
     # double fork and setsid first, as a daemon would
     "detached-grandchild": MAIN_THREAD_EXITS
     + STEAL
-    + "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        main_thread_exits(steal)\n    os._exit(0)\nos.wait()\nprint('planted', flush=True)\n",
+    + "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        main_thread_exits(steal)\n    os._exit(0)\nplanted()\n",
     # the surviving thread keeps forking new children that do the same
     "self-renewing": MAIN_THREAD_EXITS
     + STEAL
     + (
-        "def renew():\n    while True:\n        if os.fork() == 0:\n            main_thread_exits(steal)\n        time.sleep(0.2)\n"
-        "if os.fork() == 0:\n    main_thread_exits(renew)\nprint('planted', flush=True)\n"
+        "def renew():\n    while True:\n        if os.fork() == 0:\n            main_thread_exits(steal, tell=False)\n        time.sleep(0.2)\n"
+        "if os.fork() == 0:\n    main_thread_exits(renew)\nplanted()\n"
     ),
     # many threads, the leader gone; one of them changes its name to hide
     "many-threads-renamed": MAIN_THREAD_EXITS
     + STEAL
     + (
-        "def hide():\n    import ctypes\n    ctypes.CDLL(None).prctl(15, b'kworker/0:1', 0, 0, 0)\n    steal()\n"
+        "def hide():\n    ctypes.CDLL(None).prctl(15, b'kworker/0:1', 0, 0, 0)\n    steal()\n"
         "if os.fork() == 0:\n    for _ in range(5):\n        threading.Thread(target=time.sleep, args=(600,)).start()\n    main_thread_exits(hide)\n"
-        "print('planted', flush=True)\n"
+        "planted()\n"
     ),
 }
 
