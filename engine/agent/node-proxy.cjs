@@ -1,6 +1,7 @@
 // isol8: route Node's fetch and http(s) through the filtered network's proxy.
-// Node 20 ignores HTTP_PROXY/HTTPS_PROXY, so the agent preloads this file (NODE_OPTIONS=--require)
-// in filtered mode only. Hosts in NO_PROXY (localhost) are reached directly.
+// Node ignores HTTP_PROXY/HTTPS_PROXY unless NODE_USE_ENV_PROXY is set, and then tunnels plain
+// http:// with CONNECT too; so the agent preloads this file (NODE_OPTIONS=--require) in filtered
+// mode only. Hosts in NO_PROXY (localhost) are reached directly.
 'use strict';
 if (typeof Deno === 'undefined' && !process.versions.bun) {  // Deno and Bun honour the variables
 const http = require('http');
