@@ -58,7 +58,8 @@ class DockerClient:
 
     def attach(self, container_id: str) -> socket.socket:
         """A raw socket on the container's stdin/stdout (attach before start loses nothing)."""
-        raw = self.api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stream": 1})
+        # stderr too: the agent's own (a traceback, the proxy's) is kept for the report if it dies.
+        raw = self.api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
         sock: socket.socket = getattr(raw, "_sock", raw)
         # Take the descriptor over (not a duplicate): the connection must end the moment the engine
         # closes its end. A duplicate left docker-py's copy open until a garbage collection, and a

@@ -144,3 +144,19 @@ def test_invalid_options_are_refused() -> None:
         Isol8Options(memory_limit="lots")
     with pytest.raises(ValidationError):
         Isol8Options(cpu_limit=0)
+
+
+def test_the_agents_json_codec_is_jsons() -> None:
+    """protocol.py speaks JSON through `_json` (no `re` at the agent's start): the same bytes as json."""
+    values = [
+        {"op": "run", "argv": ["node", "/sandbox/main.mjs"], "env": {"K": 'välue \u2028 \ud800 "q" \\ \n'}},
+        [1, -2, 3.5, 1e300, 2**70, True, False, None, "", {}, []],
+        {"nested": {"deeper": [{"x": [None]}]}, "unicode": "日本語 🐍"},
+    ]
+    for value in values:
+        assert P.dumps(value) == json.dumps(value, separators=(",", ":")).encode()
+        assert P.loads(P.dumps(value)) == value
+        assert P.loads(bytearray(json.dumps(value, indent=2).encode())) == value
+    for bad in ("", "{bad", "[1,", "1 2", '{"a" 1}', "nul"):
+        with pytest.raises(ValueError):
+            P.loads(bad)

@@ -510,7 +510,7 @@ class Proxy:
         os._exit(0)  # the agent went away
 
 
-async def main() -> None:
+async def serve() -> None:
     proxy = Proxy(Policy.from_json(os.environ["ISOL8_PROXY_POLICY"]))
     server = await asyncio.start_server(proxy.serve, "127.0.0.1", PORT, limit=MAX_HEAD)
     emit({"ready": True})
@@ -518,5 +518,5 @@ async def main() -> None:
         await proxy.commands()
 
 
-if __name__ == "__main__":
-    asyncio.run(main())
+def main() -> None:
+    asyncio.run(serve())

@@ -19,7 +19,6 @@ import array
 import builtins
 import contextlib
 import io
-import json
 import os
 import signal
 import site
@@ -27,7 +26,10 @@ import socket
 import sys
 import types
 
+import protocol as P  # a sibling inside the image (/opt/isol8)
+
 FDS = 4
+AGENT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def start() -> tuple[int, socket.socket]:
@@ -118,7 +120,7 @@ def _child(fds: list[int]) -> None:
     try:
         stdin, stdout, stderr, spec_fd = fds
         with os.fdopen(spec_fd, "rb") as spec_file:
-            spec = json.loads(spec_file.read())
+            spec = P.loads(spec_file.read())
         for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
             os.dup2(fd, target)
             os.close(fd)
@@ -160,6 +162,9 @@ def _run(path: str, env: dict[str, str]) -> int:
         site.addsitedir(site.USER_SITE or "")  # its .pth files, as at interpreter start
     if "random" in sys.modules:
         sys.modules["random"].seed()
+    for name, module in list(sys.modules.items()):  # the agent's own modules: the job's may share a name
+        if (getattr(module, "__file__", None) or "").startswith(AGENT_DIR):
+            del sys.modules[name]
     main = types.ModuleType("__main__")
     main.__dict__.update(__file__=path, __builtins__=builtins, __cached__=None, __spec__=None)
     sys.modules["__main__"] = main
