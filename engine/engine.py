@@ -47,6 +47,7 @@ BACKSTOP_GRACE_S = 2.0
 STALE_AFTER_S = 60  # a launch takes well under a second: older unstarted containers are leftovers
 AGENT_SILENT = "The sandbox agent did not answer in time; its container was removed."
 SETUP_FILE = "/sandbox/.isol8-setup.sh"
+BURST_CAP = 8
 Phase = Literal["setup", "code"]
 
 
@@ -106,7 +107,9 @@ class DockerIsol8:
         self._session_secrets: set[str] = set()  # every secret a session was given, masked for its life
         self._installed: set[str] = set()
         self.persisted: list[str] = []  # containers left running because of `persist`
-        self._pool = Pool(self.docker, self.options.pool_strategy, self.options.pool_size)
+        # A burst keeps at most BURST_CAP containers warm, and never more than can run at once.
+        burst_cap = min(BURST_CAP, self.options.max_concurrent)
+        self._pool = Pool(self.docker, self.options.pool_strategy, self.options.pool_size, burst_cap)
 
     async def start(self) -> None:
         """Check Docker, remove stale leftovers, and in ephemeral mode warm the `prewarm` runtimes."""
@@ -271,6 +274,7 @@ class DockerIsol8:
                 "timeout_ms": 0,
                 "max_output": options.max_output_size,
                 "max_file_size": options.max_file_size,
+                "prestart": True,  # the code step follows: its interpreter can start meanwhile
             }
             return Job(argv=argv, **{**base, **extra})
 
@@ -289,12 +293,14 @@ class DockerIsol8:
                 setup_files = {**files, SETUP_FILE: script.encode()}
                 steps.append(Step("setup", job(["bash", SETUP_FILE], files=setup_files), "Setup script failed"))
                 files = {}
+        warm_argv = None
         if request.cmd is not None:
             argv = ["bash", "-c", request.cmd]
         else:
             path = code_file(spec, request.file_extension)
             files[path] = (request.code or "").encode()
             argv = spec.argv(path)
+            warm_argv = spec.warm_argv(path, env)
         code = job(
             argv,
             cwd=resolve_workdir(request.workdir),
@@ -302,6 +308,9 @@ class DockerIsol8:
             stdin=_bytes(request.stdin) if request.stdin is not None else None,
             output_paths=list(request.output_paths),
             python_file=argv[-1] if spec.name == "python" and request.cmd is None else None,
+            warm_argv=warm_argv,
+            # A session runs its next execution on this uid; a pool's scrub starts it for the next one.
+            prestart=self.options.mode == "persistent",
         )
         steps.append(Step("code", code))
         return steps

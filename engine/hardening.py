@@ -7,12 +7,14 @@ Docker's own, and limits on memory (no extra swap), CPU and processes.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from typing import Any
 
 from engine.limits import parse_size
 from engine.models import Isol8Options
+from engine.runtimes import code_file, get_runtime
 from engine.seccomp import seccomp_security_opt
 
 # Uids no host account is likely to have: if a sandbox ever escaped, it would be nobody on the host.
@@ -102,6 +104,10 @@ def container_config(options: Isol8Options, image: str, runtime: str) -> dict[st
         host_config["pids_limit"] = None
         host_config["ulimits"].append({"name": "nproc", "soft": options.pids_limit, "hard": options.pids_limit})
     environment = {}
+    spec = get_runtime(runtime)
+    prestart = spec.warm_argv(code_file(spec, None), {})
+    if prestart:  # the agent starts this interpreter before the first job (inline code's file)
+        environment["ISOL8_PRESTART"] = json.dumps(prestart)
     if filtered:
         host_config["sysctls"] = {"net.ipv6.conf.all.disable_ipv6": "1"}
         environment["ISOL8_NETWORK"] = options.network_filter.model_dump_json()

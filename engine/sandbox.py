@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import struct
 from collections import deque
 from collections.abc import AsyncIterator
@@ -48,6 +47,8 @@ class Job:
     stdin: bytes | None = None
     output_paths: list[str] = field(default_factory=list)
     python_file: str | None = None  # a Python script the agent may run on its forked interpreter
+    warm_argv: list[str] | None = None  # what a pre-started interpreter must have been started with
+    prestart: bool = False  # start the next interpreter after this job (more jobs follow on this uid)
     max_file_size: int = MAX_FILE_SIZE  # the output paths' bytes together
 
     def request(self) -> dict[str, Any]:
@@ -62,6 +63,8 @@ class Job:
             "stdin": self.stdin is not None,
             "output_paths": self.output_paths,
             "python_file": self.python_file,
+            "warm_argv": self.warm_argv,
+            "prestart": self.prestart,
             "max_file_size": self.max_file_size,
         }
 
@@ -111,8 +114,17 @@ class Sandbox:
 
     @classmethod
     async def launch(cls, docker: DockerClient, config: dict[str, Any]) -> Sandbox:
-        """Create, attach and start a container, then wait for its agent's hello."""
-        container_id = await asyncio.to_thread(docker.create_container, config)
+        """Create, attach and start a container, then wait for its agent's hello.
+
+        Cancellable at any point without waiting: a container that exists (or will, once Docker
+        answers the create) is removed in the background, so a caller that no longer wants it (a
+        pool being closed) is not held up by it."""
+        creating = asyncio.ensure_future(asyncio.to_thread(docker.create_container, config))
+        try:
+            container_id = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            creating.add_done_callback(lambda done: _remove_later(docker, done))
+            raise
         try:
             sock = await asyncio.to_thread(docker.attach, container_id)
             reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 22)
@@ -120,7 +132,7 @@ class Sandbox:
             await asyncio.to_thread(docker.start, container_id)
             async with asyncio.timeout(HELLO_TIMEOUT_S):
                 kind, payload = await sandbox._next_frame()
-            hello = json.loads(payload) if kind == P.EVENT else {}
+            hello = P.loads(payload) if kind == P.EVENT else {}
             if hello.get("error"):
                 raise SandboxError(hello["error"])
             if hello.get("ev") != "hello" or hello.get("version") != P.VERSION:
@@ -129,6 +141,9 @@ class Sandbox:
                     "Run `isol8 setup` to rebuild the images."
                 )
             return sandbox
+        except asyncio.CancelledError:
+            _remove_later(docker, creating)
+            raise
         except BaseException:
             await asyncio.shield(asyncio.to_thread(docker.remove, container_id))
             raise
@@ -183,7 +198,7 @@ class Sandbox:
                 await self._writer.drain()
                 while self._open is not None:
                     kind, payload = await self._next_frame()
-                    if _ends(self._open, kind, json.loads(payload) if kind == P.EVENT else {}):
+                    if _ends(self._open, kind, P.loads(payload) if kind == P.EVENT else {}):
                         self._open = None
         except (TimeoutError, SandboxError) as exc:
             self.reusable = False
@@ -222,7 +237,7 @@ class Sandbox:
             elif kind == P.END and receiving is not None:
                 receiving = None
             elif kind == P.EVENT:
-                event = json.loads(payload)
+                event = P.loads(payload)
                 if event.get("ev") == "file":
                     receiving = None
                     if event.get("error"):
@@ -248,7 +263,7 @@ class Sandbox:
                 await self._writer.drain()
             while True:
                 kind, payload = await self._next_frame()
-                if kind == P.EVENT and (event := json.loads(payload)).get("ev") == "done":
+                if kind == P.EVENT and (event := P.loads(payload)).get("ev") == "done":
                     self._open = None
                     if event.get("error"):
                         raise _file_error("write", event)
@@ -263,7 +278,7 @@ class Sandbox:
             received = 0
             while True:
                 kind, payload = await self._next_frame()
-                if kind == P.EVENT and (event := json.loads(payload)).get("ev") == "file":
+                if kind == P.EVENT and (event := P.loads(payload)).get("ev") == "file":
                     if event.get("error"):
                         self._open = None
                         raise _file_error("read", event)
@@ -301,7 +316,7 @@ class Sandbox:
         await self._writer.drain()
         while True:
             kind, payload = await self._next_frame()
-            if kind == P.EVENT and (event := json.loads(payload)).get("ev") == "scrubbed":
+            if kind == P.EVENT and (event := P.loads(payload)).get("ev") == "scrubbed":
                 self._open = None
                 return event.get("error")
 
@@ -312,6 +327,13 @@ class Sandbox:
     async def destroy(self) -> None:
         self._writer.close()
         await asyncio.to_thread(self.docker.remove, self.container_id)
+
+
+def _remove_later(docker: DockerClient, created: asyncio.Future[str]) -> None:
+    """Remove the container `created` made, on an executor thread nobody waits for (the
+    interpreter still finishes it before it exits)."""
+    if not created.cancelled() and created.exception() is None:
+        asyncio.get_running_loop().run_in_executor(None, docker.remove, created.result())
 
 
 def _ends(op: str, kind: int, event: dict[str, Any]) -> bool:

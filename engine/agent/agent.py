@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import pwd
 import selectors
@@ -35,6 +34,8 @@ import protocol as P  # sibling files inside the image (/opt/isol8)
 import zygote
 
 ROOTS = ("/sandbox", "/tmp")
+AGENT_DIR = os.path.dirname(os.path.abspath(__file__))  # /opt/isol8: these files, compiled
+PROXY_MAIN = f"import sys; sys.path[0] = {AGENT_DIR!r}; import proxy; proxy.main()"  # from its .pyc
 READ_CHUNK = 64 * 1024
 PROXY_URL = "http://127.0.0.1:8118"
 WRITABLE = ("/sandbox", "/tmp", "/dev/shm", "/dev/mqueue")  # all the sandbox user can write (gVisor: no mqueue)
@@ -312,12 +313,17 @@ class Job:
             with self.agent.as_sandbox():  # the roots may be closed to root itself (a `fast` pool's)
                 cwd = confine(cwd)
                 os.makedirs(cwd, exist_ok=True)
+            warm = self.agent.take_waiting(req.get("warm_argv"))
             if self.agent.zygote and req.get("python_file"):
                 self.proc = self.agent.zygote.spawn(
                     {"uid": self.agent.uid, "gid": self.agent.gid, "cwd": cwd, "path": req["python_file"], "env": env},
                     self.expect_stdin,
                 )
                 self.agent.zygote.deliver()
+            elif warm is not None:  # its preload reads this first, then stdin is the job's
+                self.proc = warm
+                spec = P.dumps({"env": env, "cwd": cwd})
+                self.stdin_buffer[:0] = len(spec).to_bytes(4, "big") + spec
             else:
                 self.proc = self._popen(req["argv"], cwd, env)
         except (RefusedPath, OSError, subprocess.SubprocessError) as exc:
@@ -450,7 +456,7 @@ class Zygote:
         zygote.spawn(self.sock, [stdin_r, out_w, err_w, spec_r])
         for fd in (stdin_r, out_w, err_w, spec_r):
             os.close(fd)
-        _write_all(spec_w, json.dumps(spec).encode())
+        _write_all(spec_w, P.dumps(spec))
         os.close(spec_w)
         while not self.spawned:
             self.sock.setblocking(True)
@@ -530,6 +536,9 @@ class Agent:
         self.decoder = P.FrameDecoder()
         self.job: Job | None = None
         self.receiver: Job | Upload | None = None  # where DATA/END frames go
+        # The interpreter started ahead of the next job (node, deno): its argv, as a job asks for it.
+        self.warm_argv: list[str] | None = P.loads(self.base_env.pop("ISOL8_PRESTART", "null"))
+        self.waiting: subprocess.Popen | None = None
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r = wake_r
         signal.set_wakeup_fd(wake_w)
@@ -573,7 +582,14 @@ class Agent:
         """Start the proxy, then firewall the sandbox users to loopback; an error stops everything."""
         proxy_user = pwd.getpwnam("isol8proxy")
         self.proxy = subprocess.Popen(
-            [sys.executable, "-E", "-s", os.path.join(os.path.dirname(__file__), "proxy.py")],
+            [
+                sys.executable,
+                "-E",
+                "-s",
+                "-B",
+                "-c",
+                f"import sys; sys.path[0] = {AGENT_DIR!r}; import proxy; proxy.main()",
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={"ISOL8_PROXY_POLICY": self.network_policy or "{}", "PATH": "/usr/bin:/bin"},
@@ -613,8 +629,9 @@ class Agent:
                 "https_proxy": PROXY_URL,
                 "NO_PROXY": "localhost,127.0.0.1",
                 "no_proxy": "localhost,127.0.0.1",
-                # Node 20 ignores the variables above; this preload routes its fetch and http(s).
-                "NODE_OPTIONS": f"--require {os.path.join(os.path.dirname(__file__), 'node-proxy.cjs')}",
+                # Node's fetch would tunnel plain http:// with CONNECT too (the proxy allows that to
+                # 443 and the listed ports only); this preload routes its fetch and http(s) properly.
+                "NODE_OPTIONS": f"--require {os.path.join(AGENT_DIR, 'node-proxy.cjs')}",
             }
         )
         os.set_blocking(self.proxy.stdout.fileno(), False)
@@ -633,7 +650,7 @@ class Agent:
         while b"\n" in self.proxy_lines:
             line, _, rest = self.proxy_lines.partition(b"\n")
             self.proxy_lines = bytearray(rest)
-            entry = json.loads(line)
+            entry = P.loads(line)
             if entry.get("flushed"):
                 flushed = True
             elif self.job is not None:
@@ -654,6 +671,44 @@ class Agent:
             if self.read_proxy():
                 return
 
+    # --- the interpreter waiting for the next job -----------------------------------------------
+    def prestart(self) -> None:
+        """Start the interpreter for the next job now, so its start-up is over when the job comes.
+
+        Only ever while no job runs (at start-up, after a job, at the end of a scrub): it never
+        shares a uid with code that could reach it, and it holds nothing but its own start-up. Its
+        preload waits on stdin for the job's env and cwd, then runs the file on its command line."""
+        if self.warm_argv is None or self.waiting is not None:
+            return
+        with contextlib.suppress(OSError, subprocess.SubprocessError):  # no warm start: jobs run cold
+            self.waiting = subprocess.Popen(
+                self.warm_argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self.base_env,
+                user=self.uid,
+                group=self.gid,
+                extra_groups=[],
+                start_new_session=True,
+                close_fds=True,
+            )
+
+    def take_waiting(self, argv: list[str] | None) -> subprocess.Popen | None:
+        """The waiting interpreter when it was started for exactly `argv`; any other is let go, so
+        no job ever runs beside it."""
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None and argv == self.warm_argv and waiting.poll() is None:
+            return waiting
+        if waiting is not None:
+            with contextlib.suppress(ProcessLookupError):
+                waiting.kill()
+            waiting.wait()
+            _close_pipes(waiting)
+        if argv is not None:
+            self.warm_argv = argv  # the next one is started for the file this job ran
+        return None
+
     # --- processes -----------------------------------------------------------------------------
     def reap(self) -> None:
         while True:
@@ -663,6 +718,11 @@ class Agent:
                 return
             if pid == 0:
                 return
+            if self.waiting is not None and pid == self.waiting.pid:  # it died waiting (e.g. out of memory)
+                self.waiting.returncode = os.waitstatus_to_exitcode(status)
+                _close_pipes(self.waiting)
+                self.waiting = None
+                continue
             job = self.job
             if job:
                 job.max_rss_kb = max(job.max_rss_kb, rusage.ru_maxrss)
@@ -692,6 +752,7 @@ class Agent:
         """SIGKILL every process of every sandbox uid until none is left (fork bombs, `setsid` and
         double forks, processes whose main thread exited, leftovers of earlier uids); False when
         some still exist at the deadline."""
+        self.take_waiting(None)  # it dies too (a scrub starts a new one for the next uid)
         deadline = time.monotonic() + KILL_DEADLINE_S
         pause = 0.0002
         while found := self.sandbox_processes():
@@ -735,6 +796,7 @@ class Agent:
             return f"could not empty {', '.join(left)}"
         if self.ipc_objects():
             return "could not remove every System V IPC object"
+        self.prestart()
         return None
 
     def next_uid(self) -> None:
@@ -808,7 +870,7 @@ class Agent:
 
     def handle_frame(self, kind: int, payload: bytes) -> None:
         if kind == P.REQUEST:
-            self.handle_request(json.loads(payload))
+            self.handle_request(P.loads(payload))
         elif self.receiver is None:
             return
         elif kind == P.DATA:
@@ -850,6 +912,8 @@ class Agent:
                 **job.usage(),
             }
         )
+        if job.request.get("prestart"):  # another job will follow on this uid (a session, a next step)
+            self.prestart()
 
     def open_regular(self, path: str) -> int:
         """A read-only descriptor on the regular file `path`, opened as the sandbox user without
@@ -907,6 +971,8 @@ class Agent:
             self.zygote = Zygote(self)  # forked now, before any job: its memory holds none
             self.selector.register(self.zygote.sock, selectors.EVENT_READ, ("zygote", None))
         error = self.setup_network() if self.network_policy is not None else None
+        if not error:
+            self.prestart()  # after the network setup: it inherits the proxy variables
         self.event({"ev": "hello", "version": P.VERSION, "uid": self.uid, "error": error})
         if error:
             return
@@ -947,6 +1013,13 @@ class Agent:
                     self.reap()
                 if job.status is not None:
                     self.finish(job)
+
+
+def _close_pipes(proc: subprocess.Popen) -> None:
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def _empty_and_private(root: str, uid: int) -> bool:
@@ -1022,5 +1095,5 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
-if __name__ == "__main__":
+def main() -> None:
     Agent().run()
