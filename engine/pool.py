@@ -2,8 +2,9 @@
 
 Containers with identical settings are interchangeable; each settings key (image, limits,
 network policy, ...) has its own queue of ready sandboxes.
-- `secure`: a sandbox serves one execution, then it is destroyed; the pool keeps `size` more
-  started in the background.
+- `secure`: a sandbox serves one execution, then it is destroyed; the pool keeps more started
+  in the background: `size`, or, when executions arrive faster than a container starts, as many
+  as cover a start at that rate (Little's law: start time / time between arrivals), up to `cap`.
 - `fast`: after an execution the agent scrubs the sandbox (kills every process, empties
   /sandbox, /tmp, /dev/shm and IPC objects, and verifies it); a verified one goes back to the
   pool, any other is destroyed.
@@ -18,6 +19,8 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
+import time
 from collections import defaultdict, deque
 from typing import Any, Literal
 
@@ -28,6 +31,7 @@ from engine.sandbox import Sandbox
 log = logging.getLogger("isol8.pool")
 Strategy = Literal["secure", "fast"]
 IDLE_TRIM_S = 10.0
+SMOOTHING = 0.3  # weight of the newest sample in the moving averages of arrival gaps and start times
 
 
 def pool_key(config: dict[str, Any]) -> str:
@@ -35,10 +39,14 @@ def pool_key(config: dict[str, Any]) -> str:
 
 
 class Pool:
-    def __init__(self, docker: DockerClient, strategy: Strategy, size: int) -> None:
+    def __init__(self, docker: DockerClient, strategy: Strategy, size: int, cap: int) -> None:
         self.docker = docker
         self.strategy = strategy
         self.size = size
+        self.cap = max(size, cap)  # the most a `secure` key keeps ready or starting for a burst
+        self._last_arrival: dict[str, float] = {}
+        self._gap: dict[str, float] = {}  # smoothed seconds between acquires, per key
+        self._start_s: dict[str, float] = {}  # smoothed seconds a launch takes, per key
         self._ready: dict[str, deque[Sandbox]] = defaultdict(deque)
         self._starting: dict[str, int] = defaultdict(int)
         self._busy: dict[str, int] = defaultdict(int)
@@ -49,10 +57,12 @@ class Pool:
         self._peak: dict[str, int] = defaultdict(int)  # most busy at once since the key was last idle
         self._trims: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._starts: set[asyncio.Task[None]] = set()  # starts in flight: a closing pool cancels them
         self._closed = False
 
     async def acquire(self, config: dict[str, Any]) -> Sandbox:
         key = pool_key(config)
+        self._arrived(key)
         self._images[key] = config["image"]
         self._configs[key] = config
         self._busy[key] += 1
@@ -151,6 +161,8 @@ class Pool:
         return sorted((s for s in per_image.values() if s.ready or s.busy or s.starting), key=lambda s: s.image)
 
     async def close(self) -> None:
+        """Remove every ready container; starts still in flight are cancelled, not waited for (what
+        they made is removed in the background as soon as it exists)."""
         self._closed = True
         for timer in self._trims.values():
             timer.cancel()
@@ -159,27 +171,51 @@ class Pool:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(_Retry())
+        for start in self._starts:
+            start.cancel()
         await self.settle()
         doomed = [sandbox for ready in self._ready.values() for sandbox in ready]
         self._ready.clear()
         await asyncio.gather(*(sandbox.destroy() for sandbox in doomed), return_exceptions=True)
 
     # --- background work --------------------------------------------------------------------------
+    def _arrived(self, key: str) -> None:
+        now = time.monotonic()
+        last = self._last_arrival.get(key)
+        self._last_arrival[key] = now
+        if last is not None:
+            self._gap[key] = _smooth(self._gap.get(key), now - last)
+
+    def wanted(self, key: str) -> int:
+        """How many sandboxes a key keeps ready or starting: `size`, or for `secure` what covers the
+        start time at the arrival rate seen (fast keys come back from their scrub instead)."""
+        gap, start = self._gap.get(key), self._start_s.get(key)
+        if self.strategy != "secure" or not self.size or not gap or start is None:
+            return self.size  # a pool of 0 stays off: no container is started ahead
+        return min(self.cap, max(self.size, math.ceil(start / gap)))
+
     def _refill(self, key: str, config: dict[str, Any]) -> None:
-        missing = self.size - len(self._ready[key]) - self._starting[key]
+        missing = self.wanted(key) - len(self._ready[key]) - self._starting[key]
         for _ in range(max(0, missing)):
             self._starting[key] += 1
-            self._spawn(self._start(key, config))
+            task = self._spawn(self._start(key, config))
+            self._starts.add(task)
+            task.add_done_callback(self._starts.discard)
 
     async def _start(self, key: str, config: dict[str, Any]) -> None:
+        started = time.monotonic()
         try:
             sandbox = await Sandbox.launch(self.docker, config)
+        except asyncio.CancelledError:  # the pool is closing
+            self._starting[key] -= 1
+            raise
         except Exception as exc:  # a waiter starts one itself and reports the error
             log.debug("pool start for %s failed: %s", config["image"], exc)
             self._starting[key] -= 1
             self._wake_waiters(key)
             return
         self._starting[key] -= 1
+        self._start_s[key] = _smooth(self._start_s.get(key), time.monotonic() - started)
         sandbox.pool_key = key
         if self._closed:
             await sandbox.destroy()
@@ -203,9 +239,11 @@ class Pool:
         await sandbox.destroy()
 
     def _trim(self, key: str) -> None:
-        """Idle for a while: back to `size` ready sandboxes for this key."""
+        """Idle for a while: back to `size` ready sandboxes for this key, and no burst remembered."""
         self._trims.pop(key, None)
         self._peak[key] = 0
+        self._gap.pop(key, None)
+        self._last_arrival.pop(key, None)
         ready = self._ready[key]
         while len(ready) > self.size:
             self._spawn(self._destroy(ready.pop()))
@@ -213,10 +251,15 @@ class Pool:
     async def _destroy(self, sandbox: Sandbox) -> None:
         await sandbox.destroy()
 
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _smooth(average: float | None, sample: float) -> float:
+    return sample if average is None else (1 - SMOOTHING) * average + SMOOTHING * sample
 
 
 class _Retry(Exception):

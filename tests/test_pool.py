@@ -14,7 +14,9 @@ from helpers import ISOL8
 from engine import pool as pool_module
 from engine.docker import DockerClient
 from engine.engine import DockerIsol8
-from engine.models import ExecutionRequest
+from engine.hardening import container_config
+from engine.models import ExecutionRequest, Isol8Options
+from engine.sandbox import Sandbox
 
 LEAVE_TRACES = """
 import os, subprocess
@@ -59,8 +61,10 @@ async def test_secure_uses_each_container_once(docker_client: DockerClient) -> N
         assert len({r.container_id for r in results}) == 3
         assert results[1].stdout == "[]\n"
         state = engine.pool_state()[0]
-        assert (state.image, state.ready, state.busy, state.starting) == ("isol8:python", 1, 0, 0)
-        assert len(docker_client.managed_containers()) == 1
+        # back-to-back runs are a burst: the pool keeps what covers a start at that rate, up to its cap
+        assert state.image == "isol8:python" and 1 <= state.ready <= engine._pool.cap
+        assert (state.busy, state.starting) == (0, 0)
+        assert len(docker_client.managed_containers()) == state.ready
 
 
 async def test_pool_grows_with_demand_and_shrinks_when_idle(
@@ -155,3 +159,57 @@ async def test_python_fast_path_behaves_like_python3(engine: DockerIsol8) -> Non
     traceback = await engine.execute(ExecutionRequest(code="def f():\n    raise KeyError('k')\nf()"))
     assert traceback.stderr.splitlines()[0] == "Traceback (most recent call last):"
     assert "zygote" not in traceback.stderr and traceback.stderr.endswith("KeyError: 'k'\n")
+
+
+async def test_secure_pool_grows_for_a_burst_and_shrinks_back(
+    docker_client: DockerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool_module, "IDLE_TRIM_S", 1.0)
+    async with DockerIsol8(pool_size=1, prewarm=["python"]) as engine:
+        pool = engine._pool
+        key = next(iter(pool._configs))
+        assert pool.wanted(key) == 1
+        peak = 0
+        runs = []
+        for _ in range(8):  # arrivals far faster than a container starts
+            runs.append(asyncio.ensure_future(engine.execute(ExecutionRequest(code="print(1)"))))
+            await asyncio.sleep(0.03)
+            peak = max(peak, pool.wanted(key))
+        results = await asyncio.gather(*runs)
+        assert [r.stdout for r in results] == ["1\n"] * 8
+        assert len({r.container_id for r in results}) == 8  # still one container per execution
+        assert 2 <= peak <= pool.cap
+        await pool.settle()
+        await asyncio.sleep(1.5)  # idle: back to one ready container
+        await pool.settle()
+        assert pool.wanted(key) == 1 and engine.pool_state()[0].ready == 1
+        assert len(docker_client.managed_containers()) == 1
+
+
+async def test_cancelled_launches_leave_nothing(docker_client: DockerClient) -> None:
+    """A start cancelled at any point (a pool closing mid-refill) removes what it made, unwaited."""
+    config = container_config(Isol8Options(), "isol8:python", "python")
+    for delay in (0.0, 0.005, 0.02, 0.05, 0.1, 0.15, 0.25):
+        launch = asyncio.ensure_future(Sandbox.launch(docker_client, config))
+        await asyncio.sleep(delay)
+        launch.cancel()
+        outcome = await asyncio.gather(launch, return_exceptions=True)
+        if not isinstance(outcome[0], BaseException):  # it finished first: an ordinary sandbox
+            await outcome[0].destroy()
+    deadline = time.monotonic() + 15
+    while docker_client.managed_containers() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert docker_client.managed_containers() == []
+
+
+async def test_stop_does_not_wait_for_a_refill_and_leaves_nothing(docker_client: DockerClient) -> None:
+    for _ in range(3):
+        engine = DockerIsol8(pool_size=1, prewarm=["python"])
+        await engine.start()
+        await engine.execute(ExecutionRequest(code="print(1)"))
+        assert engine.pool_state()[0].starting == 1  # the refill is in flight
+        await engine.stop()
+    deadline = time.monotonic() + 15
+    while docker_client.managed_containers() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert docker_client.managed_containers() == []
