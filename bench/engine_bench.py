@@ -18,6 +18,10 @@ from collections.abc import Awaitable, Callable
 import docker
 
 from engine import DockerIsol8, ExecutionRequest
+from engine.docker import DockerClient
+from engine.hardening import container_config
+from engine.models import Isol8Options
+from engine.sandbox import Sandbox
 
 HELLO = {
     "python": "print(1)",
@@ -111,15 +115,77 @@ async def engine_latency(n: int) -> dict[str, list[float]]:
     return results
 
 
-async def runtimes_warm(n: int) -> dict[str, list[float]]:
+async def runtimes_warm(n: int, strategy: str, gap_s: float) -> dict[str, list[float]]:
+    """Each runtime's warm runs with `gap_s` between one result and the next call, and no waiting
+    for background work (a scrub, a refill, the next interpreter's start): what is not done by the
+    next call shows in its latency, as it would for a caller at that cadence."""
     results = {}
-    async with DockerIsol8(pool_strategy="fast", pool_size=1, prewarm=list(HELLO)) as engine:
-        for runtime, code in HELLO.items():
-            request = ExecutionRequest(code=code, runtime=runtime)
+    for runtime, code in HELLO.items():
+        request = ExecutionRequest(code=code, runtime=runtime)
+        async with DockerIsol8(pool_strategy=strategy, pool_size=1, prewarm=[runtime]) as engine:
             await engine.execute(request)
-            await engine._pool.settle()
-            results[runtime] = await timed(n, lambda r=request: engine.execute(r), engine._pool.settle)
+            samples = []
+            for _ in range(n):
+                await asyncio.sleep(gap_s)
+                started = time.perf_counter()
+                await engine.execute(request)
+                samples.append((time.perf_counter() - started) * 1000)
+            results[runtime] = samples
     return results
+
+
+async def stop_latency(n: int) -> list[float]:
+    """`stop()` of a default engine (secure, a pool of 1) right after one run: its refill is in flight."""
+    samples = []
+    for _ in range(n):
+        engine = DockerIsol8(pool_size=1, prewarm=["python"])
+        await engine.start()
+        await engine.execute(ExecutionRequest(code=HELLO["python"]))
+        started = time.perf_counter()
+        await engine.stop()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+async def docker_start_rate(count: int, concurrency: int) -> float:
+    """Sandboxes Docker can create and start per second here (`concurrency` at once, each removed
+    after): the most `secure` runs a second this machine can sustain, whatever the pool does."""
+    client = DockerClient()
+    config = container_config(Isol8Options(), "isol8:python", "python")
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with slots:
+            sandbox = await Sandbox.launch(client, config)
+            await sandbox.destroy()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(count)))
+    return count / (time.perf_counter() - started)
+
+
+async def secure_burst(count: int, interval_s: float) -> dict[str, float]:
+    """`count` executions arriving every `interval_s` (each on its own, not waiting for the last) on
+    a default `secure` engine with a pool of 1: the latencies, and how far the pool grew."""
+    request = ExecutionRequest(code=HELLO["python"])
+    async with DockerIsol8(pool_size=1, prewarm=["python"]) as engine:
+        await asyncio.sleep(0.5)
+        latencies: list[float] = []
+        peak = 0
+
+        async def one() -> None:
+            nonlocal peak
+            started = time.perf_counter()
+            await engine.execute(request)
+            latencies.append((time.perf_counter() - started) * 1000)
+            peak = max(peak, *(state.ready + state.starting for state in engine.pool_state()), 0)
+
+        tasks = []
+        for _ in range(count):
+            tasks.append(asyncio.ensure_future(one()))
+            await asyncio.sleep(interval_s)
+        await asyncio.gather(*tasks)
+    return {**summary(latencies), "pool_peak": peak}
 
 
 async def throughput(strategy: str, concurrency: int, seconds: float) -> float:
