@@ -26,19 +26,19 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from engine.errors import Isol8Error
+from engine.errors import ConfigError
 from engine.limits import parse_size
 from engine.models import (
-    MAX_FILE_SIZE,
     Isol8Options,
     NetworkFilter,
     NetworkMode,
     Pattern,
+    PoolStrategy,
     Port,
-    Runtime,
     SeccompMode,
     SecurityOptions,
 )
+from engine.runtimes import RuntimeName
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -85,18 +85,23 @@ class _Model(BaseModel):
     )
 
 
+def _engine_default(name: str) -> Any:
+    """The engine's own default for option `name`: Isol8Options is the one place defaults are written."""
+    return Isol8Options.model_fields[name].get_default(call_default_factory=True)
+
+
 class Defaults(_Model):
     """Per-execution limits used whenever a request or CLI flag does not set its own."""
 
-    timeout_ms: int = Field(30000, gt=0)
-    memory_limit: SizeStr = "512m"
-    cpu_limit: float = Field(1.0, gt=0)
-    pids_limit: int = Field(64, gt=0)
-    network: Literal["none", "host", "filtered"] = "none"
-    sandbox_size: SizeStr = "512m"
-    tmp_size: SizeStr = "256m"
-    max_output_size: int = Field(1048576, gt=0)
-    max_file_size: int = Field(MAX_FILE_SIZE, gt=0)
+    timeout_ms: int = Field(_engine_default("timeout_ms"), gt=0)
+    memory_limit: SizeStr = _engine_default("memory_limit")
+    cpu_limit: float = Field(_engine_default("cpu_limit"), gt=0)
+    pids_limit: int = Field(_engine_default("pids_limit"), gt=0)
+    network: NetworkMode = _engine_default("network")
+    sandbox_size: SizeStr = _engine_default("sandbox_size")
+    tmp_size: SizeStr = _engine_default("tmp_size")
+    max_output_size: int = Field(_engine_default("max_output_size"), gt=0)
+    max_file_size: int = Field(_engine_default("max_file_size"), gt=0)
     """The most bytes read back from a sandbox: one get_file, or one execution's outputPaths together."""
 
 
@@ -111,7 +116,7 @@ class PrebuiltImage(_Model):
     """An image `isol8 setup` builds ahead of time so runs skip package installs."""
 
     tag: str
-    runtime: Runtime
+    runtime: RuntimeName
     install_packages: list[str] = Field(default_factory=list)
     setup_script: str | None = None
 
@@ -221,14 +226,14 @@ class Isol8Config(_Model):
     """The whole configuration; `Isol8Config()` is the built-in defaults."""
 
     schema_: str | None = Field(None, alias="$schema")
-    debug: bool = False
-    max_concurrent: int = Field(10, ge=1)
+    debug: bool = _engine_default("debug")
+    max_concurrent: int = Field(_engine_default("max_concurrent"), ge=1)
     defaults: Defaults = Field(default_factory=Defaults)
     network: NetworkFilter = Field(default_factory=NetworkFilter)
     cleanup: Cleanup = Field(default_factory=Cleanup)
-    pool_strategy: Literal["secure", "fast"] = "secure"
-    pool_size: int = Field(1, ge=0)
-    prewarm: list[Runtime] = Field(default_factory=list)
+    pool_strategy: PoolStrategy = _engine_default("pool_strategy")
+    pool_size: int = Field(_engine_default("pool_size"), ge=0)
+    prewarm: list[RuntimeName] = Field(default_factory=list)
     security: SecurityOptions = Field(default_factory=SecurityOptions)
     prebuilt_images: list[PrebuiltImage] = Field(default_factory=list)
     server: ServerPolicy = Field(default_factory=ServerPolicy)  # `isol8 serve`
@@ -236,35 +241,15 @@ class Isol8Config(_Model):
 
     def engine_options(self, **overrides: Any) -> Isol8Options:
         """Engine options from this config; `overrides` (e.g. CLI flags) win over the file."""
-        d = self.defaults
-        values: dict[str, Any] = {
-            "network": d.network,
-            "network_filter": self.network,
-            "timeout_ms": d.timeout_ms,
-            "memory_limit": d.memory_limit,
-            "cpu_limit": d.cpu_limit,
-            "pids_limit": d.pids_limit,
-            "sandbox_size": d.sandbox_size,
-            "tmp_size": d.tmp_size,
-            "max_output_size": d.max_output_size,
-            "max_file_size": d.max_file_size,
-            "security": self.security,
-            "max_concurrent": self.max_concurrent,
-            "pool_strategy": self.pool_strategy,
-            "pool_size": self.pool_size,
-            "prewarm": self.prewarm,
-            "debug": self.debug,
-        }
+        values: dict[str, Any] = {name: getattr(self.defaults, name) for name in Defaults.model_fields}
+        values.update({name: getattr(self, name) for name in _ENGINE_SETTINGS})
+        values.update(network_filter=self.network)
         values.update({key: value for key, value in overrides.items() if value is not None})
         return Isol8Options(**values)
 
 
-class ConfigError(Isol8Error):
-    """A config file that cannot be used; `str()` is one line naming the file, the key and the fix."""
-
-    def __init__(self, message: str, path: Path | None = None) -> None:
-        super().__init__(message)
-        self.path = path
+_ENGINE_SETTINGS = ("security", "max_concurrent", "pool_strategy", "pool_size", "prewarm", "debug")
+"""Top-level config keys that are engine options of the same name (`defaults` holds the rest)."""
 
 
 @dataclass(frozen=True)

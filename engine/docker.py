@@ -11,7 +11,7 @@ from typing import Any
 import docker
 from docker import errors as docker_errors
 
-from engine.errors import DockerUnavailable, Isol8Error
+from engine.errors import DockerUnavailable, ImageMissing, Isol8Error
 from engine.hardening import MANAGED_LABEL
 
 Progress = Callable[[str], None]
@@ -31,14 +31,14 @@ class DockerClient:
                     **docker.utils.kwargs_from_env(), version="auto", timeout=120, max_pool_size=64
                 )
             except docker_errors.DockerException:
-                raise DockerUnavailable(_docker_host()) from None
+                raise DockerUnavailable.at(_docker_host()) from None
         return self._api
 
     def ping(self) -> None:
         try:
             self.api.ping()
         except (docker_errors.DockerException, OSError):
-            raise DockerUnavailable(_docker_host()) from None
+            raise DockerUnavailable.at(_docker_host()) from None
 
     # --- containers -------------------------------------------------------------------------------
     def create_container(self, config: dict[str, Any]) -> str:
@@ -52,7 +52,7 @@ class DockerClient:
         try:
             return self.api.create_container_from_config(body)["Id"]
         except docker_errors.ImageNotFound:
-            raise Isol8Error(f"Image {config['image']} not found. Run `isol8 setup` to build the images.") from None
+            raise ImageMissing.of(config["image"]) from None
         except docker_errors.APIError as exc:
             raise Isol8Error(f"Cannot create the sandbox container: {_short(exc)}") from None
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
 from engine.docker import DockerClient
-from engine.errors import FileError, Isol8Error, SandboxError
+from engine.errors import Isol8Error, OutOfMemory, SandboxError, SandboxLost, SessionLost, SetupFailed
 from engine.hardening import MANAGED_LABEL, OWNER_LABEL, container_config, owner_alive
 from engine.images.custom import find_custom
 from engine.models import (
@@ -34,7 +34,7 @@ from engine.models import (
     sandbox_path,
 )
 from engine.output import TIMEOUT_MARKER, Masker, StreamText, truncation_marker
-from engine.packages import install_argv, validate_packages
+from engine.packages import validate_packages
 from engine.pool import Pool
 from engine.runtimes import code_file, get_runtime
 from engine.sandbox import Job, Output, Sandbox
@@ -172,7 +172,7 @@ class DockerIsol8:
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
         """Run to completion; output is returned exactly as produced (capped and masked, never trimmed).
 
-        A failing package install or setup script raises Isol8Error with its exit code and stderr.
+        A failing package install or setup script raises SetupFailed with its exit code and stderr.
         """
         text: dict[str, list[str]] = {"stdout": [], "stderr": []}
         setup_stderr: list[str] = []
@@ -190,7 +190,7 @@ class DockerIsol8:
                 elif item.type in text:
                     text[item.type].append(item.data)
         if outcome.failed:
-            raise Isol8Error(f"{outcome.failed} (exit code {outcome.exit_code}): {''.join(setup_stderr).strip()}")
+            raise SetupFailed(f"{outcome.failed} (exit code {outcome.exit_code}): {''.join(setup_stderr).strip()}")
         stderr = "".join(text["stderr"])
         for marker in _end_markers(outcome, request, self.options):
             stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + marker
@@ -283,7 +283,7 @@ class DockerIsol8:
             steps.append(
                 Step(
                     "setup",
-                    job(install_argv(request.runtime, packages), files=files),
+                    job(get_runtime(request.runtime).install_argv(packages), files=files),
                     "Package install failed",
                 )
             )
@@ -327,7 +327,7 @@ class DockerIsol8:
             packages = [p for p in packages if p not in self._installed]
         image, packages, image_setup = await asyncio.to_thread(self._image_for, spec.name, packages)
         if packages:
-            install_argv(spec.name, packages)  # refuses runtimes that cannot install, before any container
+            spec.install_argv(packages)  # refuses runtimes that cannot install, before any container
             if options.network == "none":
                 raise Isol8Error(
                     'Installing packages needs network access: use network "filtered" with the registry '
@@ -468,10 +468,20 @@ class DockerIsol8:
     @contextlib.asynccontextmanager
     async def _session_guard(self, sandbox: Sandbox) -> AsyncIterator[None]:
         """A file operation's sandbox that can no longer be trusted (its deadline passed, its agent
-        broke the protocol) is replaced; the error raised already says the files are gone."""
+        broke the protocol) is replaced; the error raised already says the files are gone. A
+        container killed at its memory limit says so (OutOfMemory)."""
         try:
             yield
-        except (SandboxError, FileError):
+        except SandboxLost as exc:
+            state = await asyncio.to_thread(self._container_state, sandbox.container_id)
+            self._forget_session(None)
+            if state.get("OOMKilled"):
+                raise OutOfMemory(
+                    f"The session's container was killed at its memory limit ({self.options.memory_limit}); "
+                    "its files are gone. Raise memoryLimit and run again."
+                ) from exc
+            raise
+        except Isol8Error:
             if not sandbox.reusable:
                 self._forget_session(None)
             raise
@@ -489,17 +499,14 @@ class DockerIsol8:
     def _tell_session_notice(self) -> None:
         notice, self._session_notice = self._session_notice, None
         if notice:
-            raise SandboxError(notice)
+            raise SessionLost(notice)
 
     async def _lost(self, sandbox: Sandbox, exc: Exception, started: float) -> Output:
         """The agent went silent (wedged past the backstop) or its container died."""
         if sandbox is self._session:
             self._session = None  # its state is gone (the report says why); the next call starts anew
         self._release(sandbox, reusable=False)
-        try:
-            state = await asyncio.to_thread(self.docker.state, sandbox.container_id)
-        except Exception:  # the daemon itself may be down or restarting
-            state = {}
+        state = await asyncio.to_thread(self._container_state, sandbox.container_id)
         report: dict[str, Any] = {
             "code": 137,
             "duration_ms": (time.monotonic() - started) * 1000,
@@ -514,6 +521,13 @@ class DockerIsol8:
             raise exc
         log.debug("sandbox %s lost: %s", sandbox.container_id[:12], report)
         return Output("exit", exit=report)
+
+    def _container_state(self, container_id: str) -> dict[str, Any]:
+        """Docker's state of a container, or {} when the daemon itself is down or restarting."""
+        try:
+            return self.docker.state(container_id)
+        except Exception:
+            return {}
 
     async def _abort(self, sandbox: Sandbox) -> None:
         """A consumer left mid-request: a pooled sandbox goes; a session's is brought back in step
@@ -565,7 +579,15 @@ def _closing_events(outcome: Outcome) -> list[StreamEvent]:
         message = outcome.error
     events = [StreamEvent(type="error", data=message, phase=outcome.phase)] if message else []
     truncated = outcome.stdout_truncated or outcome.stderr_truncated
-    events.append(StreamEvent(type="exit", data=str(outcome.exit_code), phase=outcome.phase, truncated=truncated))
+    exit_event = StreamEvent(
+        type="exit",
+        data=str(outcome.exit_code),
+        phase=outcome.phase,
+        truncated=truncated,
+        timed_out=outcome.timed_out,
+        oom_killed=outcome.oom_killed,
+    )
+    events.append(exit_event)
     return events
 
 

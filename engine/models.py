@@ -11,7 +11,7 @@ import posixpath
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from engine.limits import parse_size
+from engine.runtimes import RUNTIME_NAMES, RuntimeName
 
 MAX_STDIN_BYTES = 64 << 20
 """Largest `stdin` a request may carry (it travels in memory; use `files` for more)."""
@@ -67,10 +68,9 @@ FileBytes = Annotated[
 ]
 """Bytes in Python, base64 in JSON (binary-safe on the wire)."""
 
-Runtime = Literal["python", "node", "bun", "deno", "bash"]
-RUNTIME_NAMES: tuple[str, ...] = get_args(Runtime)
 NetworkMode = Literal["none", "host", "filtered"]
 SeccompMode = Literal["strict", "unconfined", "custom"]
+PoolStrategy = Literal["secure", "fast"]
 
 
 class Model(BaseModel):
@@ -219,13 +219,17 @@ class ExecutionResult(Model):
 
 
 class StreamEvent(Model):
-    """`exit` events also say whether output was cut (`truncated`). `network` events (filtered mode
-    with network logging) carry one request in `entry` as it happens; `data` is then its host."""
+    """`exit` events also say, as the result does, whether output was cut (`truncated`), the run
+    timed out (`timed_out`) or was killed at its memory limit (`oom_killed`). `network` events
+    (filtered mode with network logging) carry one request in `entry` as it happens; `data` is then
+    its host."""
 
     type: Literal["stdout", "stderr", "exit", "error", "network"]
     data: str
     phase: Literal["setup", "code"] | None = None
     truncated: bool | None = None
+    timed_out: bool | None = None
+    oom_killed: bool | None = None
     entry: NetworkLogEntry | None = None
 
 
@@ -273,7 +277,7 @@ class Isol8Options(Model):
     """Engine options (library callers, the CLI and the config file all end up here)."""
 
     mode: Literal["ephemeral", "persistent"] = "ephemeral"
-    runtime: Runtime | None = None  # persistent mode: lets put_file/get_file start the container
+    runtime: RuntimeName | None = None  # persistent mode: lets put_file/get_file start the container
     persist: bool = False  # debugging: leave containers running after the engine stops
     network: NetworkMode = "none"
     network_filter: NetworkFilter = Field(default_factory=NetworkFilter)
@@ -291,9 +295,9 @@ class Isol8Options(Model):
     secrets: dict[str, str] = Field(default_factory=dict)
     image: str | None = None
     max_concurrent: int = Field(default=10, ge=1)
-    pool_strategy: Literal["secure", "fast"] = "secure"
+    pool_strategy: PoolStrategy = "secure"
     pool_size: int = Field(default=1, ge=0)  # warm containers kept per image (and settings)
-    prewarm: list[Runtime] = Field(default_factory=list)  # runtimes warmed by start()
+    prewarm: list[RuntimeName] = Field(default_factory=list)  # runtimes warmed by start()
     debug: bool = False
 
     @field_validator("memory_limit", "sandbox_size", "tmp_size")

@@ -17,7 +17,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Self
 
-from engine.errors import Isol8Error
+from engine.errors import ERROR_CODE_HEADER, Isol8Error, error_class
 from engine.models import ExecutionRequest, ExecutionResult, Isol8Options, Model, StreamEvent
 
 if TYPE_CHECKING:
@@ -38,15 +38,18 @@ class RemoteSession(Model):
     container_id: str | None = None
 
 
-def _error_text(response: httpx.Response) -> str:
-    """The server's `{"error": ...}` text, else the HTTP reason."""
+def _failed(failure: str, response: httpx.Response) -> Isol8Error:
+    """The error a refused request raises: the class the server's `Isol8-Error` header names (the
+    server's engine raised it), with the server's `{"error": ...}` text, else the HTTP reason."""
     try:
         body = response.json()
     except ValueError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"]
-    return response.reason_phrase or str(response.status_code)
+        text = body["error"]
+    else:
+        text = response.reason_phrase or str(response.status_code)
+    return error_class(response.headers.get(ERROR_CODE_HEADER))(f"{failure}: {text}")
 
 
 def _denial_text(body: bytes | None) -> str:
@@ -115,7 +118,7 @@ class RemoteIsol8:
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
         response = await self._send("POST", "/execute", "Execution failed", json=self._body(request))
         if response.status_code != 200:
-            raise Isol8Error(f"Execution failed: {_error_text(response)}")
+            raise _failed("Execution failed", response)
         return ExecutionResult.model_validate_json(response.content)
 
     async def execute_stream(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent]:
@@ -144,7 +147,7 @@ class RemoteIsol8:
         body = {"sessionId": session_id, "path": path, "content": base64.b64encode(data).decode()}
         response = await self._send("POST", "/file", "File upload failed", json=body)
         if response.status_code != 200:
-            raise Isol8Error(f"File upload failed: {_error_text(response)}")
+            raise _failed("File upload failed", response)
 
     async def get_file(self, path: str) -> bytes:
         session_id = self._require_session()
@@ -152,19 +155,19 @@ class RemoteIsol8:
             "GET", "/file", "File download failed", params={"sessionId": session_id, "path": path}
         )
         if response.status_code != 200:
-            raise Isol8Error(f"File download failed: {_error_text(response)}")
+            raise _failed("File download failed", response)
         return base64.b64decode(response.json()["content"])
 
     async def list_sessions(self) -> list[RemoteSession]:
         response = await self._send("GET", "/sessions", "Failed to list sessions")
         if response.status_code != 200:
-            raise Isol8Error(f"Failed to list sessions: {_error_text(response)}")
+            raise _failed("Failed to list sessions", response)
         return [RemoteSession.model_validate(item) for item in response.json()["sessions"]]
 
     async def delete_session(self, session_id: str) -> None:
         response = await self._send("DELETE", f"/session/{session_id}", "Failed to delete session")
         if response.status_code != 200:
-            raise Isol8Error(f"Failed to delete session: {_error_text(response)}")
+            raise _failed("Failed to delete session", response)
 
     # --- plumbing ---------------------------------------------------------------------------------
     def _client(self) -> httpx.AsyncClient:
@@ -221,7 +224,8 @@ class RemoteIsol8:
             )
         except InvalidStatus as exc:
             if exc.response.status_code in (401, 403):  # the socket works; the key does not
-                raise Isol8Error(f"Stream failed: {_denial_text(exc.response.body)}") from None
+                refused = error_class(exc.response.headers.get(ERROR_CODE_HEADER))
+                raise refused(f"Stream failed: {_denial_text(exc.response.body)}") from None
             return
         except (OSError, InvalidHandshake, TimeoutError):
             return
@@ -247,7 +251,7 @@ class RemoteIsol8:
             async with self._client().stream("POST", "/execute/stream", json=body) as response:
                 if response.status_code != 200:
                     await response.aread()
-                    raise Isol8Error(f"Stream failed: {_error_text(response)}")
+                    raise _failed("Stream failed", response)
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
                     raise Isol8Error("No response body for streaming")
                 events = _Terminal()

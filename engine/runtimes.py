@@ -1,4 +1,7 @@
-"""The five runtimes: their image, file extensions and how a code file is run.
+"""The five runtimes, the one place that says what each is: its name, image, file extensions, how a
+code file is run (cold and pre-started), how packages are installed at run time and from which
+registries, and how a custom image installs them. Models, the package installer, custom images,
+the CLI and the workbench all read `RUNTIMES`.
 
 Code is always written to a file in /sandbox and run from there, inline or not, so the same code
 behaves the same on every path (Node is ESM unless the extension is `.cjs`; packages installed in
@@ -7,16 +10,20 @@ behaves the same on every path (Node is ESM unless the extension is `.cjs`; pack
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Literal, get_args
 
 from engine.errors import Isol8Error
-from engine.models import RUNTIME_NAMES
 
 CODE_DIR = "/sandbox"
-
-
 AGENT_DIR = "/opt/isol8"
+
+RuntimeName = Literal["python", "node", "bun", "deno", "bash"]
+"""The runtimes' names as a type (config schemas and type checking); `RUNTIMES` must match it."""
+
+Argv = Callable[[list[str]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -26,15 +33,29 @@ class RuntimeSpec:
     the file runs as the main module, as with `argv`). `startup_env` are the environment variables
     (names, or prefixes ending in `_`) it reads while starting: a job that sets one runs cold."""
 
-    name: str
+    name: RuntimeName
     extensions: tuple[str, ...]  # the first is the default for inline code
     command: tuple[str, ...]  # argv before the code file
+    registries: tuple[str, ...]  # host patterns its installer reaches (the filtered allow list for installs)
+    install: Argv | str  # the argv installing packages into /sandbox as the sandbox user, or why it cannot
+    image_install: Argv | None  # an image build's exec-form RUN installing system-wide, if supported
     warm: tuple[str, ...] = ()
     startup_env: tuple[str, ...] = ()
 
     @property
     def image(self) -> str:
         return f"isol8:{self.name}"
+
+    def install_argv(self, packages: list[str]) -> list[str]:
+        """The run-time install command for (validated) `packages`; Isol8Error when there is none."""
+        if isinstance(self.install, str):
+            raise Isol8Error(self.install)
+        return self.install(packages)
+
+    def image_install_argv(self, packages: list[str]) -> list[str]:
+        if self.image_install is None:
+            raise Isol8Error(f"Custom images for {self.name} are not supported; install its packages at run time.")
+        return self.image_install(packages)
 
     def argv(self, code_file: str) -> list[str]:
         return [*self.command, code_file]
@@ -54,18 +75,73 @@ def _starts_with(name: str, patterns: tuple[str, ...]) -> bool:
 _COMMON_STARTUP = ("HOME", "LANG", "LC_", "LD_", "SSL_", "TZ")
 
 
+def _pip_user(packages: list[str]) -> list[str]:
+    return ["python3", "-m", "pip", "install", "--user", "--no-cache-dir", "--break-system-packages",
+            "--disable-pip-version-check", "--no-input", "--progress-bar", "off", *packages]  # fmt: skip
+
+
+def _pip_system(packages: list[str]) -> list[str]:
+    return ["python3", "-m", "pip", "install", "--break-system-packages", "--no-cache-dir",
+            "--root-user-action=ignore", "--disable-pip-version-check", *packages]  # fmt: skip
+
+
+def _npm_sandbox(packages: list[str]) -> list[str]:
+    return ["npm", "install", "--prefix", CODE_DIR, "--no-audit", "--no-fund", *packages]
+
+
+def _npm_system(packages: list[str]) -> list[str]:
+    # /node_modules: ESM `import` and `require` both walk up from /sandbox to it.
+    return ["npm", "install", "--prefix", "/", "--no-audit", "--no-fund", *packages]
+
+
+def _bun_add(packages: list[str]) -> list[str]:
+    return ["bun", "add", *packages]
+
+
+def _deno_cache(packages: list[str]) -> list[str]:
+    return ["deno", "cache", *(p if p.startswith(("npm:", "jsr:")) else f"npm:{p}" for p in packages)]
+
+
+def _apt_system(packages: list[str]) -> list[str]:
+    return ["sh", "-c", 'apt-get update && apt-get install -y --no-install-recommends "$@" '
+            "&& rm -rf /var/lib/apt/lists/*", "install", *packages]  # fmt: skip
+
+
+_NPM = (r"registry\.npmjs\.org",)
+_NO_APT_AT_RUN_TIME = (
+    "Installing Debian packages at run time needs a writable root filesystem, and sandboxes' is "
+    "read-only. Bake them into an image: `isol8 build --base bash --install PKG --tag TAG`."
+)
+
 RUNTIMES: dict[str, RuntimeSpec] = {
     spec.name: spec
     for spec in (
-        RuntimeSpec("python", (".py",), ("python3",)),
+        RuntimeSpec(
+            "python",
+            (".py",),
+            ("python3",),
+            registries=(r"pypi\.org", r"files\.pythonhosted\.org"),
+            install=_pip_user,
+            image_install=_pip_system,
+        ),
         RuntimeSpec(
             "node",
             (".mjs", ".js", ".cjs"),
             ("node",),
+            registries=_NPM,
+            install=_npm_sandbox,
+            image_install=_npm_system,
             warm=("--require", f"{AGENT_DIR}/warm-node.cjs"),
             startup_env=(*_COMMON_STARTUP, "NODE_", "UV_", "OPENSSL_", "ICU_DATA"),
         ),
-        RuntimeSpec("bun", (".ts", ".tsx", ".jsx"), ("bun", "run")),
+        RuntimeSpec(
+            "bun",
+            (".ts", ".tsx", ".jsx"),
+            ("bun", "run"),
+            registries=_NPM,
+            install=_bun_add,
+            image_install=_npm_system,
+        ),
         RuntimeSpec(
             "deno",
             (".mts",),
@@ -79,6 +155,9 @@ RUNTIMES: dict[str, RuntimeSpec] = {
                 "--allow-env",
                 "--allow-net",
             ),
+            registries=(*_NPM, r"jsr\.io", r"(.*\.)?jsr\.io"),
+            install=_deno_cache,
+            image_install=None,
             warm=(f"--preload={AGENT_DIR}/warm-deno.js",),
             startup_env=(
                 *_COMMON_STARTUP,
@@ -95,9 +174,19 @@ RUNTIMES: dict[str, RuntimeSpec] = {
                 "all_proxy",
             ),
         ),
-        RuntimeSpec("bash", (".sh",), ("bash",)),
+        RuntimeSpec(
+            "bash",
+            (".sh",),
+            ("bash",),
+            registries=(r"deb\.debian\.org",),
+            install=_NO_APT_AT_RUN_TIME,
+            image_install=_apt_system,
+        ),
     )
 }
+RUNTIME_NAMES: tuple[RuntimeName, ...] = get_args(RuntimeName)
+if tuple(RUNTIMES) != RUNTIME_NAMES:  # pragma: no cover - a registry edit that forgot the type
+    raise RuntimeError(f"RuntimeName {RUNTIME_NAMES} does not match RUNTIMES {tuple(RUNTIMES)}")
 
 _BY_EXTENSION = {ext: spec for spec in RUNTIMES.values() for ext in spec.extensions}
 

@@ -17,7 +17,16 @@ from typing import Any
 
 from engine.agent import protocol as P
 from engine.docker import DockerClient
-from engine.errors import FileError, FileNotFound, FileTooLarge, NotARegularFile, SandboxError
+from engine.errors import (
+    FileError,
+    FileNotFound,
+    FileTooLarge,
+    ImageMissing,
+    NotARegularFile,
+    SandboxError,
+    SandboxLost,
+    Timeout,
+)
 from engine.models import MAX_FILE_SIZE
 
 _DOCKER_HEADER = struct.Struct(">BxxxL")
@@ -136,7 +145,7 @@ class Sandbox:
             if hello.get("error"):
                 raise SandboxError(hello["error"])
             if hello.get("ev") != "hello" or hello.get("version") != P.VERSION:
-                raise SandboxError(
+                raise ImageMissing(
                     f"The sandbox agent speaks protocol {hello.get('version')}, the engine {P.VERSION}. "
                     "Run `isol8 setup` to rebuild the images."
                 )
@@ -163,7 +172,7 @@ class Sandbox:
                 payload = await self._reader.readexactly(size)
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
                 self.reusable = False
-                raise SandboxError(self._died_message()) from exc
+                raise SandboxLost(self._died_message()) from exc
             self._header = None
             if stream == 2:
                 self._agent_stderr.append(payload)
@@ -202,7 +211,7 @@ class Sandbox:
                         self._open = None
         except (TimeoutError, SandboxError) as exc:
             self.reusable = False
-            raise SandboxError(
+            raise SandboxLost(
                 f"The sandbox agent did not finish an abandoned request within {RECOVER_TIMEOUT_S:g} s; "
                 "its container is being replaced."
             ) from exc
@@ -305,7 +314,7 @@ class Sandbox:
                 yield
         except TimeoutError:
             self.reusable = False
-            raise SandboxError(
+            raise Timeout(
                 f"The sandbox did not finish {what} within {FILE_DEADLINE_S:g} s; its container is being "
                 "replaced (a session's files are gone). Retry."
             ) from None

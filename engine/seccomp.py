@@ -25,11 +25,10 @@ import json
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
-from engine.errors import Isol8Error
-
-SeccompMode = Literal["strict", "unconfined", "custom"]
+from engine.errors import ConfigError
+from engine.models import SeccompMode
 
 _STRICT_RESOURCE: Traversable = files("engine.profiles").joinpath("seccomp-strict.json")
 STRICT_PROFILE_PATH: Path = Path(str(_STRICT_RESOURCE))
@@ -73,10 +72,6 @@ _MISSING_CUSTOM_PATH = (
 )
 
 
-class SeccompProfileError(Isol8Error):
-    """A seccomp profile could not be resolved; the message is one line, fit to show the user."""
-
-
 def seccomp_security_opt(mode: SeccompMode, custom_profile_path: str | None) -> str:
     """The `security_opt` entry for `mode`: Docker wants the profile's JSON text inline, not a path."""
     if mode == "strict":
@@ -85,15 +80,16 @@ def seccomp_security_opt(mode: SeccompMode, custom_profile_path: str | None) -> 
         return "seccomp=unconfined"
     if mode == "custom":
         if not custom_profile_path:
-            raise SeccompProfileError(_MISSING_CUSTOM_PATH)
+            raise ConfigError(_MISSING_CUSTOM_PATH)
         try:
             text = _compact_profile(Path(custom_profile_path).expanduser().read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise SeccompProfileError(
+            raise ConfigError(
                 f"Failed to load custom seccomp profile at {custom_profile_path}: {_reason(exc)}"
             ) from exc
         return f"seccomp={text}"
-    raise SeccompProfileError(f'Unknown seccomp mode "{mode}". Use "strict", "unconfined" or "custom".')
+    *others, last = (f'"{name}"' for name in get_args(SeccompMode))
+    raise ConfigError(f'Unknown seccomp mode "{mode}". Use {", ".join(others)} or {last}.')
 
 
 @functools.cache
@@ -102,7 +98,7 @@ def _strict_profile_text() -> str:
     try:
         return _compact_profile(_STRICT_RESOURCE.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise SeccompProfileError(f"Failed to load default seccomp profile: {_reason(exc)}") from exc
+        raise ConfigError(f"Failed to load default seccomp profile: {_reason(exc)}") from exc
 
 
 def _compact_profile(text: str) -> str:

@@ -86,7 +86,7 @@ class FakeBackend:
 
     def ping(self) -> None:
         if not self.docker_up:
-            raise DockerUnavailable("unix:///var/run/docker.sock")
+            raise DockerUnavailable.at("unix:///var/run/docker.sock")
 
     def missing_images(self, runtimes: Sequence[str]) -> list[str]:
         self.ping()

@@ -19,11 +19,11 @@ import pytest
 from docker.errors import DockerException, ImageNotFound
 
 from engine import seccomp
+from engine.errors import ConfigError
 from engine.seccomp import (
     ALREADY_DENIED_BY_DEFAULT,
     REMOVED_SYSCALLS,
     STRICT_PROFILE_PATH,
-    SeccompProfileError,
     seccomp_security_opt,
 )
 
@@ -127,7 +127,7 @@ def test_custom_profile_is_validated_and_compacted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("path", [None, ""])
 def test_custom_without_path(path: str | None) -> None:
-    with pytest.raises(SeccompProfileError) as info:
+    with pytest.raises(ConfigError) as info:
         seccomp_security_opt("custom", path)
     assert str(info.value) == (
         'security.seccomp is "custom" but security.customProfilePath is not set. '
@@ -137,13 +137,13 @@ def test_custom_without_path(path: str | None) -> None:
 
 def test_custom_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.json"
-    with pytest.raises(SeccompProfileError) as info:
+    with pytest.raises(ConfigError) as info:
         seccomp_security_opt("custom", str(path))
     assert str(info.value) == f"Failed to load custom seccomp profile at {path}: No such file or directory"
 
 
 def test_custom_directory(tmp_path: Path) -> None:
-    with pytest.raises(SeccompProfileError) as info:
+    with pytest.raises(ConfigError) as info:
         seccomp_security_opt("custom", str(tmp_path))
     assert str(info.value) == f"Failed to load custom seccomp profile at {tmp_path}: Is a directory"
 
@@ -151,7 +151,7 @@ def test_custom_directory(tmp_path: Path) -> None:
 def test_custom_invalid_json(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_text('{"defaultAction": "SCMP_ACT_ERRNO",\n', encoding="utf-8")
-    with pytest.raises(SeccompProfileError) as info:
+    with pytest.raises(ConfigError) as info:
         seccomp_security_opt("custom", str(path))
     message = str(info.value)
     assert message.startswith(f"Failed to load custom seccomp profile at {path}: invalid JSON: ")
@@ -161,7 +161,7 @@ def test_custom_invalid_json(tmp_path: Path) -> None:
 def test_custom_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "latin1.json"
     path.write_bytes(b'{"defaultAction": "\xff"}')
-    with pytest.raises(SeccompProfileError) as info:
+    with pytest.raises(ConfigError) as info:
         seccomp_security_opt("custom", str(path))
     assert str(info.value).startswith(f"Failed to load custom seccomp profile at {path}: ")
     assert "utf-8" in str(info.value)
@@ -185,14 +185,14 @@ def test_custom_not_utf8(tmp_path: Path) -> None:
 def test_custom_wrong_shape(tmp_path: Path, document: Any, reason: str) -> None:
     path = tmp_path / "shape.json"
     path.write_text(json.dumps(document), encoding="utf-8")
-    with pytest.raises(SeccompProfileError) as info:
+    with pytest.raises(ConfigError) as info:
         seccomp_security_opt("custom", str(path))
     assert str(info.value) == f"Failed to load custom seccomp profile at {path}: {reason}"
 
 
 def test_strict_unreadable(fresh_strict_cache: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(seccomp, "_STRICT_RESOURCE", tmp_path / "missing.json")
-    with pytest.raises(SeccompProfileError) as info:
+    with pytest.raises(ConfigError) as info:
         seccomp_security_opt("strict", None)
     assert str(info.value) == "Failed to load default seccomp profile: No such file or directory"
 
@@ -201,13 +201,13 @@ def test_strict_wrong_shape(fresh_strict_cache: None, tmp_path: Path, monkeypatc
     path = tmp_path / "strict.json"
     path.write_text('{"syscalls": []}', encoding="utf-8")
     monkeypatch.setattr(seccomp, "_STRICT_RESOURCE", path)
-    with pytest.raises(SeccompProfileError) as info:
+    with pytest.raises(ConfigError) as info:
         seccomp_security_opt("strict", None)
     assert str(info.value) == 'Failed to load default seccomp profile: profile has no "defaultAction" string'
 
 
 def test_unknown_mode() -> None:
-    with pytest.raises(SeccompProfileError, match='Unknown seccomp mode "lax"'):
+    with pytest.raises(ConfigError, match='Unknown seccomp mode "lax"'):
         seccomp_security_opt("lax", None)  # type: ignore[arg-type]
 
 

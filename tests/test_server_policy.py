@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from engine.config import ConfigError, Isol8Config, ServerPolicy, load_config
+from engine.errors import AuthError
 from engine.models import ExecutionRequest, NetworkFilter
-from engine.server.auth import KEY_PREFIX, Authenticator, AuthError, SqliteKeyStore, digest, open_store, redact
-from engine.server.policy import ClientOptions, Policy, PolicyError
+from engine.server.auth import KEY_PREFIX, Authenticator, SqliteKeyStore, digest, open_store, redact
+from engine.server.policy import ClientOptions, Policy, PolicyRefused
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +38,7 @@ def plan(config: Isol8Config, options: dict[str, Any] | None = None, **request: 
 
 
 def refusal(config: Isol8Config, options: dict[str, Any], **request: Any) -> str:
-    with pytest.raises(PolicyError) as refused:
+    with pytest.raises(PolicyRefused) as refused:
         plan(config, options, **request)
     return str(refused.value)
 

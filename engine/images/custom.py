@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from engine.docker import DockerClient, Progress
 from engine.errors import Isol8Error
 from engine.packages import validate_packages
-from engine.runtimes import get_runtime
+from engine.runtimes import RUNTIMES, get_runtime
 
 CUSTOM_LABEL = "isol8.custom"
 _TAG = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$")
-_RESERVED = re.compile(r"^isol8(:(base|rootfs|python|node|bun|deno|bash))?$")
+_RESERVED = re.compile(rf"^isol8(:(base|rootfs|{'|'.join(RUNTIMES)}))?$")
 
 
 @dataclass(frozen=True)
@@ -42,20 +42,6 @@ def validate_tag(tag: str) -> str:
 def deps_hash(runtime: str, packages: list[str], setup_script: str | None) -> str:
     recipe = json.dumps({"runtime": runtime, "packages": packages, "setup": setup_script}, sort_keys=True)
     return hashlib.sha256(recipe.encode()).hexdigest()
-
-
-def _install_step(runtime: str, packages: list[str]) -> list[str]:
-    """Exec-form RUN argv (no shell) installing system-wide, where /sandbox code resolves it."""
-    if runtime == "python":
-        return ["python3", "-m", "pip", "install", "--break-system-packages", "--no-cache-dir",
-                "--root-user-action=ignore", "--disable-pip-version-check", *packages]  # fmt: skip
-    if runtime in ("node", "bun"):
-        # /node_modules: ESM `import` and `require` both walk up from /sandbox to it.
-        return ["npm", "install", "--prefix", "/", "--no-audit", "--no-fund", *packages]
-    if runtime == "bash":
-        return ["sh", "-c", 'apt-get update && apt-get install -y --no-install-recommends "$@" '
-                "&& rm -rf /var/lib/apt/lists/*", "install", *packages]  # fmt: skip
-    raise Isol8Error(f"Custom images for {runtime} are not supported; install its packages at run time.")
 
 
 def build_custom(
@@ -80,7 +66,7 @@ def build_custom(
         return False
     lines = [f"FROM isol8:{runtime}", "USER root"]
     if packages:
-        lines.append(f"RUN {json.dumps(_install_step(runtime, packages))}")
+        lines.append(f"RUN {json.dumps(get_runtime(runtime).image_install_argv(packages))}")
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as archive:
         dockerfile = ("\n".join(lines) + "\n").encode()

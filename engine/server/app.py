@@ -45,21 +45,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import DockerIsol8, ExecutionRequest, ExecutionResult, Isol8Error, PoolState, StreamEvent, __version__
 from engine.config import MAX_KEY_TTL_MS, Isol8Config
-from engine.errors import DockerUnavailable, FileNotFound, FileTooLarge, ImageMissing, SandboxError
-from engine.models import RUNTIME_NAMES, FileBytes, Model
+from engine.errors import ERROR_CODE_HEADER, AuthError, Forbidden, SandboxError
+from engine.models import FileBytes, Model
+from engine.runtimes import RUNTIME_NAMES
 from engine.server.auth import (
     DEFAULT_TENANT,
     ApiKeyInfo,
     Authenticator,
-    AuthError,
     CreatedKey,
     KeyStore,
     Principal,
     open_store,
 )
 from engine.server.engines import SharedEngines
-from engine.server.policy import MINIMUMS, ClientOptions, Plan, Policy, PolicyError
-from engine.server.sessions import SessionInfo, SessionNotFound, SessionRegistry, TooManySessions
+from engine.server.policy import MINIMUMS, ClientOptions, Plan, Policy
+from engine.server.sessions import SessionInfo, SessionRegistry
 
 log = logging.getLogger("isol8.server")
 T = TypeVar("T")
@@ -360,32 +360,24 @@ def describe_validation(errors: list[Any]) -> str:
 
 
 def error_reply(exc: Exception) -> tuple[int, str]:
-    """The HTTP status and `error` text for an exception a route let through."""
-    if isinstance(exc, AuthError):
-        return exc.status, exc.message
-    if isinstance(exc, PolicyError):
-        return 403, str(exc)
-    if isinstance(exc, SessionNotFound):
-        return 404, "Session not found"
-    if isinstance(exc, TooManySessions):
-        return 429, str(exc)
+    """The HTTP status and `error` text for an exception a route let through: each Isol8Error class
+    names its own status (engine/errors.py)."""
     if isinstance(exc, RequestValidationError | ValidationError):
         return 400, describe_validation(list(exc.errors()))
-    if isinstance(exc, DockerUnavailable | ImageMissing):
-        return 503, str(exc)
-    if isinstance(exc, SandboxError):
-        return 500, str(exc)
-    if isinstance(exc, FileNotFound):
-        return 404, str(exc)
-    if isinstance(exc, FileTooLarge):
-        return 413, str(exc)
     if isinstance(exc, Isol8Error):
-        return 400, str(exc)
+        return exc.status, str(exc)
     return 500, "Internal server error"
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_code(exc: Exception) -> str | None:
+    """The `Isol8-Error` header's value: the class's wire code, so a remote client raises it too."""
+    return exc.code if isinstance(exc, Isol8Error) else None
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None, code: str | None = None) -> JSONResponse:
     headers = dict(headers or {})
+    if code is not None:
+        headers[ERROR_CODE_HEADER] = code
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     # Messages may quote client input; a lone surrogate in it must not break the reply.
@@ -402,7 +394,7 @@ async def _on_error(request: Request, exc: Exception) -> JSONResponse:
     status, message = error_reply(exc)
     if status == 500 and not isinstance(exc, SandboxError):
         log.error("unexpected error", exc_info=exc)
-    return _error(status, message)
+    return _error(status, message, code=error_code(exc))
 
 
 def _allowed_methods(request: Request) -> str:
@@ -540,7 +532,7 @@ class Authenticate:
     @staticmethod
     async def _refuse(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
         if isinstance(exc, AuthError):
-            status, message = exc.status, exc.message
+            status, message = exc.status, str(exc)
         else:  # the key store failed: still a JSON reply, and never a way in
             log.error("authentication failed", exc_info=exc)
             status, message = 500, "Internal server error"
@@ -549,7 +541,7 @@ class Authenticate:
             return
         # No `Connection: close`: the reply would be lost to a reset if the unread body arrived after
         # the close. The HTTP server discards what is left of the body; the app never reads it.
-        await _error(status, message)(scope, receive, send)
+        await _error(status, message, code=error_code(exc))(scope, receive, send)
 
 
 # --- dependencies -----------------------------------------------------------------------------------------
@@ -582,7 +574,7 @@ async def caller(
     """The authenticated caller (`Security` documents the scheme in the OpenAPI document)."""
     principal = principal_of(connection)
     if principal is None:  # a route that needs a key on a public path: refuse, never serve
-        raise AuthError(401, "Missing Authorization header")
+        raise AuthError("Missing Authorization header")
     return principal
 
 
@@ -591,7 +583,7 @@ Caller = Annotated[Principal, Depends(caller)]
 
 async def master(principal: Caller) -> Principal:
     if not principal.is_master:
-        raise AuthError(403, "Master key required for this operation")
+        raise Forbidden("Master key required for this operation")
     return principal
 
 
@@ -820,10 +812,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         dependencies=[Depends(known_query)],
     )
     app.state.server = state
-    for exc_type in (HTTPException, RequestValidationError, AuthError, PolicyError, Isol8Error, ValidationError):
+    for exc_type in (HTTPException, RequestValidationError, Isol8Error, ValidationError):
         app.add_exception_handler(exc_type, _on_error)
-    app.add_exception_handler(SessionNotFound, _on_error)
-    app.add_exception_handler(TooManySessions, _on_error)
     app.add_exception_handler(Exception, _on_crash)
     app.add_middleware(BodyLimit, max_bytes=settings.config.server.max_body_bytes)
     app.add_middleware(Authenticate, auth=state.auth)  # added last: the outermost layer

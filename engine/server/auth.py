@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from engine.errors import Isol8Error
+from engine.errors import AuthError, Forbidden, Isol8Error
 from engine.models import Model
 
 KEY_PREFIX = "isol8_"
@@ -46,15 +46,6 @@ CREATE TABLE IF NOT EXISTS api_keys (
 )
 """
 _COLUMNS = "id, name, key_prefix, tenant_id, created_at, expires_at, last_used_at, revoked"
-
-
-class AuthError(Exception):
-    """A refused request: the HTTP status and the `error` text of the reply."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -281,16 +272,16 @@ class Authenticator:
 
     async def authenticate(self, header: str | None) -> Principal:
         if header is None or not header.strip():
-            raise AuthError(401, "Missing Authorization header")
+            raise AuthError("Missing Authorization header")
         scheme, _, token = header.strip().partition(" ")
         token = token.strip()
         # A bare token is refused: it is easy to leak in logs that redact "Bearer ..." values.
         if scheme.lower() != "bearer" or not token:
-            raise AuthError(401, 'Authorization header must be "Bearer <key>"')
+            raise AuthError('Authorization header must be "Bearer <key>"')
         if hmac.compare_digest(digest(token), self._master):
             return Principal("master")
         if self.store is not None:
             info = await asyncio.to_thread(self.store.validate, token)
             if info is not None:
                 return Principal("apikey", info.tenant_id, info.id)
-        raise AuthError(403, "Invalid API key")
+        raise Forbidden("Invalid API key")

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 
 from engine.agent.proxy import HTTPS_PORT
 from engine.config import Isol8Config
-from engine.errors import Isol8Error
+from engine.errors import Isol8Error, PolicyRefused
 from engine.limits import parse_size
 from engine.models import (
     CONTAINER_LIMITS,
@@ -39,14 +39,6 @@ before the code runs (measured: 8m of memory, or 2 processes for python's agent 
 crawls: at 0.01 CPU a container takes 8 s to start and under load misses the agent's 30 s hello (a
 value that rounds to 0 nano-CPUs would even mean *no* limit). A client would see a 500, or a slot
 held for seconds, for what is really a bad request."""
-
-
-class PolicyError(Exception):
-    """A client asked for more than the operator allows (HTTP 403)."""
-
-
-class LimitTooSmall(Isol8Error):
-    """A limit below what a sandbox can start with (HTTP 400: a bad request, not a refusal)."""
 
 
 class ClientSecurity(Model):
@@ -125,7 +117,7 @@ class Policy:
         ]
 
     def plan(self, request: ExecutionRequest, options: ClientOptions | None) -> Plan:
-        """Refuse (PolicyError) or return the engine options and request to run."""
+        """Refuse (PolicyRefused) or return the engine options and request to run."""
         options = options or ClientOptions()
         self._check_flags(options)
         folded = self._fold(request, options)
@@ -143,9 +135,9 @@ class Policy:
     # --- checks -----------------------------------------------------------------------------------
     def _check_flags(self, options: ClientOptions) -> None:
         if options.readonly_root_fs is False:
-            raise PolicyError("readonlyRootFs false is not allowed: the root filesystem is always read-only")
+            raise PolicyRefused("readonlyRootFs false is not allowed: the root filesystem is always read-only")
         if options.persist:
-            raise PolicyError("persist is not allowed on a server: it would leave containers running")
+            raise PolicyRefused("persist is not allowed on a server: it would leave containers running")
 
     def _fold(self, request: ExecutionRequest, options: ClientOptions) -> ExecutionRequest:
         """Option-level limits and secrets become request-level (the request's own values win)."""
@@ -164,20 +156,20 @@ class Policy:
                 continue
             too_small = parse_size(value) < parse_size(minimum) if isinstance(value, str) else value < minimum
             if too_small:
-                raise LimitTooSmall(f"{json_name} {value} is below the smallest a sandbox can start with ({minimum})")
+                raise Isol8Error(f"{json_name} {value} is below the smallest a sandbox can start with ({minimum})")
         for json_name, field, maximum in self._limits:
             value = getattr(request, field)
             if value is None:
                 continue
             too_big = parse_size(value) > parse_size(maximum) if isinstance(value, str) else value > maximum
             if too_big:
-                raise PolicyError(f"{json_name} {value} is above this server's maximum ({maximum})")
+                raise PolicyRefused(f"{json_name} {value} is above this server's maximum ({maximum})")
 
     def _network(self, options: ClientOptions) -> NetworkMode:
         default = self.config.defaults.network
         allowed = {*self.config.server.allowed_networks, default}
         if options.network is not None and options.network not in allowed:
-            raise PolicyError(
+            raise PolicyRefused(
                 f'network "{options.network}" is not allowed by this server (allowed: {_listing(allowed)})'
             )
         return options.network or default
@@ -202,7 +194,7 @@ class Policy:
             allowed = {*base.whitelist, *server.allowed_hosts}
             for pattern in asked.whitelist:
                 if pattern not in allowed:
-                    raise PolicyError(
+                    raise PolicyRefused(
                         f'networkFilter.whitelist entry "{pattern}" is not allowed by this server '
                         f"(allowed: {_listing(allowed)})"
                     )
@@ -212,7 +204,7 @@ class Policy:
             reaches, option = base.whitelist_reaches_private, "network.whitelistReachesPrivate"
         if "whitelist_reaches_private" in asked.model_fields_set:
             if asked.whitelist_reaches_private and not reaches:
-                raise PolicyError(
+                raise PolicyRefused(
                     "networkFilter.whitelistReachesPrivate true is not allowed by this server "
                     f"({option} is false): a whitelist may not reach private, loopback or link-local addresses"
                 )
@@ -220,7 +212,7 @@ class Policy:
         ports = {HTTPS_PORT, *base.ports, *server.allowed_ports}
         for port in asked.ports:
             if port not in ports:
-                raise PolicyError(
+                raise PolicyRefused(
                     f"networkFilter.ports entry {port} is not allowed by this server "
                     f"(allowed: {', '.join(map(str, sorted(ports)))}; an operator adds ports with server.allowedPorts)"
                 )
@@ -239,16 +231,16 @@ class Policy:
         seccomp = asked.seccomp or base.seccomp
         allowed = {*self.config.server.allowed_seccomp, base.seccomp}
         if seccomp not in allowed:
-            raise PolicyError(
+            raise PolicyRefused(
                 f'security.seccomp "{seccomp}" is not allowed by this server (allowed: {_listing(allowed)})'
             )
         if asked.custom_profile_path not in (None, base.custom_profile_path):
-            raise PolicyError("security.customProfilePath cannot be set by clients (the operator's config sets it)")
+            raise PolicyRefused("security.customProfilePath cannot be set by clients (the operator's config sets it)")
         if seccomp == "custom" and not base.custom_profile_path:
-            raise PolicyError('security.seccomp "custom" needs security.customProfilePath in the server\'s config')
+            raise PolicyRefused('security.seccomp "custom" needs security.customProfilePath in the server\'s config')
         runtimes = {*self.config.server.allowed_container_runtimes, *([base.runtime] if base.runtime else [])}
         if asked.runtime is not None and asked.runtime not in runtimes:
-            raise PolicyError(
+            raise PolicyRefused(
                 f'security.runtime "{asked.runtime}" is not allowed by this server (allowed: {_listing(runtimes)})'
             )
         return SecurityOptions(
@@ -258,7 +250,7 @@ class Policy:
     def _image(self, options: ClientOptions) -> str | None:
         allowed = set(self.config.server.allowed_images)
         if options.image is not None and options.image not in allowed:
-            raise PolicyError(f'image "{options.image}" is not allowed by this server (allowed: {_listing(allowed)})')
+            raise PolicyRefused(f'image "{options.image}" is not allowed by this server (allowed: {_listing(allowed)})')
         return options.image
 
 

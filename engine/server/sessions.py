@@ -17,25 +17,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from engine import DockerIsol8, Isol8Options, PoolState
+from engine.errors import SessionNotFound, TooManySessions
 from engine.models import Model
 
 log = logging.getLogger("isol8.server")
-
-
-class SessionNotFound(Exception):
-    """No such session for this caller (HTTP 404)."""
-
-
-class TooManySessions(Exception):
-    """A new session would pass a cap (HTTP 429): the server's `maxSessions`, or the tenant's
-    `maxSessionsPerTenant` when `tenant_id` is set."""
-
-    def __init__(self, limit: int, tenant_id: str | None = None) -> None:
-        if tenant_id is None:
-            cap = f"this server keeps at most {limit} (server.maxSessions)"
-        else:
-            cap = f'tenant "{tenant_id}" may keep at most {limit} (server.maxSessionsPerTenant)'
-        super().__init__(f"Too many sessions: {cap}; delete one with DELETE /session/{{id}}")
 
 
 class SessionInfo(Model):
@@ -94,11 +79,11 @@ class SessionRegistry:
             session = self._sessions.get(key)
             if session is None:
                 if create is None:
-                    raise SessionNotFound(session_id)
+                    raise SessionNotFound()
                 if len(self._sessions) >= self.max_sessions:
-                    raise TooManySessions(self.max_sessions)
+                    raise TooManySessions.over(self.max_sessions)
                 if sum(tenant == tenant_id for tenant, _ in self._sessions) >= self.max_per_tenant:
-                    raise TooManySessions(self.max_per_tenant, tenant_id)
+                    raise TooManySessions.over(self.max_per_tenant, tenant_id)
                 session = self._sessions[key] = Session(session_id, tenant_id, DockerIsol8(create))
                 log.debug("session %s created for tenant %s", session_id, tenant_id)
             session.active += 1

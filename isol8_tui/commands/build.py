@@ -8,14 +8,20 @@ from rich.table import Table
 
 from engine.docker import DockerClient
 from engine.images.custom import build_custom, list_custom
-from engine.runtimes import get_runtime
+from engine.runtimes import RUNTIMES, get_runtime
 from isol8_tui.commands.run import _setup_script
 from isol8_tui.commands.setup import build_images
 from isol8_tui.output import ok, user_errors
 
 
 @click.command("build")
-@click.option("--base", "runtime", required=True, metavar="RUNTIME", help="python, node, bun or bash.")
+@click.option(
+    "--base",
+    "runtime",
+    required=True,
+    metavar="RUNTIME",
+    help=f"One of: {', '.join(n for n, s in RUNTIMES.items() if s.image_install)}.",
+)
 @click.option("--install", "packages", multiple=True, metavar="PKG", help="Package to bake in (repeatable, a,b ok).")
 @click.option("--setup", "setup", multiple=True, metavar="CMD|FILE", help="Setup script run before each execution.")
 @click.option("--tag", required=True, metavar="TAG", help="Tag of the new image, e.g. my-python-ml.")

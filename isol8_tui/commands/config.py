@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from engine.config import ConfigError, LoadedConfig, load_config
+from engine.config import LoadedConfig, load_config
+from engine.errors import ConfigError
 
 _SECTIONS: tuple[tuple[str, str | None], ...] = (
     ("General", None),

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
@@ -15,9 +15,8 @@ from engine.docker import DockerClient
 from engine.engine import DockerIsol8
 from engine.errors import Isol8Error
 from engine.images import image_ready
-from engine.models import ExecutionRequest, Isol8Options, NetworkFilter
-from engine.packages import REGISTRY_HOSTS
-from engine.runtimes import detect_runtime, get_runtime
+from engine.models import ExecutionRequest, Isol8Options, NetworkFilter, NetworkMode
+from engine.runtimes import RUNTIME_NAMES, detect_runtime, get_runtime
 from isol8_tui.commands.setup import build_images, ca_bundle_option
 from isol8_tui.output import err, info, setup_logging, user_errors, warn
 from isol8_tui.printing import run_requests
@@ -107,7 +106,7 @@ async def _run(options: Isol8Options, requests: list[ExecutionRequest], stream: 
 @click.argument("files", nargs=-1)
 @click.option("-e", "--eval", "code", metavar="CODE", help="Inline code to run.")
 @click.option("--cmd", "cmds", multiple=True, metavar="CMD", help="A shell command (bash -c); repeatable.")
-@click.option("-r", "--runtime", metavar="NAME", help="python, node, bun, deno or bash (default: detected).")
+@click.option("-r", "--runtime", metavar="NAME", help=f"{', '.join(RUNTIME_NAMES)} (default: detected).")
 @click.option("--timeout", "timeout_ms", type=int, metavar="MS", help="Time limit in milliseconds.")
 @click.option("--memory", "memory_limit", metavar="SIZE", help="Memory limit, e.g. 512m or 1g.")
 @click.option("--cpu", "cpu_limit", type=float, metavar="CORES", help="CPU limit in cores, e.g. 0.5.")
@@ -115,7 +114,7 @@ async def _run(options: Isol8Options, requests: list[ExecutionRequest], stream: 
 @click.option("--sandbox-size", metavar="SIZE", help="Size of the /sandbox tmpfs.")
 @click.option("--tmp-size", metavar="SIZE", help="Size of the /tmp tmpfs.")
 @click.option("--max-output", "max_output_size", type=int, metavar="BYTES", help="Cap per output stream.")
-@click.option("--net", "network", type=click.Choice(["none", "host", "filtered"]), help="Network mode (default: none).")
+@click.option("--net", "network", type=click.Choice(get_args(NetworkMode)), help="Network mode (default: none).")
 @click.option("--allow", multiple=True, metavar="REGEX", help="Filtered mode: allow hosts matching (repeatable).")
 @click.option("--deny", multiple=True, metavar="REGEX", help="Filtered mode: block hosts matching (repeatable).")
 @click.option(
@@ -213,7 +212,7 @@ def command(
         if packages and limits["network"] is None:
             # Installs need a registry, and nothing else: filtered mode limited to its hosts.
             limits["network"] = "filtered"
-            hosts = sorted({h for r in requests for h in REGISTRY_HOSTS[r.runtime]})
+            hosts = sorted({h for r in requests for h in get_runtime(r.runtime).registries})
             network_filter = network_filter.model_copy(update={"whitelist": [*network_filter.whitelist, *hosts]})
         options = loaded.config.engine_options(
             timeout_ms=timeout_ms,

@@ -8,9 +8,8 @@ import click
 
 from engine.config import load_config
 from engine.errors import Isol8Error
+from engine.runtimes import RUNTIME_NAMES
 from isol8_tui.output import user_errors
-
-RUNTIME_NAMES = ("python", "node", "bun", "deno", "bash")
 
 
 @click.command("tui")
