@@ -2,6 +2,7 @@
 
 from engine.engine import DockerIsol8, cleanup
 from engine.errors import DockerUnavailable, Isol8Error
+from engine.interface import Engine
 from engine.models import (
     ExecutionRequest,
     ExecutionResult,
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DockerIsol8",
     "DockerUnavailable",
+    "Engine",
     "ExecutionRequest",
     "ExecutionResult",
     "Isol8Error",

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Self
 
 from engine.errors import ERROR_CODE_HEADER, Isol8Error, error_class
-from engine.models import ExecutionRequest, ExecutionResult, Isol8Options, Model, StreamEvent
+from engine.models import ExecutionRequest, ExecutionResult, Isol8Options, Model, PoolState, StreamEvent
 
 if TYPE_CHECKING:
     import httpx
@@ -139,6 +139,10 @@ class RemoteIsol8:
         async with contextlib.aclosing(self._sse_stream(body)) as sse_events:
             async for event in sse_events:
                 yield event
+
+    def pool_state(self) -> list[PoolState]:
+        """Nothing: the server keeps the warm containers, not this client."""
+        return []
 
     # --- files and sessions -----------------------------------------------------------------------
     async def put_file(self, path: str, content: str | bytes) -> None:

@@ -6,11 +6,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from engine import readiness
 from engine.docker import DockerClient
 from engine.images.custom import build_custom, list_custom
 from engine.runtimes import RUNTIMES, get_runtime
 from isol8_tui.commands.run import _setup_script
-from isol8_tui.commands.setup import build_images
+from isol8_tui.commands.setup import build_progress
 from isol8_tui.output import ok, user_errors
 
 
@@ -31,9 +32,9 @@ def command(runtime: str, packages: tuple[str, ...], setup: tuple[str, ...], tag
     names = [name for value in packages for name in value.split(",")]
     with user_errors():
         get_runtime(runtime)
+        with build_progress() as progress:
+            readiness.prepare([runtime], progress)
         docker = DockerClient()
-        docker.ping()
-        build_images([runtime], refresh_base=False)
         ok(f"Base image ready: {runtime}")
         console = Console(stderr=True)
         with console.status(f"[..] Building {tag}") as status:

@@ -10,14 +10,14 @@ from typing import Any, get_args
 
 import click
 
+from engine import readiness
 from engine.config import load_config
 from engine.docker import DockerClient
 from engine.engine import DockerIsol8
 from engine.errors import Isol8Error
-from engine.images import image_ready
 from engine.models import ExecutionRequest, Isol8Options, NetworkFilter, NetworkMode
 from engine.runtimes import RUNTIME_NAMES, detect_runtime, get_runtime
-from isol8_tui.commands.setup import build_images, ca_bundle_option
+from isol8_tui.commands.setup import build_progress
 from isol8_tui.output import err, info, setup_logging, user_errors, warn
 from isol8_tui.printing import run_requests
 
@@ -229,12 +229,11 @@ def command(
             warn("--log-network only logs in filtered mode (--net filtered).")
         if options.network == "host":
             warn("Network mode host: the sandbox has the host's network, fully open.")
-        docker = DockerClient()
-        docker.ping()
-        stale = {r.runtime for r in requests if options.image is None and not image_ready(docker, r.runtime)}
-        if stale:
-            click.echo(f"[..] isol8 images missing or outdated for {', '.join(sorted(stale))}: building", err=True)
-            build_images(sorted(stale), refresh_base=False, ca_bundle=ca_bundle_option(None))
+        if options.image is None:
+            with build_progress() as progress:
+                readiness.prepare(sorted({r.runtime for r in requests}), progress)
+        else:
+            DockerClient().ping()
         try:
             exit_code = asyncio.run(_run(options, requests, not no_stream, out_path))
         except KeyboardInterrupt:

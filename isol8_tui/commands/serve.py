@@ -18,13 +18,11 @@ from typing import ClassVar
 
 import click
 
-from engine import __version__
+from engine import __version__, readiness
 from engine.config import load_config
-from engine.docker import DockerClient
 from engine.errors import Isol8Error
-from engine.images import image_ready
 from engine.runtimes import RUNTIMES
-from isol8_tui.commands.setup import build_images, ca_bundle_option
+from isol8_tui.commands.setup import build_progress
 from isol8_tui.output import err, info, setup_logging, user_errors, warn
 
 DEFAULT_PORT = 3000
@@ -162,12 +160,8 @@ def command(port_flag: str | None, key: str | None, auth_db: str | None, bind: s
         loaded = load_config()
         setup_logging(debug or loaded.config.debug)
         _server_logging(debug)
-        docker = DockerClient()
-        docker.ping()
-        stale = [name for name in RUNTIMES if not image_ready(docker, name)]
-        if stale:
-            click.echo(f"[..] isol8 images missing or outdated for {', '.join(stale)}: building", err=True)
-            build_images(stale, refresh_base=False, ca_bundle=ca_bundle_option(None))
+        with build_progress() as progress:
+            readiness.prepare(list(RUNTIMES), progress)
         from engine.server.app import ServerSettings, create_app
         from engine.server.auth import redact
 

@@ -2,48 +2,33 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import contextlib
+from collections.abc import Iterator
 
 import click
 from rich.console import Console
 
+from engine import readiness
 from engine.config import load_config
-from engine.docker import DockerClient
-from engine.images import ImageStatus, ensure_images
+from engine.docker import DockerClient, Progress
+from engine.images import ensure_images
 from engine.images.custom import build_custom
 from isol8_tui.output import ok, user_errors
 
 
-def build_images(
-    runtimes: list[str] | None,
-    *,
-    force: bool = False,
-    refresh_base: bool = True,
-    ca_bundle: Path | None = None,
-) -> list[ImageStatus]:
-    """Build with a live status line on stderr (a first build takes a minute or two)."""
+@contextlib.contextmanager
+def build_progress() -> Iterator[Progress]:
+    """A progress callback for image builds: a live status line on stderr (a first build takes a
+    minute or two), with each image's start printed as a line of its own."""
     console = Console(stderr=True)
     with console.status("[..] Building isol8 images", spinner="dots") as status:
 
         def progress(line: str) -> None:
             status.update(f"[..] {line[:100]}")
-            if line.startswith("building "):
+            if line.startswith(("building ", "isol8 images")):
                 console.print(f"[..] {line[0].upper()}{line[1:]}", highlight=False)
 
-        return ensure_images(
-            DockerClient(),
-            runtimes,
-            force=force,
-            refresh_base=refresh_base,
-            ca_bundle=ca_bundle,
-            progress=progress,
-        )
-
-
-def ca_bundle_option(value: str | None) -> Path | None:
-    chosen = value or os.environ.get("ISOL8_CA_BUNDLE")
-    return Path(chosen) if chosen else None
+        yield progress
 
 
 @click.command("setup")
@@ -60,7 +45,11 @@ def command(force: bool, ca_bundle: str | None) -> None:
         docker = DockerClient()
         docker.ping()
         ok("Docker is running")
-        for status in build_images(None, force=force, ca_bundle=ca_bundle_option(ca_bundle)):
+        with build_progress() as progress:
+            statuses = ensure_images(
+                docker, None, force=force, ca_bundle=readiness.ca_bundle(ca_bundle), progress=progress
+            )
+        for status in statuses:
             ok(f"{status.image}" if status.built else f"{status.image}: Up to date")
         for image in prebuilt:
             what = f"{image.tag} ({image.runtime}: {', '.join(image.install_packages) or 'setup only'})"
