@@ -142,11 +142,11 @@ class ServerPolicy(_Model):
     """
 
     bind: str = "127.0.0.1"
-    allowed_networks: list[NetworkMode] = Field(default_factory=lambda: ["none"])
+    allowed_networks: list[NetworkMode] = Field(default_factory=lambda: list[NetworkMode](["none"]))
     allowed_hosts: list[Pattern] = Field(default_factory=list)
     allowed_ports: list[Port] = Field(default_factory=list)
     client_whitelist_reaches_private: bool = False
-    allowed_seccomp: list[SeccompMode] = Field(default_factory=lambda: ["strict"])
+    allowed_seccomp: list[SeccompMode] = Field(default_factory=lambda: list[SeccompMode](["strict"]))
     allowed_images: list[str] = Field(default_factory=list)
     allowed_container_runtimes: list[str] = Field(default_factory=list)
     max_timeout_ms: int = Field(300_000, gt=0)

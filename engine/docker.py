@@ -10,6 +10,7 @@ from typing import Any
 
 import docker
 from docker import errors as docker_errors
+from docker.utils import kwargs_from_env
 
 from engine.errors import DockerUnavailable, ImageMissing, Isol8Error
 from engine.hardening import MANAGED_LABEL
@@ -27,9 +28,7 @@ class DockerClient:
     def api(self) -> docker.APIClient:
         if self._api is None:
             try:
-                self._api = docker.APIClient(
-                    **docker.utils.kwargs_from_env(), version="auto", timeout=120, max_pool_size=64
-                )
+                self._api = docker.APIClient(**kwargs_from_env(), version="auto", timeout=120, max_pool_size=64)
             except docker_errors.DockerException:
                 raise DockerUnavailable.at(_docker_host()) from None
         return self._api
@@ -46,13 +45,16 @@ class DockerClient:
         config = dict(config)
         keep = config.pop("keep", False)
         host_config = self.api.create_host_config(**config.pop("host_config"))
-        body = self.api.create_container_config(config.pop("image"), None, host_config=host_config, **config)
+        # No command: the image's entrypoint (the agent) alone; types-docker omits None, docker-py takes it.
+        image = config.pop("image")
+        body = self.api.create_container_config(image, None, host_config=host_config, **config)  # type: ignore[arg-type]
         if keep:
             body["StdinOnce"] = False
         try:
-            return self.api.create_container_from_config(body)["Id"]
+            created: dict[str, str] = self.api.create_container_from_config(body)
+            return created["Id"]
         except docker_errors.ImageNotFound:
-            raise ImageMissing.of(config["image"]) from None
+            raise ImageMissing.of(image) from None
         except docker_errors.APIError as exc:
             raise Isol8Error(f"Cannot create the sandbox container: {_short(exc)}") from None
 
@@ -85,29 +87,34 @@ class DockerClient:
 
     def state(self, container_id: str) -> dict[str, Any]:
         try:
-            return self.api.inspect_container(container_id)["State"]
+            state: dict[str, Any] = self.api.inspect_container(container_id)["State"]
+            return state
         except docker_errors.NotFound:
             return {}
 
     def managed_containers(self) -> list[dict[str, Any]]:
-        return self.api.containers(all=True, filters={"label": f"{MANAGED_LABEL}=true"})
+        containers: list[dict[str, Any]] = self.api.containers(all=True, filters={"label": f"{MANAGED_LABEL}=true"})
+        return containers
 
     # --- images -----------------------------------------------------------------------------------
     def image_labels(self, ref: str) -> dict[str, str] | None:
         """The labels of image `ref`, or None when it does not exist."""
         try:
-            return self.api.inspect_image(ref)["Config"].get("Labels") or {}
+            labels: dict[str, str] = self.api.inspect_image(ref)["Config"].get("Labels") or {}
+            return labels
         except docker_errors.ImageNotFound:
             return None
 
     def image_id(self, ref: str) -> str | None:
         try:
-            return self.api.inspect_image(ref)["Id"]
+            image_id: str = self.api.inspect_image(ref)["Id"]
+            return image_id
         except docker_errors.ImageNotFound:
             return None
 
     def images(self, label: str) -> list[dict[str, Any]]:
-        return self.api.images(filters={"label": label})
+        images: list[dict[str, Any]] = self.api.images(filters={"label": label})
+        return images
 
     def remove_image(self, ref: str) -> bool:
         """Remove `ref`; False when it is gone already or still in use by a container."""

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import posixpath
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
@@ -212,7 +212,7 @@ class DockerIsol8:
             security_events=[_blocked(entry) for entry in network if entry.action == "BLOCK"] or None,
         )
 
-    async def execute_stream(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent]:
+    async def execute_stream(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent, None]:
         """Yield output events as they happen (phase `setup`, then `code`), then exactly one exit.
 
         Leaving the loop early (break, cancellation) kills the run and frees its container.
@@ -316,7 +316,7 @@ class DockerIsol8:
         return steps
 
     # --- running ----------------------------------------------------------------------------------
-    async def _events(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent | Outcome]:
+    async def _events(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent | Outcome, None]:
         """Masked, decoded output events of every step, then the Outcome of the last one run."""
         options = self._options_for(request)
         spec = get_runtime(request.runtime)
@@ -364,7 +364,7 @@ class DockerIsol8:
 
     async def _step_events(
         self, sandbox: Sandbox, step: Step, options: Isol8Options, secrets: list[str]
-    ) -> AsyncIterator[StreamEvent | Outcome]:
+    ) -> AsyncGenerator[StreamEvent | Outcome, None]:
         """One job's output, masked and decoded, with the truncation markers; then its Outcome."""
         streams = {"stdout": StreamText(secrets), "stderr": StreamText(secrets)}
         masker = Masker(secrets)
@@ -377,7 +377,7 @@ class DockerIsol8:
                 if item.exit is None:
                     data = streams[item.stream].feed(item.data)
                     if data:
-                        yield StreamEvent(type=item.stream, data=data, phase=step.phase)  # type: ignore[arg-type]
+                        yield StreamEvent(type=item.stream, data=data, phase=step.phase)
                     continue
                 if item.file_errors:  # the run is over and its exit read: the sandbox is in step
                     raise item.file_errors[0]
@@ -388,12 +388,12 @@ class DockerIsol8:
                     if cut:
                         tail += truncation_marker(item.exit[f"{name}_bytes"], options.max_output_size)
                     if tail:
-                        yield StreamEvent(type=name, data=tail, phase=step.phase)  # type: ignore[arg-type]
+                        yield StreamEvent(type=name, data=tail, phase=step.phase)
                 if outcome.error:
                     outcome.error = streams["stderr"].masker.mask_text(outcome.error)
                 yield outcome
 
-    async def _run_job(self, sandbox: Sandbox, job: Job) -> AsyncIterator[Output]:
+    async def _run_job(self, sandbox: Sandbox, job: Job) -> AsyncGenerator[Output, None]:
         started = time.monotonic()
         try:
             async with (

@@ -7,7 +7,7 @@ the CLI, the server and the workbench depend on this Protocol, not on a backend.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol, Self
 
 from engine.models import ExecutionRequest, ExecutionResult, PoolState, StreamEvent
@@ -30,7 +30,7 @@ class Engine(Protocol):
         """Run to completion; raises only Isol8Error subclasses for failures that are not the code's."""
         ...
 
-    def execute_stream(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent]:
+    def execute_stream(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent, None]:
         """Output events as they happen, then exactly one `exit`; leaving early kills the run."""
         ...
 

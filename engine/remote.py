@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, Self
 
 from engine.errors import ERROR_CODE_HEADER, Isol8Error, error_class
@@ -52,7 +52,7 @@ def _failed(failure: str, response: httpx.Response) -> Isol8Error:
     return error_class(response.headers.get(ERROR_CODE_HEADER))(f"{failure}: {text}")
 
 
-def _denial_text(body: bytes | None) -> str:
+def _denial_text(body: bytes | bytearray | None) -> str:
     try:
         error = json.loads(body or b"").get("error")
     except (ValueError, AttributeError):
@@ -93,7 +93,7 @@ class RemoteIsol8:
         try:
             response = await self._client().get("/health")
         except httpx.HTTPError as exc:
-            raise Isol8Error(f"Remote server health check failed: {exc or type(exc).__name__}") from None
+            raise Isol8Error(f"Remote server health check failed: {str(exc) or type(exc).__name__}") from None
         if response.status_code != 200:
             raise Isol8Error(f"Remote server health check failed: {response.status_code}")
 
@@ -121,7 +121,7 @@ class RemoteIsol8:
             raise _failed("Execution failed", response)
         return ExecutionResult.model_validate_json(response.content)
 
-    async def execute_stream(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent]:
+    async def execute_stream(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent, None]:
         """Events as they happen, ending with `exit`. Leaving the loop early closes the connection,
         which makes the server kill the run."""
         body = self._body(request)
@@ -193,7 +193,7 @@ class RemoteIsol8:
         try:
             return await self._client().request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise Isol8Error(f"{failure}: {exc or type(exc).__name__}") from None
+            raise Isol8Error(f"{failure}: {str(exc) or type(exc).__name__}") from None
 
     def _require_session(self) -> str:
         if not self.session_id:
@@ -211,7 +211,7 @@ class RemoteIsol8:
             body["sessionId"] = self.session_id
         return body
 
-    async def _ws_stream(self, body: dict[str, Any]) -> AsyncIterator[StreamEvent | None]:
+    async def _ws_stream(self, body: dict[str, Any]) -> AsyncGenerator[StreamEvent | None, None]:
         """Yields None once the socket is open, then the events. Ends without yielding if the socket
         cannot be opened (the caller falls back to SSE)."""
         from websockets.asyncio.client import connect
@@ -248,7 +248,7 @@ class RemoteIsol8:
             for event in events.finish():
                 yield event
 
-    async def _sse_stream(self, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
+    async def _sse_stream(self, body: dict[str, Any]) -> AsyncGenerator[StreamEvent, None]:
         import httpx
 
         try:
@@ -270,7 +270,7 @@ class RemoteIsol8:
                 for event in events.finish():
                     yield event
         except httpx.HTTPError as exc:
-            raise Isol8Error(f"Stream failed: {exc or type(exc).__name__}") from None
+            raise Isol8Error(f"Stream failed: {str(exc) or type(exc).__name__}") from None
 
 
 class _Terminal:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import struct
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,7 +217,7 @@ class Sandbox:
             ) from exc
 
     # --- jobs -------------------------------------------------------------------------------------
-    async def run(self, job: Job) -> AsyncIterator[Output]:
+    async def run(self, job: Job) -> AsyncGenerator[Output, None]:
         """Send `job` and yield its output as it arrives, ending with the exit report."""
         await self._request("run", job.request())
         for content in job.files.values():
@@ -327,7 +327,8 @@ class Sandbox:
             kind, payload = await self._next_frame()
             if kind == P.EVENT and (event := P.loads(payload)).get("ev") == "scrubbed":
                 self._open = None
-                return event.get("error")
+                error: str | None = event.get("error")
+                return error
 
     def detach(self) -> None:
         """Let go of the stream and leave the container running (`persist`, for debugging)."""

@@ -26,6 +26,18 @@ def docker_client() -> DockerClient:
     return client
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that reaches the daemon through the Docker fixtures must carry the `docker` marker, so
+    `pytest -m "not docker"` runs everything else on a machine without Docker."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "docker_client" in getattr(item, "fixturenames", ()) and item.get_closest_marker("docker") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"tests use Docker without pytest.mark.docker: {', '.join(unmarked[:5])}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_leftover_containers() -> Iterator[None]:
     """The suite must leave no managed container behind."""

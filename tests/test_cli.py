@@ -14,7 +14,7 @@ from engine.docker import DockerClient
 from engine.hardening import container_config
 from engine.models import Isol8Options
 
-pytestmark = pytest.mark.usefixtures("docker_client")
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_client")]
 
 SCRIPTS = {
     "hello.py": ("import sys\nprint('py', sys.argv[0])\n", "py /sandbox/main.py\n"),

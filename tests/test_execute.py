@@ -8,7 +8,10 @@ import pytest
 from pydantic import ValidationError
 
 from engine.engine import DockerIsol8
+from engine.errors import ImageMissing
 from engine.models import ExecutionRequest, StreamEvent
+
+pytestmark = pytest.mark.docker
 
 HELLO = {
     "python": "import sys; print('hello', sys.version_info[0])",
@@ -113,6 +116,17 @@ async def test_stream_yields_events_in_order_and_one_exit(engine: DockerIsol8) -
 async def test_stream_timeout_emits_error_then_exit(engine: DockerIsol8) -> None:
     events = [e async for e in engine.execute_stream(ExecutionRequest(cmd="sleep 20", timeout_ms=300))]
     assert [(e.type, e.data) for e in events[-2:]] == [("error", "EXECUTION TIMED OUT"), ("exit", "137")]
+    assert (events[-1].timed_out, events[-1].oom_killed) == (True, False)  # as the result says it
+
+
+async def test_stream_exit_says_out_of_memory(engine: DockerIsol8) -> None:
+    code = "x = bytearray(400 * 1024 * 1024)"
+    request = ExecutionRequest(code=code, memory_limit="128m", timeout_ms=20_000)
+    events = [e async for e in engine.execute_stream(request)]
+    assert [(e.type, e.data) for e in events[-2:]] == [("error", "OUT OF MEMORY"), ("exit", "137")]
+    assert (events[-1].timed_out, events[-1].oom_killed) == (False, True)
+    ok = [e async for e in engine.execute_stream(ExecutionRequest(code="print(1)"))]
+    assert (ok[-1].type, ok[-1].timed_out, ok[-1].oom_killed) == ("exit", False, False)
 
 
 async def test_breaking_out_of_a_stream_frees_the_container(engine: DockerIsol8) -> None:
@@ -144,3 +158,11 @@ async def test_concurrent_executions_get_their_own_results(docker_client: object
         results = await asyncio.gather(*(engine.execute(ExecutionRequest(code=f"print({i} * 2)")) for i in range(6)))
     assert [r.stdout for r in results] == [f"{i * 2}\n" for i in range(6)]
     assert len({r.container_id for r in results}) == 6
+
+
+async def test_a_missing_image_raises_image_missing(docker_client: object) -> None:
+    async with DockerIsol8(image="isol8-test-absent:none") as engine:
+        with pytest.raises(
+            ImageMissing, match=r"^Image isol8-test-absent:none is missing or outdated\. Run `isol8 setup`"
+        ):
+            await engine.execute(ExecutionRequest(code="print(1)"))

@@ -8,6 +8,8 @@ from engine.engine import DockerIsol8
 from engine.hardening import SANDBOX_UID
 from engine.models import ExecutionRequest
 
+pytestmark = pytest.mark.docker
+
 
 async def run(engine: DockerIsol8, code: str, **fields: object) -> tuple[str, str, int]:
     result = await engine.execute(ExecutionRequest(code=code, **fields))
@@ -101,11 +103,14 @@ async def test_sandbox_owned_by_sandbox_user_and_sized(engine: DockerIsol8) -> N
 
 
 async def test_sandbox_containers_are_labelled(engine: DockerIsol8) -> None:
-    stream = engine.execute_stream(ExecutionRequest(cmd="echo started; sleep 5", runtime="bash"))
-    async for _ in stream:
-        labels = [container["Labels"] for container in engine.docker.managed_containers()]
+    # Its own container, found by the hostname Docker gives it (the short id): other tests' and the
+    # pool's containers may exist on the same daemon at the same time.
+    stream = engine.execute_stream(ExecutionRequest(cmd="cat /etc/hostname; sleep 5", runtime="bash"))
+    async for event in stream:
+        short_id = event.data.strip()
         break
+    by_id = {container["Id"][:12]: container["Labels"] for container in engine.docker.managed_containers()}
     await stream.aclose()
-    assert len(labels) == 1
-    assert labels[0]["isol8.managed"] == "true"
-    assert labels[0]["isol8.runtime"] == "bash" and labels[0]["isol8.mode"] == "ephemeral"
+    labels = by_id[short_id]
+    assert labels["isol8.managed"] == "true"
+    assert labels["isol8.runtime"] == "bash" and labels["isol8.mode"] == "ephemeral"

@@ -8,6 +8,8 @@ from helpers import run_cli
 from engine.docker import DockerClient
 from engine.images import builder, ensure_images, image_ready
 
+pytestmark = pytest.mark.docker
+
 
 def test_runtime_hash_follows_the_agent(monkeypatch: pytest.MonkeyPatch) -> None:
     before = builder.runtime_hash("base", "python")

@@ -21,6 +21,8 @@ from engine.engine import DockerIsol8
 from engine.errors import Isol8Error
 from engine.models import ExecutionRequest, NetworkFilter
 
+pytestmark = pytest.mark.docker
+
 SERVER = """
 import http.server, ssl, threading
 class H(http.server.BaseHTTPRequestHandler):

@@ -18,6 +18,8 @@ from engine.errors import Isol8Error
 from engine.images.custom import build_custom, find_custom
 from engine.models import ExecutionRequest
 
+pytestmark = pytest.mark.docker
+
 STATE = {
     "python": ("open('/sandbox/state.txt', 'w').write('kept')", "print(open('/sandbox/state.txt').read())"),
     "node": (

@@ -18,6 +18,8 @@ from engine.hardening import container_config
 from engine.models import ExecutionRequest, Isol8Options
 from engine.sandbox import Sandbox
 
+pytestmark = pytest.mark.docker
+
 LEAVE_TRACES = """
 import os, subprocess
 for path in ('/sandbox/file', '/tmp/file', '/dev/shm/file'):

@@ -19,10 +19,11 @@ from test_server_support import MASTER_KEY, ServerProcess, free_port, managed_id
 
 from engine import ExecutionRequest, Isol8Error, Isol8Options, StreamEvent
 from engine.config import Isol8Config
+from engine.errors import FileNotFound, SessionNotFound
 from engine.remote import RemoteIsol8
 from engine.server.app import ServerSettings, create_app
 
-pytestmark = pytest.mark.usefixtures("docker_client")
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_client")]
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ async def test_files_need_a_session() -> None:
 async def test_session_state_files_and_lifecycle(server: ServerProcess) -> None:
     async with RemoteIsol8(server.url, MASTER_KEY) as admin:
         async with RemoteIsol8(server.url, MASTER_KEY, session_id="remote-s") as remote:
-            with pytest.raises(Isol8Error) as early:  # file routes need a session an execute created
+            with pytest.raises(SessionNotFound) as early:  # file routes need a session an execute created
                 await remote.put_file("/sandbox/data/in.bin", b"")
             assert str(early.value) == "File upload failed: Session not found"
             await remote.execute(ExecutionRequest(code="pass"))
@@ -137,6 +138,8 @@ async def test_session_state_files_and_lifecycle(server: ServerProcess) -> None:
                 ExecutionRequest(code="x = open('/sandbox/data/in.bin','rb').read(); print(list(x))")
             )
             assert first.stdout == "[0, 1, 254, 255]\n"
+            with pytest.raises(FileNotFound):  # the class the server's engine raised, through the wire
+                await remote.get_file("/sandbox/data/absent.bin")
             events = await collect(
                 remote.execute_stream(ExecutionRequest(cmd="echo streamed > /sandbox/out.txt; cat /sandbox/out.txt"))
             )
@@ -202,7 +205,7 @@ async def test_tenants_do_not_see_each_others_sessions(tmp_path: Path) -> None:
             await a_side.execute(ExecutionRequest(cmd="echo alice > /sandbox/secret"))
             async with RemoteIsol8(srv.url, bob, session_id="shared-name") as b_side:
                 assert [s.id for s in await b_side.list_sessions()] == []
-                with pytest.raises(Isol8Error) as hidden:
+                with pytest.raises(SessionNotFound) as hidden:
                     await b_side.get_file("/sandbox/secret")
                 assert str(hidden.value) == "File download failed: Session not found"
                 result = await b_side.execute(ExecutionRequest(cmd="cat /sandbox/secret 2>&1 || true"))

@@ -13,6 +13,8 @@ from engine.engine import DockerIsol8
 from engine.errors import Isol8Error
 from engine.models import ExecutionRequest
 
+pytestmark = pytest.mark.docker
+
 MIB = 1 << 20
 
 FLOOD = {

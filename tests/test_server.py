@@ -32,7 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from engine import __version__
 
-pytestmark = pytest.mark.usefixtures("docker_client")
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_client")]
 
 PROTECTED = [
     ("POST", "/execute", {"request": {"code": "print(1)"}}),

@@ -19,6 +19,8 @@ from test_server_support import free_port, serve
 
 from engine.server.auth import PostgresKeyStore, digest, open_store
 
+pytestmark = pytest.mark.docker
+
 INITDB = shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb"
 PG_CTL = shutil.which("pg_ctl") or "/usr/lib/postgresql/15/bin/pg_ctl"
 

@@ -13,6 +13,8 @@ import pytest
 from engine.engine import DockerIsol8
 from engine.models import ExecutionRequest
 
+pytestmark = pytest.mark.docker
+
 # How long the pre-started interpreter has been up when its job begins: far more than a cold start.
 UPTIME = {
     "node": "const uptime = process.uptime();",

@@ -90,8 +90,14 @@ class _Decoding:
     parse_constant = float  # NaN and Infinity, as json.loads reads them
 
 
-_scan = _json.make_scanner(_Decoding())
-_encode = _json.make_encoder(None, None, _json.encode_basestring_ascii, None, ":", ",", False, False, True)
+def _unencodable(obj: Any) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# typeshed types the scanner's context as the scanner class itself; the C code reads only the
+# attributes above (json.JSONDecoder passes itself the same way).
+_scan = _json.make_scanner(_Decoding())  # type: ignore[arg-type]
+_encode = _json.make_encoder(None, _unencodable, _json.encode_basestring_ascii, None, ":", ",", False, False, True)
 
 
 def dumps(obj: Any) -> bytes:

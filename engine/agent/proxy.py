@@ -289,17 +289,17 @@ class Connection:
         if head.method == "CONNECT":
             host, port = parse_authority(head.target, None)
             self.entry.update(host=host, port=port)
-            up_reader = await self._open(host, port, connect=True)
+            up_reader, upstream = await self._open(host, port, connect=True)
             self.entry["status"] = 200
             self.writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
             await self.writer.drain()
             await asyncio.gather(
-                self._pipe(self.reader, self.upstream, "bytes_out"), self._pipe(up_reader, self.writer, "bytes_in")
+                self._pipe(self.reader, upstream, "bytes_out"), self._pipe(up_reader, self.writer, "bytes_in")
             )
             return
         host, port, path = self._http_target(head, hosts)
         length = body_length(head)
-        up_reader = await self._open(host, port, connect=False)
+        up_reader, _ = await self._open(host, port, connect=False)
         request = asyncio.create_task(self._send_request(self._rebuilt_head(head, host, port, path, length), length))
         response = asyncio.create_task(self._pipe(up_reader, self.writer, "bytes_in", read_status=True))
         try:  # the upstream may answer (and close) before the body is complete
@@ -311,7 +311,7 @@ class Connection:
             request.cancel()
             response.cancel()
 
-    async def _open(self, host: str, port: int, connect: bool) -> asyncio.StreamReader:
+    async def _open(self, host: str, port: int, connect: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Decide on the canonical host (and CONNECT's port), resolve it, refuse non-public
         addresses unless allowed, then connect to exactly the address that was checked."""
         policy = self.proxy.policy
@@ -336,10 +336,11 @@ class Connection:
             )
         self.entry["action"] = "ALLOW"
         try:
-            up_reader, self.upstream = await asyncio.wait_for(asyncio.open_connection(address, port), CONNECT_TIMEOUT_S)
+            up_reader, upstream = await asyncio.wait_for(asyncio.open_connection(address, port), CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError):
             raise Refused(502, f"isol8: connection to {host}:{port} failed", None) from None
-        return up_reader
+        self.upstream = upstream
+        return up_reader, upstream
 
     def _http_target(self, head: Head, hosts: list[str]) -> tuple[str, int, str]:
         """Absolute-URI (proxy form), or origin form with a Host header (clients sent here directly).
@@ -444,7 +445,7 @@ class Connection:
             )
         except OSError:
             return None
-        return infos[0][4][0] if infos else None
+        return str(infos[0][4][0]) if infos else None
 
     async def _reply(self, status: int, body: str) -> None:
         self.entry["status"] = status

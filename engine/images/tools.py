@@ -69,7 +69,8 @@ def _context(ca_bundle: Path | None) -> ssl.SSLContext:
 def _get(url: str, ca_bundle: Path | None) -> bytes:
     try:
         with urllib.request.urlopen(url, context=_context(ca_bundle), timeout=120) as response:
-            return response.read()
+            data: bytes = response.read()
+            return data
     except OSError as exc:
         raise Isol8Error(
             f"Cannot download {url}: {exc}. Check the network; behind a TLS-intercepting proxy pass "

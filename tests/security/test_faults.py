@@ -17,6 +17,8 @@ from engine.engine import AGENT_SILENT, DockerIsol8
 from engine.errors import DockerUnavailable, SandboxError
 from engine.models import ExecutionRequest
 
+pytestmark = pytest.mark.docker
+
 
 def wait_for(predicate: object, seconds: float) -> bool:
     deadline = time.monotonic() + seconds

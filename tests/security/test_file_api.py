@@ -22,6 +22,8 @@ from engine.engine import DockerIsol8
 from engine.errors import FileError, FileTooLarge, NotARegularFile, SandboxError
 from engine.models import ExecutionRequest
 
+pytestmark = pytest.mark.docker
+
 # Every kind of path that is not a regular file the sandbox user can make (nodev: no devices).
 NOT_REGULAR = {
     "fifo": "mkfifo /sandbox/thing",

@@ -8,6 +8,8 @@ from engine.docker import DockerClient
 from engine.engine import DockerIsol8
 from engine.models import ExecutionRequest
 
+pytestmark = pytest.mark.docker
+
 
 @pytest.fixture(scope="module")
 def runsc(docker_client: DockerClient) -> None:

@@ -11,6 +11,8 @@ import pytest
 from engine.engine import DockerIsol8
 from engine.models import ExecutionRequest
 
+pytestmark = pytest.mark.docker
+
 # Syscall numbers for the probe below (x86_64, aarch64).
 SYSCALLS = {
     "x86_64": {"mount": 165, "unshare": 272, "setns": 308, "ptrace": 101, "keyctl": 250, "bpf": 321,

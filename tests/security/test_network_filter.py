@@ -26,6 +26,8 @@ from engine.docker import DockerClient
 from engine.engine import DockerIsol8
 from engine.models import ExecutionRequest, ExecutionResult, NetworkFilter
 
+pytestmark = pytest.mark.docker
+
 SERVER = r"""
 import json, socket, socketserver, sys, threading
 class Echo(socketserver.BaseRequestHandler):

@@ -38,6 +38,8 @@ from websockets.exceptions import InvalidStatus
 from engine import __version__
 from engine.docker import DockerClient
 
+pytestmark = pytest.mark.docker
+
 BODY_LIMIT = 1 << 20
 MAX_SESSIONS, PER_TENANT = 7, 3
 CONFIG = {

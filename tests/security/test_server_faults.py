@@ -29,6 +29,8 @@ from websockets.asyncio.client import connect
 
 from engine.docker import DockerClient
 
+pytestmark = pytest.mark.docker
+
 PIDS_MARK = 59
 """The server's default pids limit: no other suite uses it, so its containers can be told apart."""
 BODY_LIMIT = 1 << 20

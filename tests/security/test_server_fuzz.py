@@ -33,6 +33,8 @@ from test_server_support import MASTER_KEY, ServerProcess, serve, wait_until
 
 from engine.docker import DockerClient
 
+pytestmark = pytest.mark.docker
+
 EXAMPLES = 100
 """Per route and generation phase, on top of schemathesis' coverage cases (boundaries, wrong types)."""
 PIDS_MARK = 57

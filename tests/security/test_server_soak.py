@@ -5,8 +5,12 @@ is `python -m bench.soak --count 2000 --through-server`."""
 
 from __future__ import annotations
 
+import pytest
+
 from bench.soak import soak
 from engine.docker import DockerClient
+
+pytestmark = pytest.mark.docker
 
 
 async def test_soak_through_the_server_loses_nothing_and_leaks_nothing(docker_client: DockerClient) -> None:

@@ -17,6 +17,8 @@ from engine.engine import DockerIsol8
 from engine.errors import FileError
 from engine.models import ExecutionRequest, NetworkFilter
 
+pytestmark = pytest.mark.docker
+
 LONG = ExecutionRequest(cmd="for i in $(seq 1 100000); do echo tick $i; done; sleep 30; echo never; exit 7")
 
 

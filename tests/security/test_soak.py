@@ -3,8 +3,12 @@ The full size (2,000) is `python -m bench.soak`; see SECURITY.md for its figures
 
 from __future__ import annotations
 
+import pytest
+
 from bench.soak import soak
 from engine.docker import DockerClient
+
+pytestmark = pytest.mark.docker
 
 
 async def test_soak_loses_nothing_and_leaks_nothing(docker_client: DockerClient) -> None:

@@ -16,6 +16,8 @@ from engine.engine import DockerIsol8
 from engine.hardening import SANDBOX_UIDS
 from engine.models import ExecutionRequest
 
+pytestmark = pytest.mark.docker
+
 # The main thread ends with the raw exit syscall (60 on x86_64, 93 on aarch64), not exit_group:
 # the process lives on in its other threads. `planted` is printed only once the leader is a zombie
 # (as an attacker would wait), so the job ends with the survivor already in that state.
