@@ -21,7 +21,9 @@ import json
 import logging
 import math
 import time
-from collections import defaultdict, deque
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from engine.docker import DockerClient
@@ -38,110 +40,122 @@ def pool_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@dataclass
+class _Key:
+    """Everything the pool knows about one settings key."""
+
+    config: dict[str, Any]
+    ready: deque[Sandbox] = field(default_factory=deque)
+    waiters: deque[asyncio.Future[Sandbox]] = field(default_factory=deque)
+    starting: int = 0
+    scrubbing: int = 0
+    busy: int = 0
+    peak: int = 0  # most busy at once since the key was last idle
+    trim: asyncio.TimerHandle | None = None
+    last_arrival: float | None = None
+    gap: float | None = None  # smoothed seconds between acquires
+    start_s: float | None = None  # smoothed seconds a launch takes
+
+    @property
+    def promised(self) -> int:
+        """Sandboxes on their way: being started or scrubbed."""
+        return self.starting + self.scrubbing
+
+
 class Pool:
     def __init__(self, docker: DockerClient, strategy: Strategy, size: int, cap: int) -> None:
         self.docker = docker
         self.strategy = strategy
         self.size = size
         self.cap = max(size, cap)  # the most a `secure` key keeps ready or starting for a burst
-        self._last_arrival: dict[str, float] = {}
-        self._gap: dict[str, float] = {}  # smoothed seconds between acquires, per key
-        self._start_s: dict[str, float] = {}  # smoothed seconds a launch takes, per key
-        self._ready: dict[str, deque[Sandbox]] = defaultdict(deque)
-        self._starting: dict[str, int] = defaultdict(int)
-        self._busy: dict[str, int] = defaultdict(int)
-        self._images: dict[str, str] = {}
-        self._scrubbing: dict[str, int] = defaultdict(int)
-        self._configs: dict[str, dict[str, Any]] = {}
-        self._waiters: dict[str, deque[asyncio.Future[Sandbox]]] = defaultdict(deque)
-        self._peak: dict[str, int] = defaultdict(int)  # most busy at once since the key was last idle
-        self._trims: dict[str, asyncio.TimerHandle] = {}
+        self._keys: dict[str, _Key] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._starts: set[asyncio.Task[None]] = set()  # starts in flight: a closing pool cancels them
         self._closed = False
 
+    def _key(self, config: dict[str, Any]) -> tuple[str, _Key]:
+        name = pool_key(config)
+        if name not in self._keys:
+            self._keys[name] = _Key(config)
+        return name, self._keys[name]
+
     async def acquire(self, config: dict[str, Any]) -> Sandbox:
-        key = pool_key(config)
+        name, key = self._key(config)
         self._arrived(key)
-        self._images[key] = config["image"]
-        self._configs[key] = config
-        self._busy[key] += 1
-        self._peak[key] = max(self._peak[key], self._busy[key])
-        if key in self._trims:
-            self._trims.pop(key).cancel()
+        key.busy += 1
+        key.peak = max(key.peak, key.busy)
+        if key.trim is not None:
+            key.trim.cancel()
+            key.trim = None
         try:
             try:
-                sandbox = await self._take(key, config)
+                sandbox = await self._take(key)
             except _Retry:
                 sandbox = await Sandbox.launch(self.docker, config)
         except BaseException:
-            self._busy[key] -= 1
+            key.busy -= 1
             raise
-        sandbox.pool_key = key
+        sandbox.pool_key = name
         if self.strategy == "secure":
-            self._refill(key, config)
+            self._refill(name)
         return sandbox
 
-    async def _take(self, key: str, config: dict[str, Any]) -> Sandbox:
+    async def _take(self, key: _Key) -> Sandbox:
         """A ready sandbox; else one being started or scrubbed (a few ms away); else a new one."""
-        while self._ready[key]:
-            sandbox = self._ready[key].popleft()
+        while key.ready:
+            sandbox = key.ready.popleft()
             if sandbox.alive:
                 return sandbox
             self._spawn(self._destroy(sandbox))  # died while waiting (e.g. the daemon restarted)
-        if self._starting[key] + self._scrubbing[key] > len(self._waiters[key]):
+        if key.promised > len(key.waiters):
             waiter: asyncio.Future[Sandbox] = asyncio.get_running_loop().create_future()
-            self._waiters[key].append(waiter)
+            key.waiters.append(waiter)
             try:
                 return await waiter
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self._put(key, waiter.result())
                 raise
-        return await Sandbox.launch(self.docker, config)
+        return await Sandbox.launch(self.docker, key.config)
 
-    def _put(self, key: str, sandbox: Sandbox) -> None:
+    def _put(self, key: _Key, sandbox: Sandbox) -> None:
         """A sandbox is ready: to the first waiter, else onto the ready queue."""
         if not sandbox.alive:
             self._spawn(self._destroy(sandbox))
             self._wake_waiters(key)
             return
-        waiters = self._waiters[key]
-        while waiters:
-            waiter = waiters.popleft()
+        while key.waiters:
+            waiter = key.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(sandbox)
                 return
-        self._ready[key].append(sandbox)
+        key.ready.append(sandbox)
 
-    def _wake_waiters(self, key: str) -> None:
+    def _wake_waiters(self, key: _Key) -> None:
         """A start or scrub failed: waiters it was meant for start their own sandbox instead."""
-        while len(self._waiters[key]) > self._starting[key] + self._scrubbing[key]:
-            waiter = self._waiters[key].pop()
+        while len(key.waiters) > key.promised:
+            waiter = key.waiters.pop()
             if not waiter.done():
                 waiter.set_exception(_Retry())
 
     def release(self, sandbox: Sandbox, reusable: bool = True) -> None:
         """Give a sandbox back after an execution (in the background: the caller has its result)."""
-        key = sandbox.pool_key
-        self._busy[key] -= 1
-        keep = self.strategy == "fast" and reusable and not self._closed
-        if keep:
-            self._scrubbing[key] += 1
+        name = sandbox.pool_key
+        key = self._keys[name]
+        key.busy -= 1
+        if self.strategy == "fast" and reusable and not self._closed:
+            key.scrubbing += 1
             self._spawn(self._recycle(key, sandbox))
         else:
             self._spawn(self._destroy(sandbox))
-            if self.strategy == "fast" and not self._closed and key in self._configs:
-                self._refill(key, self._configs[key])
-        if self._busy[key] == 0 and not self._closed:
-            self._trims[key] = asyncio.get_running_loop().call_later(IDLE_TRIM_S, self._trim, key)
+            if self.strategy == "fast" and not self._closed:
+                self._refill(name)
+        if key.busy == 0 and not self._closed:
+            key.trim = asyncio.get_running_loop().call_later(IDLE_TRIM_S, self._trim, key)
 
     async def prewarm(self, configs: list[dict[str, Any]]) -> None:
         for config in configs:
-            key = pool_key(config)
-            self._images[key] = config["image"]
-            self._configs[key] = config
-            self._refill(key, config)
+            self._refill(self._key(config)[0])
         await self.settle()
 
     async def settle(self) -> None:
@@ -150,86 +164,85 @@ class Pool:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def state(self) -> list[PoolState]:
-        keys = set(self._ready) | set(self._starting) | set(self._busy)
         per_image: dict[str, PoolState] = {}
-        for key in keys:
-            image = self._images[key]
+        for key in self._keys.values():
+            image = key.config["image"]
             state = per_image.setdefault(image, PoolState(image=image))
-            state.ready += len(self._ready[key])
-            state.busy += self._busy[key]
-            state.starting += self._starting[key]
+            state.ready += len(key.ready)
+            state.busy += key.busy
+            state.starting += key.starting
         return sorted((s for s in per_image.values() if s.ready or s.busy or s.starting), key=lambda s: s.image)
 
     async def close(self) -> None:
         """Remove every ready container; starts still in flight are cancelled, not waited for (what
         they made is removed in the background as soon as it exists)."""
         self._closed = True
-        for timer in self._trims.values():
-            timer.cancel()
-        self._trims.clear()
-        for waiters in self._waiters.values():
-            for waiter in waiters:
+        for key in self._keys.values():
+            if key.trim is not None:
+                key.trim.cancel()
+                key.trim = None
+            for waiter in key.waiters:
                 if not waiter.done():
                     waiter.set_exception(_Retry())
         for start in self._starts:
             start.cancel()
         await self.settle()
-        doomed = [sandbox for ready in self._ready.values() for sandbox in ready]
-        self._ready.clear()
+        doomed = [sandbox for key in self._keys.values() for sandbox in key.ready]
+        for key in self._keys.values():
+            key.ready.clear()
         await asyncio.gather(*(sandbox.destroy() for sandbox in doomed), return_exceptions=True)
 
     # --- background work --------------------------------------------------------------------------
-    def _arrived(self, key: str) -> None:
+    def _arrived(self, key: _Key) -> None:
         now = time.monotonic()
-        last = self._last_arrival.get(key)
-        self._last_arrival[key] = now
-        if last is not None:
-            self._gap[key] = _smooth(self._gap.get(key), now - last)
+        if key.last_arrival is not None:
+            key.gap = _smooth(key.gap, now - key.last_arrival)
+        key.last_arrival = now
 
-    def wanted(self, key: str) -> int:
+    def wanted(self, name: str) -> int:
         """How many sandboxes a key keeps ready or starting: `size`, or for `secure` what covers the
         start time at the arrival rate seen (fast keys come back from their scrub instead)."""
-        gap, start = self._gap.get(key), self._start_s.get(key)
-        if self.strategy != "secure" or not self.size or not gap or start is None:
+        key = self._keys[name]
+        if self.strategy != "secure" or not self.size or not key.gap or key.start_s is None:
             return self.size  # a pool of 0 stays off: no container is started ahead
-        return min(self.cap, max(self.size, math.ceil(start / gap)))
+        return min(self.cap, max(self.size, math.ceil(key.start_s / key.gap)))
 
-    def _refill(self, key: str, config: dict[str, Any]) -> None:
-        missing = self.wanted(key) - len(self._ready[key]) - self._starting[key]
-        for _ in range(max(0, missing)):
-            self._starting[key] += 1
-            task = self._spawn(self._start(key, config))
+    def _refill(self, name: str) -> None:
+        key = self._keys[name]
+        for _ in range(max(0, self.wanted(name) - len(key.ready) - key.starting)):
+            key.starting += 1
+            task = self._spawn(self._start(name, key))
             self._starts.add(task)
             task.add_done_callback(self._starts.discard)
 
-    async def _start(self, key: str, config: dict[str, Any]) -> None:
+    async def _start(self, name: str, key: _Key) -> None:
         started = time.monotonic()
         try:
-            sandbox = await Sandbox.launch(self.docker, config)
+            sandbox = await Sandbox.launch(self.docker, key.config)
         except asyncio.CancelledError:  # the pool is closing
-            self._starting[key] -= 1
+            key.starting -= 1
             raise
         except Exception as exc:  # a waiter starts one itself and reports the error
-            log.debug("pool start for %s failed: %s", config["image"], exc)
-            self._starting[key] -= 1
+            log.debug("pool start for %s failed: %s", key.config["image"], exc)
+            key.starting -= 1
             self._wake_waiters(key)
             return
-        self._starting[key] -= 1
-        self._start_s[key] = _smooth(self._start_s.get(key), time.monotonic() - started)
-        sandbox.pool_key = key
+        key.starting -= 1
+        key.start_s = _smooth(key.start_s, time.monotonic() - started)
+        sandbox.pool_key = name
         if self._closed:
             await sandbox.destroy()
         else:
             self._put(key, sandbox)
 
-    async def _recycle(self, key: str, sandbox: Sandbox) -> None:
+    async def _recycle(self, key: _Key, sandbox: Sandbox) -> None:
         try:
             error = await asyncio.wait_for(sandbox.scrub(), 10)
         except Exception as exc:
             error = str(exc) or type(exc).__name__
         finally:
-            self._scrubbing[key] -= 1
-        wanted = self._waiters[key] or len(self._ready[key]) < max(self.size, self._peak[key])
+            key.scrubbing -= 1
+        wanted = key.waiters or len(key.ready) < max(self.size, key.peak)
         if error is None and not self._closed and wanted:
             self._put(key, sandbox)
             return
@@ -238,20 +251,18 @@ class Pool:
             self._wake_waiters(key)
         await sandbox.destroy()
 
-    def _trim(self, key: str) -> None:
+    def _trim(self, key: _Key) -> None:
         """Idle for a while: back to `size` ready sandboxes for this key, and no burst remembered."""
-        self._trims.pop(key, None)
-        self._peak[key] = 0
-        self._gap.pop(key, None)
-        self._last_arrival.pop(key, None)
-        ready = self._ready[key]
-        while len(ready) > self.size:
-            self._spawn(self._destroy(ready.pop()))
+        key.trim = None
+        key.peak = 0
+        key.gap = key.last_arrival = None
+        while len(key.ready) > self.size:
+            self._spawn(self._destroy(key.ready.pop()))
 
     async def _destroy(self, sandbox: Sandbox) -> None:
         await sandbox.destroy()
 
-    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -169,7 +169,7 @@ async def test_secure_pool_grows_for_a_burst_and_shrinks_back(
     monkeypatch.setattr(pool_module, "IDLE_TRIM_S", 1.0)
     async with DockerIsol8(pool_size=1, prewarm=["python"]) as engine:
         pool = engine._pool
-        key = next(iter(pool._configs))
+        key = next(iter(pool._keys))
         assert pool.wanted(key) == 1
         peak = 0
         runs = []
