@@ -73,6 +73,14 @@ SeccompMode = Literal["strict", "unconfined", "custom"]
 PoolStrategy = Literal["secure", "fast"]
 
 
+def valid_env(env: dict[str, str]) -> dict[str, str]:
+    """Environment variables a process can be given: a name without `=` or NUL, a value without NUL."""
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            raise ValueError(f'Invalid environment variable name or value: "{name}"')
+    return env
+
+
 class Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
@@ -149,10 +157,7 @@ class ExecutionRequest(RequestLimits):
     @field_validator("env", "secrets")
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
-        for name, value in env.items():
-            if not name or "=" in name or "\0" in name or "\0" in value:
-                raise ValueError(f'Invalid environment variable name or value: "{name}"')
-        return env
+        return valid_env(env)
 
     @field_validator("file_extension")
     @classmethod

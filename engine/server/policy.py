@@ -8,6 +8,7 @@ else starts from the operator's config, never from built-in defaults.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from engine.models import (
     RequestLimits,
     SeccompMode,
     SecurityOptions,
+    valid_env,
 )
 
 MINIMUMS: tuple[tuple[str, str, str | float | int], ...] = (
@@ -75,10 +77,7 @@ class ClientOptions(RequestLimits):
     @classmethod
     def _secret_names(cls, secrets: dict[str, str]) -> dict[str, str]:
         """As ExecutionRequest checks its own: these are merged into the request unvalidated."""
-        for name, value in secrets.items():
-            if not name or "=" in name or "\0" in name or "\0" in value:
-                raise ValueError(f'Invalid environment variable name or value: "{name}"')
-        return secrets
+        return valid_env(secrets)
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ class Plan:
         return self.engine_options.model_copy(update={**update, "mode": "persistent", "runtime": self.request.runtime})
 
 
-def _listing(values: list[str] | set[str]) -> str:
+def _listing(values: Iterable[str]) -> str:
     return ", ".join(sorted(values)) or "none"
 
 
@@ -154,7 +153,7 @@ class Policy:
             value = getattr(request, field)
             if value is None:
                 continue
-            too_small = parse_size(value) < parse_size(minimum) if isinstance(value, str) else value < minimum
+            too_small = parse_size(value) < parse_size(minimum) if isinstance(minimum, str) else value < minimum
             if too_small:
                 raise Isol8Error(f"{json_name} {value} is below the smallest a sandbox can start with ({minimum})")
         for json_name, field, maximum in self._limits:
