@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from engine.docker import DockerClient
 from engine.engine import DockerIsol8
 from engine.errors import DockerUnavailable
+from engine.hardening import OWNER_LABEL, owner_alive, owner_id
 from engine.images import image_ready
 from engine.runtimes import RUNTIMES
 
@@ -40,14 +42,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leftover_containers() -> Iterator[None]:
-    """The suite must leave no managed container behind."""
+    """The suite must leave no managed container behind: none of this process's, and none made since
+    it started by a process that has ended (the CLI and servers the tests run). Containers of other
+    live processes on the same daemon (another suite, a benchmark) are theirs, not leftovers."""
+    started = time.time() - 1
     yield
     try:
         client = DockerClient()
         client.ping()
     except DockerUnavailable:
         return
-    left = client.managed_containers()
+    mine = owner_id()
+    left = [
+        container
+        for container in client.managed_containers()
+        if container["Labels"].get(OWNER_LABEL) == mine
+        or (container["Created"] >= started and not owner_alive(container["Labels"].get(OWNER_LABEL, "")))
+    ]
     assert not left, f"containers left behind: {[c['Id'][:12] for c in left]}"
 
 
