@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import AsyncIterator
-from typing import Protocol, TextIO
+from typing import TextIO
 
 from rich.console import Console
 from rich.table import Table
 
-from engine.models import ExecutionRequest, ExecutionResult, NetworkLogEntry, StreamEvent
+from engine.interface import Engine
+from engine.models import ExecutionRequest, ExecutionResult, NetworkLogEntry
 from isol8_tui.output import err, warn
-
-
-class Engine(Protocol):
-    """What both DockerIsol8 and RemoteIsol8 offer."""
-
-    async def execute(self, request: ExecutionRequest) -> ExecutionResult: ...
-
-    def execute_stream(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent]: ...
 
 
 async def run_requests(

@@ -99,9 +99,9 @@ def _ask(host: str, port: int) -> socket.socket:
             if chosen is None:
                 err(f"Invalid port: {raw}. Expected 1-65535.")
                 continue
-            sock = _bind(host, chosen)
-            if sock is not None:
-                return sock
+            bound = _bind(host, chosen)
+            if bound is not None:
+                return bound
             warn(f"Port {chosen} is already in use.")
 
 
