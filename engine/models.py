@@ -26,7 +26,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from engine.limits import parse_size
-from engine.runtimes import RUNTIME_NAMES, RuntimeName
+from engine.runtimes import RUNTIME_NAMES, RuntimeName, unknown_runtime
 
 MAX_STDIN_BYTES = 64 << 20
 """Largest `stdin` a request may carry (it travels in memory; use `files` for more)."""
@@ -131,7 +131,7 @@ class ExecutionRequest(RequestLimits):
     @classmethod
     def _known_runtime(cls, runtime: str) -> str:
         if runtime not in RUNTIME_NAMES:
-            raise ValueError(f'Unknown runtime: "{runtime}". Available: {", ".join(RUNTIME_NAMES)}')
+            raise ValueError(unknown_runtime(runtime))
         return runtime
 
     @field_validator("files")

@@ -191,11 +191,15 @@ if tuple(RUNTIMES) != RUNTIME_NAMES:  # pragma: no cover - a registry edit that 
 _BY_EXTENSION = {ext: spec for spec in RUNTIMES.values() for ext in spec.extensions}
 
 
+def unknown_runtime(name: str) -> str:
+    return f'Unknown runtime: "{name}". Available: {", ".join(RUNTIME_NAMES)}'
+
+
 def get_runtime(name: str) -> RuntimeSpec:
     try:
         return RUNTIMES[name]
     except KeyError:
-        raise Isol8Error(f'Unknown runtime: "{name}". Available: {", ".join(RUNTIME_NAMES)}') from None
+        raise Isol8Error(unknown_runtime(name)) from None
 
 
 def detect_runtime(filename: str) -> RuntimeSpec:
