@@ -5,8 +5,8 @@ talks to the engine through its public API and reports what happened by posting 
 `EngineBridge.target` (the main screen), so every widget change happens in a message handler.
 
 Blocking Docker calls (ping, image checks and builds) live on the `Backend`; they run in thread
-workers. The real backend uses `engine`; tests and the screenshot command use
-`isol8_tui.fake_engine.FakeBackend`, which is deterministic.
+workers. The real backend uses `engine`; the tests and screenshots use a deterministic fake that lives
+with them (tests/tui/fake_engine.py).
 """
 
 from __future__ import annotations

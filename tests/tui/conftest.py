@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_engine import FakeBackend
 
 from engine.config import TuiSettings
 from isol8_tui.app import WorkbenchApp, make_app
-from isol8_tui.fake_engine import FakeBackend
 
 
 @pytest.fixture(autouse=True)

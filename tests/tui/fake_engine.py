@@ -1,6 +1,8 @@
-"""A deterministic stand-in for the engine and Docker, for tests, snapshots and the screenshots.
+"""A deterministic stand-in for the engine and Docker, for the workbench's tests, snapshots and
+screenshots (it lives with the tests, not in the installed package).
 
-`FakeEngine` speaks `DockerIsol8`'s public API. Instead of running code it reads it line by line
+`FakeEngine` implements `engine.interface.Engine` and raises the engine's error types; the contract
+test (test_contract.py) runs one scenario on it and on the real engine, so the two cannot drift. Instead of running code it reads it line by line
 and plays what a few familiar statements would do, in every runtime's spelling:
 
     print("hi") / console.log("hi") / echo hi                 -> stdout
@@ -24,20 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from engine import (
-    DockerUnavailable,
-    ExecutionRequest,
-    ExecutionResult,
-    Isol8Error,
-    Isol8Options,
-    NetworkLogEntry,
-    PoolState,
-    StreamEvent,
-)
+from engine import ExecutionRequest, ExecutionResult, Isol8Options, NetworkLogEntry, PoolState, StreamEvent
+from engine.errors import DockerUnavailable, FileNotFound, ImageMissing, Isol8Error, SandboxLost
+from engine.models import sandbox_path
+from engine.runtimes import RUNTIMES
 
 EPOCH = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -105,7 +102,7 @@ class FakeBackend:
 
 
 class FakeEngine:
-    """`DockerIsol8`'s public API over an in-memory sandbox."""
+    """`engine.interface.Engine` over an in-memory sandbox."""
 
     def __init__(self, options: Isol8Options, backend: FakeBackend) -> None:
         self.options = options
@@ -128,6 +125,13 @@ class FakeEngine:
         self.container = False
         self.files.clear()
 
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
     def pool_state(self) -> list[PoolState]:
         if self.options.mode == "persistent" and self.container:
             return [PoolState(image=f"isol8:{self.options.runtime}", busy=1)]
@@ -146,7 +150,7 @@ class FakeEngine:
         self._session_check()
         self._check_path(path)
         if path not in self.files:
-            raise Isol8Error(f"File not found in the sandbox: {path}")
+            raise FileNotFound(f"File not found in the sandbox: {path}")
         return self.files[path]
 
     def _session_check(self) -> None:
@@ -156,8 +160,10 @@ class FakeEngine:
 
     @staticmethod
     def _check_path(path: str) -> None:
-        if not path.startswith(("/sandbox/", "/tmp/")) or ".." in path.split("/"):
-            raise Isol8Error(f'File path must be a file inside /sandbox or /tmp, without "..": "{path}"')
+        try:
+            sandbox_path(path)
+        except ValueError as exc:
+            raise Isol8Error(str(exc)) from None
 
     # --- runs ------------------------------------------------------------------------------------------------
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
@@ -178,12 +184,10 @@ class FakeEngine:
             runtime=request.runtime,
         )
 
-    async def execute_stream(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent]:
+    async def execute_stream(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent, None]:
         self.backend.ping()
         if request.runtime in self.backend.missing:
-            raise Isol8Error(
-                f"Image isol8:{request.runtime} is missing or outdated. Run `isol8 setup` to build the images."
-            )
+            raise ImageMissing.of(RUNTIMES[request.runtime].image)
         if self.options.mode == "persistent" and self.options.runtime not in (None, request.runtime):
             raise Isol8Error(
                 f'Cannot switch runtime from "{self.options.runtime}" to "{request.runtime}". Each persistent '
@@ -200,16 +204,14 @@ class FakeEngine:
                 async for event in self._command(request.cmd):
                     yield event
                 return
-            extension = request.file_extension or {"node": ".mjs", "bun": ".ts", "deno": ".mts", "bash": ".sh"}.get(
-                request.runtime, ".py"
-            )
+            extension = request.file_extension or RUNTIMES[request.runtime].extensions[0]
             self.files[f"/sandbox/main{extension}"] = (request.code or "").encode()
             async for event in self._play(request):
                 yield event
         finally:
             self.running -= 1
 
-    async def _command(self, cmd: str) -> AsyncIterator[StreamEvent]:
+    async def _command(self, cmd: str) -> AsyncGenerator[StreamEvent, None]:
         if cmd.startswith("find /sandbox"):
             lines = []
             for path in sorted(self.files):
@@ -220,9 +222,9 @@ class FakeEngine:
                 yield StreamEvent(type="stdout", data="".join(lines), phase="code")
         elif cmd != "true":
             yield StreamEvent(type="stdout", data=f"{cmd}\n", phase="code")
-        yield StreamEvent(type="exit", data="0", phase="code", truncated=False)
+        yield _exit(0, False)
 
-    async def _play(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent]:
+    async def _play(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent, None]:
         limit = request.max_output_size or self.options.max_output_size
         budget_ms = request.timeout_ms or self.options.timeout_ms
         elapsed_ms = 0.0
@@ -241,7 +243,7 @@ class FakeEngine:
                 if elapsed_ms + wanted > budget_ms:
                     self.backend.time.advance(budget_ms - elapsed_ms)
                     yield StreamEvent(type="error", data="EXECUTION TIMED OUT", phase="code")
-                    yield StreamEvent(type="exit", data="137", phase="code", truncated=truncated)
+                    yield _exit(137, truncated, timed_out=True)
                     return
                 self.backend.time.advance(wanted)
                 elapsed_ms += wanted
@@ -252,13 +254,14 @@ class FakeEngine:
                     await asyncio.Event().wait()  # runs until the consumer closes the stream
                 finally:
                     self.holding = False
-            if _OOM.search(line) and int(_OOM.search(line)["e"]) >= 9:  # type: ignore[index]
+            oom = _OOM.search(line)
+            if oom and int(oom["e"]) >= 9:
                 yield StreamEvent(type="error", data="OUT OF MEMORY", phase="code")
-                yield StreamEvent(type="exit", data="137", phase="code", truncated=truncated)
+                yield _exit(137, truncated, oom_killed=True)
                 return
             if "os.kill(1, 9)" in line:
                 self.container = False
-                raise Isol8Error(
+                raise SandboxLost(
                     "The sandbox container 0123456789ab stopped unexpectedly. Retry; if it persists, run "
                     "`isol8 setup --force` and check `docker info`."
                 )
@@ -294,20 +297,20 @@ class FakeEngine:
             if shown:
                 stream, text = shown
                 written[stream] += len(text)
-                yield StreamEvent(type=stream, data=text, phase="code")  # type: ignore[arg-type]
+                yield StreamEvent(type=stream, data=text, phase="code")
                 continue
             code = _EXIT.search(line)
             if code:
-                yield StreamEvent(type="exit", data=code["n"], phase="code", truncated=truncated)
+                yield _exit(int(code["n"]), truncated)
                 return
             failure = _RAISE.match(line)
             if failure:
                 yield StreamEvent(type="stderr", data=_traceback(request.runtime, number, raw, failure), phase="code")
-                yield StreamEvent(type="exit", data="1", phase="code", truncated=truncated)
+                yield _exit(1, truncated)
                 return
-        yield StreamEvent(type="exit", data="0", phase="code", truncated=truncated)
+        yield _exit(0, truncated)
 
-    async def _request(self, url: str, line: str) -> AsyncIterator[StreamEvent]:
+    async def _request(self, url: str, line: str) -> AsyncGenerator[StreamEvent, None]:
         parts = urlsplit(url)
         host = parts.hostname or ""
         https = parts.scheme == "https"
@@ -319,7 +322,8 @@ class FakeEngine:
                 phase="code",
             )
             return
-        action, rule = "ALLOW", None
+        action: Literal["ALLOW", "BLOCK"] = "ALLOW"
+        rule: str | None = None
         port = parts.port or (443 if https else 80)
         if network == "filtered":
             rules = self.options.network_filter
@@ -343,7 +347,7 @@ class FakeEngine:
                 host=host,
                 port=port,
                 path=None if https else (parts.path or "/"),
-                action=action,  # type: ignore[arg-type]
+                action=action,
                 rule=rule,
                 status=status,
                 bytes_in=1256 if action == "ALLOW" else 0,
@@ -359,7 +363,14 @@ class FakeEngine:
             )
 
 
-def _output(line: str, runtime: str) -> tuple[str, str] | None:
+def _exit(code: int, truncated: bool, *, timed_out: bool = False, oom_killed: bool = False) -> StreamEvent:
+    """The run's one `exit` event, flagged as the engine flags it."""
+    return StreamEvent(
+        type="exit", data=str(code), phase="code", truncated=truncated, timed_out=timed_out, oom_killed=oom_killed
+    )
+
+
+def _output(line: str, runtime: str) -> tuple[Literal["stdout", "stderr"], str] | None:
     match = _PRINT.match(line)
     if match:
         to_stderr = match["fn"] in ("error", "warn") or "sys.stderr" in (match["rest"] or "")

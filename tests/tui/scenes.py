@@ -1,6 +1,6 @@
 """Screenshots of the workbench's main views, from the real app on the fake engine.
 
-    .venv/bin/python -m isol8_tui.screenshots [OUTPUT_DIR]     # default: screenshots/
+    .venv/bin/python tests/tui/scenes.py [OUTPUT_DIR]     # default: the repository's screenshots/
 
 The same scenes drive the snapshot tests (tests/tui/test_snapshots.py), so what the README shows is
 what the tests check. Everything in them is deterministic: the fake engine's clock is virtual, the
@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fake_engine import FakeBackend
 from textual.pilot import Pilot
 
 from engine.config import TuiSettings
 from isol8_tui.app import WorkbenchApp, make_app
 from isol8_tui.bridge import SessionSpec
-from isol8_tui.fake_engine import FakeBackend
 from isol8_tui.screens.main import MainScreen
 
 HELLO = """\
@@ -74,6 +74,8 @@ open("/sandbox/report.csv", "w").write("city,temp\\nLisbon,21\\nOslo,4\\n")
 open("/sandbox/out/summary.txt", "w").write("2 cities")
 print("wrote report.csv and out/summary.txt")
 """
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "screenshots"
 
 FILTERED = SessionSpec("python", "filtered", (r"(.*\.)?pypi\.org", r"files\.pythonhosted\.org"), (r".*\.evil\.com",))
 
@@ -224,7 +226,7 @@ async def capture(scene: Scene, folder: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    output = Path(args[0] if args else "screenshots").resolve()
+    output = Path(args[0]).resolve() if args else SCREENSHOTS
     output.mkdir(parents=True, exist_ok=True)
     here = Path.cwd()
     with tempfile.TemporaryDirectory(prefix="isol8-screens-") as tmp:

@@ -6,17 +6,17 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_engine import FakeBackend, FakeEngine
+from scenes import FETCHING, FILTERED
 from textual.message import Message
 from textual.widgets import Input, Select, TextArea
 from tui_helpers import main_screen, run_and_wait, wait_for, write_until_rerun
 
 from engine.config import TuiSettings
 from isol8_tui.bridge import OutputReceived, RunFinished, RunStarted, SessionSpec, WatchedFileChanged
-from isol8_tui.fake_engine import FakeBackend, FakeEngine
 from isol8_tui.screens import main as main_module
 from isol8_tui.screens.dialogs import ConfirmScreen, ImagesScreen, NewSessionScreen, RequestScreen, TransferScreen
 from isol8_tui.screens.help import HelpScreen
-from isol8_tui.screenshots import FETCHING, FILTERED
 from isol8_tui.widgets.network import NetworkTable
 from isol8_tui.widgets.sessions import SessionList
 

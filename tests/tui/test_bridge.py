@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from fake_engine import FakeBackend, FakeEngine
 from textual.message import Message
 
 from engine import ExecutionRequest
@@ -28,7 +29,6 @@ from isol8_tui.bridge import (
     request_extension,
     runtime_for_path,
 )
-from isol8_tui.fake_engine import FakeBackend, FakeEngine
 
 
 class Inbox:

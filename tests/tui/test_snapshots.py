@@ -1,4 +1,4 @@
-"""SVG snapshots of the main views on the fake engine (the same scenes as `python -m isol8_tui.screenshots`).
+"""SVG snapshots of the main views on the fake engine (the same scenes as `python tests/tui/scenes.py`).
 
 Update after a deliberate UI change: `.venv/bin/pytest tests/tui/test_snapshots.py --snapshot-update`,
 then look at the SVGs under tests/tui/__snapshots__/.
@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from isol8_tui.screenshots import SCENES, Scene, build_app
+from scenes import SCENES, Scene, build_app
 
 
 @pytest.mark.parametrize("scene", SCENES, ids=[scene.name for scene in SCENES])
