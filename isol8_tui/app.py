@@ -16,10 +16,11 @@ from textual.screen import Screen
 from textual.theme import Theme
 
 from engine.config import Isol8Config, TuiSettings
-from isol8_tui.bridge import NETWORK_POLICIES, RUNTIMES, Backend, EngineBridge, RealBackend, runtime_for_path
+from isol8_tui.bridge import RUNTIMES, Backend, EngineBridge, RealBackend, runtime_for_path
 from isol8_tui.screens.dialogs import ConfirmScreen
 from isol8_tui.screens.help import HelpScreen, KeyHelp
 from isol8_tui.screens.main import MainScreen
+from isol8_tui.sessions import NETWORK_POLICIES
 
 STARTER = {
     "python": 'print("hello from isol8")\n',

@@ -36,6 +36,7 @@ from engine import (
     StreamEvent,
 )
 from engine.config import Isol8Config
+from isol8_tui.sessions import Session, SessionSpec, SessionState
 
 log = logging.getLogger("isol8.tui")
 
@@ -49,9 +50,6 @@ RUNTIME_EXTENSIONS: dict[str, tuple[str, ...]] = {
 }
 """File extensions per runtime, as `isol8 run` detects them (`.ts` is bun, `.mts` deno)."""
 
-NetworkPolicy = Literal["none", "filtered", "host"]
-NETWORK_POLICIES: tuple[NetworkPolicy, ...] = ("none", "filtered", "host")
-SessionState = Literal["new", "starting", "idle", "running", "error"]
 Stream = Literal["stdout", "stderr"]
 
 LISTING_COMMAND = (
@@ -149,50 +147,7 @@ class RealBackend:
         )
 
 
-# --- sessions ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SessionSpec:
-    """What the new-session dialog asks for."""
-
-    runtime: str
-    network: NetworkPolicy = "none"
-    whitelist: tuple[str, ...] = ()
-    blacklist: tuple[str, ...] = ()
-    ports: tuple[int, ...] = ()  # extra HTTPS (CONNECT) ports besides 443
-
-
-@dataclass
-class Session:
-    """One engine of this workbench: a persistent container (state and files survive runs), or the
-    scratch engine, which starts a fresh container for every run and can run any runtime."""
-
-    id: str
-    name: str
-    runtime: str | None  # None: scratch, any runtime
-    network: str
-    log_network: bool
-    engine: Engine
-    created_at: float
-    whitelist: tuple[str, ...] = ()
-    blacklist: tuple[str, ...] = ()
-    ports: tuple[int, ...] = ()
-    state: SessionState = "new"
-    detail: str = ""  # the last failure, shown in the sidebar and the status line
-    runs: int = 0
-    active_run: int | None = None
-
-    @property
-    def scratch(self) -> bool:
-        return self.runtime is None
-
-    @property
-    def logs_network(self) -> bool:
-        return self.network == "filtered" and self.log_network
-
-    def can_run(self, runtime: str) -> bool:
-        return self.runtime is None or self.runtime == runtime
+# --- the /sandbox listing ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

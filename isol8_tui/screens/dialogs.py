@@ -19,7 +19,8 @@ from textual.suggester import Suggester, SuggestFromList
 from textual.widgets import Button, Input, Label, Log, RadioButton, RadioSet, Select, Static
 
 from engine import NetworkLogEntry
-from isol8_tui.bridge import NETWORK_POLICIES, RUNTIMES, SessionSpec
+from isol8_tui.bridge import RUNTIMES
+from isol8_tui.sessions import NETWORK_POLICIES, SessionSpec
 from isol8_tui.widgets.network import describe
 
 

@@ -23,6 +23,7 @@ from textual.worker import Worker, WorkerState
 
 from engine import ExecutionRequest
 from engine.config import TuiSettings
+from isol8_tui import sessions
 from isol8_tui.bridge import (
     RUNTIMES,
     DockerChecked,
@@ -37,9 +38,7 @@ from isol8_tui.bridge import (
     RunNoticed,
     RunStarted,
     SandboxListed,
-    Session,
     SessionChanged,
-    SessionSpec,
     WatchedFileChanged,
     request_extension,
     runtime_for_path,
@@ -53,6 +52,7 @@ from isol8_tui.screens.dialogs import (
     Transfer,
     TransferScreen,
 )
+from isol8_tui.sessions import Session, SessionSpec
 from isol8_tui.widgets.bars import RunBar, TopBar, format_duration
 from isol8_tui.widgets.editor import CodeEditor, EditorPane, display_path
 from isol8_tui.widgets.files import FilesPane, FileTable
@@ -123,7 +123,6 @@ class MainScreen(Screen[None]):
         self.building_images = False
         self._docker_retry = False
         self.images_dialog: ImagesScreen | None = None
-        self.listings: dict[str, list[str]] = {}
         self.scratch: Session | None = None
         self.selected: Session | None = None
         self.started = False
@@ -340,8 +339,7 @@ class MainScreen(Screen[None]):
 
     # --- sessions ----------------------------------------------------------------------------------------------
     def sessions_in_order(self) -> list[Session]:
-        sessions = list(self.bridge.sessions.values())
-        return sorted(sessions, key=lambda s: (not s.scratch, s.created_at, s.id))
+        return sessions.in_order(self.bridge.sessions.values())
 
     def _refresh_sessions(self) -> None:
         if self.selected is not None:
@@ -365,13 +363,13 @@ class MainScreen(Screen[None]):
             self._set_runtime(session.runtime)
         self._refresh_sessions()
         self._refresh_target()
-        if session.state in ("new", "error") and not session.scratch and self._images_ready(session.runtime):
-            self.warm_up(session)
+        self._warm_up_if_ready(session)
         if self.results.active == "tab-files":
             self.refresh_files()
 
-    def _images_ready(self, runtime: str | None) -> bool:
-        return self.docker_available is True and runtime not in self.missing_images
+    def _warm_up_if_ready(self, session: Session) -> None:
+        if sessions.should_warm(session, self.docker_available, self.missing_images):
+            self.warm_up(session)
 
     def _set_runtime(self, runtime: str) -> None:
         self.runtime = runtime
@@ -379,20 +377,18 @@ class MainScreen(Screen[None]):
         self.runbar.set_runtime(runtime)
 
     def _choose_session_for(self, runtime: str) -> None:
-        """A persistent session of `runtime`: the newest one, or a new one."""
-        candidates = [s for s in self.sessions_in_order() if s.runtime == runtime]
-        if candidates:
-            self.select_session(candidates[-1])
-            return
-        session = self.bridge.create_session(SessionSpec(runtime, self.new_session_network))  # type: ignore[arg-type]
-        self.notify(f"Created session {session.name} ({runtime}, network {session.network}).", timeout=3)
+        """Select the session that runs `runtime` (sessions.session_for), creating one when there is none."""
+        session = sessions.session_for(runtime, self.bridge.sessions.values())
+        if session is None:
+            session = self.bridge.create_session(SessionSpec(runtime, self.new_session_network))
+            self.notify(f"Created session {session.name} ({runtime}, network {session.network}).", timeout=3)
         self.select_session(session)
 
     @on(RunBar.RuntimePicked)
     def change_runtime(self, message: RunBar.RuntimePicked) -> None:
         self.runtime = message.runtime
         self.editor_pane.set_runtime(message.runtime)
-        if self.selected is not None and not self.selected.scratch and self.selected.runtime != message.runtime:
+        if self.selected is not None and not self.selected.can_run(message.runtime):
             self._choose_session_for(message.runtime)
         else:
             self._refresh_target()
@@ -492,9 +488,8 @@ class MainScreen(Screen[None]):
             self.workers.cancel_group(self, "run")
         self.bridge.sessions.pop(session.id, None)
         self.run_worker(self.bridge.delete_session(session), group="sessions", exit_on_error=False)
-        if self.selected is session:
-            fallback = [s for s in self.sessions_in_order() if s.runtime == self.runtime]
-            self.select_session(fallback[-1] if fallback else self.scratch)  # type: ignore[arg-type]
+        if self.selected is session and self.scratch is not None:
+            self.select_session(sessions.after_removal(self.bridge.sessions.values(), self.runtime, self.scratch))
         self._refresh_sessions()
         self.notify(f"Session {session.name} deleted.", timeout=3)
 
@@ -553,14 +548,8 @@ class MainScreen(Screen[None]):
         self.missing_images = list(message.missing)
         if self.missing_images and not self.building_images:
             self.offer_images()
-        selected = self.selected
-        if (
-            selected is not None
-            and not selected.scratch
-            and self._images_ready(selected.runtime)
-            and selected.state in ("new", "error")
-        ):
-            self.warm_up(selected)
+        if self.selected is not None:
+            self._warm_up_if_ready(self.selected)
 
     def action_images(self) -> None:
         """The palette: check the images again; missing ones are offered for a build."""
@@ -698,7 +687,7 @@ class MainScreen(Screen[None]):
             self.files.show([])
             self.files.set_hint(f"[$error]Could not list /sandbox: {message.error}[/]")
             return
-        self.listings[message.session_id] = [e.path for e in message.entries if e.kind == "file"]
+        self.selected.files = tuple(e.path for e in message.entries if e.kind == "file")
         self.files.show(message.entries)
 
     def _file_session(self) -> Session | None:
@@ -736,8 +725,7 @@ class MainScreen(Screen[None]):
                     self.bridge.download(session, transfer.sandbox, transfer.host), group="files", exit_on_error=False
                 )
 
-        paths = self.listings.get(session.id, [])
-        self.app.push_screen(TransferScreen("download", session.name, paths, path), chosen)
+        self.app.push_screen(TransferScreen("download", session.name, session.files, path), chosen)
 
     @on(FilesPane.DownloadRequested)
     def _download_requested(self, message: FilesPane.DownloadRequested) -> None:

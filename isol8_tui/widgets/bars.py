@@ -12,7 +12,8 @@ from textual.message import Message
 from textual.widgets import Button, Checkbox, Select, Static
 
 from engine import PoolState
-from isol8_tui.bridge import NETWORK_POLICIES, RUNTIMES
+from isol8_tui.bridge import RUNTIMES
+from isol8_tui.sessions import NETWORK_POLICIES
 
 
 def format_duration(ms: float) -> str:

@@ -14,7 +14,7 @@ from textual.message import Message
 from textual.widgets import Button, OptionList
 from textual.widgets.option_list import Option
 
-from isol8_tui.bridge import Session
+from isol8_tui.sessions import Session
 
 STATE_STYLE = {
     "new": ("○ new", "dim"),

@@ -1,0 +1,92 @@
+"""The workbench's sessions and the rules for choosing between them, without Textual.
+
+A session is one engine: a persistent container (state and files survive runs) of one runtime, or
+the scratch engine, which starts a fresh container for every run and runs any runtime. The screen
+asks the functions below which session runs a runtime, what to select after a delete and when to
+start a container ahead of the first run; the bridge creates and stops the engines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from engine.interface import Engine
+from engine.models import NetworkMode
+
+SessionState = Literal["new", "starting", "idle", "running", "error"]
+
+NETWORK_POLICIES: tuple[NetworkMode, ...] = tuple(sorted(get_args(NetworkMode), key=lambda mode: mode == "host"))
+"""The engine's network modes as the pickers list them: the one that opens this machine's network last."""
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What the new-session dialog asks for."""
+
+    runtime: str
+    network: NetworkMode = "none"
+    whitelist: tuple[str, ...] = ()
+    blacklist: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()  # extra HTTPS (CONNECT) ports besides 443
+
+
+@dataclass(eq=False)
+class Session:
+    """One engine of this workbench. Equal only to itself: its state changes, what it is does not."""
+
+    id: str
+    name: str
+    runtime: str | None  # None: scratch, any runtime
+    network: NetworkMode
+    log_network: bool
+    engine: Engine
+    created_at: float
+    whitelist: tuple[str, ...] = ()
+    blacklist: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+    state: SessionState = "new"
+    detail: str = ""  # the last failure, shown in the sidebar and the status line
+    runs: int = 0
+    active_run: int | None = None
+    files: tuple[str, ...] = ()  # the files its /sandbox held at the last listing (download suggestions)
+
+    @property
+    def scratch(self) -> bool:
+        return self.runtime is None
+
+    @property
+    def logs_network(self) -> bool:
+        return self.network == "filtered" and self.log_network
+
+    def can_run(self, runtime: str) -> bool:
+        return self.runtime is None or self.runtime == runtime
+
+
+def in_order(sessions: Iterable[Session]) -> list[Session]:
+    """As the sidebar and the palette list them: scratch first, then oldest first."""
+    return sorted(sessions, key=lambda s: (not s.scratch, s.created_at, s.id))
+
+
+def session_for(runtime: str, sessions: Iterable[Session]) -> Session | None:
+    """The persistent session a switch to `runtime` selects: its newest one (None: create one)."""
+    candidates = [s for s in in_order(sessions) if s.runtime == runtime]
+    return candidates[-1] if candidates else None
+
+
+def after_removal(remaining: Iterable[Session], runtime: str, scratch: Session) -> Session:
+    """What to select once the selected session is deleted: the newest session of the runtime in
+    the editor, else scratch (which runs anything)."""
+    return session_for(runtime, remaining) or scratch
+
+
+def should_warm(session: Session, docker_available: bool | None, missing_images: Sequence[str]) -> bool:
+    """Start the session's container ahead of its first run: a persistent session without a
+    working container, once Docker answers and its image is there."""
+    return (
+        not session.scratch
+        and session.state in ("new", "error")
+        and docker_available is True
+        and session.runtime not in missing_images
+    )
