@@ -311,8 +311,8 @@ def _wrong_type_cases() -> list[Any]:
     """(route, body, field) for every field of every body the server takes, each with wrong types.
     Built from the models' own schemas, so a field added later is covered too."""
     from engine.models import ExecutionRequest
-    from engine.server.app import FileUpload, NewKey
     from engine.server.policy import ClientOptions
+    from engine.server.wire import FileUpload, NewKey
 
     cases = []
     base = {"request": {"code": "print(1)"}}
