@@ -16,7 +16,8 @@ from textual.screen import Screen
 from textual.theme import Theme
 
 from engine.config import Isol8Config, TuiSettings
-from isol8_tui.bridge import RUNTIMES, Backend, EngineBridge, RealBackend, runtime_for_path
+from engine.runtimes import RUNTIME_NAMES
+from isol8_tui.bridge import Backend, EngineBridge, RealBackend, runtime_for_path
 from isol8_tui.screens.dialogs import ConfirmScreen
 from isol8_tui.screens.help import HelpScreen, KeyHelp
 from isol8_tui.screens.main import MainScreen
@@ -195,7 +196,7 @@ class WorkbenchApp(App[None], inherit_bindings=False):
         for session in main.sessions_in_order():
             detail = "fresh container per run" if session.scratch else f"{session.runtime} · {session.network}"
             yield command(f"Session: switch to {session.name}", detail, partial(main.select_session, session))
-        for runtime in RUNTIMES:
+        for runtime in RUNTIME_NAMES:
             yield command(
                 f"Runtime: {runtime}", "highlighting and the session that runs", partial(main.pick_runtime, runtime)
             )

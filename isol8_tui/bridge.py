@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
@@ -24,31 +23,15 @@ from typing import Any, Literal, Protocol
 from textual.message import Message
 from textual.message_pump import MessagePump
 
-from engine import (
-    DockerUnavailable,
-    ExecutionRequest,
-    ExecutionResult,
-    Isol8Error,
-    Isol8Options,
-    NetworkFilter,
-    NetworkLogEntry,
-    PoolState,
-    StreamEvent,
-)
+from engine import ExecutionRequest, Isol8Options, NetworkFilter, NetworkLogEntry, PoolState
 from engine.config import Isol8Config
+from engine.errors import DockerUnavailable, ImageMissing, Isol8Error, SandboxLost
+from engine.interface import Engine
+from engine.runtimes import RUNTIME_NAMES, RUNTIMES, detect_runtime
+from isol8_tui.output import one_line
 from isol8_tui.sessions import Session, SessionSpec, SessionState
 
 log = logging.getLogger("isol8.tui")
-
-RUNTIMES: tuple[str, ...] = ("python", "node", "bun", "deno", "bash")
-RUNTIME_EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "python": (".py",),
-    "node": (".mjs", ".js", ".cjs"),
-    "bun": (".ts", ".tsx", ".jsx"),
-    "deno": (".mts",),
-    "bash": (".sh",),
-}
-"""File extensions per runtime, as `isol8 run` detects them (`.ts` is bun, `.mts` deno)."""
 
 Stream = Literal["stdout", "stderr"]
 
@@ -60,31 +43,22 @@ LISTING_COMMAND = (
 
 
 def runtime_for_path(path: str | Path) -> str | None:
-    """The runtime a file's extension selects, or None when no runtime claims it."""
-    suffix = Path(path).suffix.lower()
-    return next((name for name, exts in RUNTIME_EXTENSIONS.items() if suffix in exts), None)
+    """The runtime a file's extension selects (engine.runtimes.detect_runtime), or None when no
+    runtime claims it."""
+    try:
+        return detect_runtime(str(path)).name
+    except Isol8Error:
+        return None
 
 
 def request_extension(runtime: str, path: Path | None) -> str | None:
     """The file's own extension when it is one of the runtime's (`.cjs` makes Node use CommonJS)."""
-    if path is not None and path.suffix.lower() in RUNTIME_EXTENSIONS.get(runtime, ()):
+    if path is not None and path.suffix.lower() in RUNTIMES[runtime].extensions:
         return path.suffix.lower()
     return None
 
 
-# --- what the engine and Docker look like to the workbench ---------------------------------------------
-
-
-class Engine(Protocol):
-    """The part of `DockerIsol8`'s public API the workbench uses."""
-
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    def execute_stream(self, request: ExecutionRequest) -> AsyncIterator[StreamEvent]: ...
-    async def execute(self, request: ExecutionRequest) -> ExecutionResult: ...
-    async def put_file(self, path: str, content: str | bytes) -> None: ...
-    async def get_file(self, path: str) -> bytes: ...
-    def pool_state(self) -> list[PoolState]: ...
+# --- what Docker looks like to the workbench ------------------------------------------------------------
 
 
 class Backend(Protocol):
@@ -110,7 +84,7 @@ class Backend(Protocol):
 
 
 class RealBackend:
-    """The engine and the Docker daemon of this machine."""
+    """The engine and the Docker daemon of this machine (the checks and builds are engine.readiness's)."""
 
     def clock(self) -> float:
         return time.monotonic()
@@ -126,25 +100,14 @@ class RealBackend:
         DockerClient().ping()
 
     def missing_images(self, runtimes: Sequence[str]) -> list[str]:
-        from engine.docker import DockerClient
-        from engine.images import image_ready
+        from engine import readiness
 
-        client = DockerClient()
-        client.ping()
-        return [runtime for runtime in runtimes if not image_ready(client, runtime)]
+        return readiness.stale_images(runtimes)
 
     def build_images(self, runtimes: Sequence[str], progress: Callable[[str], None]) -> None:
-        from engine.docker import DockerClient
-        from engine.images import ensure_images
+        from engine import readiness
 
-        bundle = os.environ.get("ISOL8_CA_BUNDLE")
-        ensure_images(
-            DockerClient(),
-            list(runtimes),
-            refresh_base=False,
-            ca_bundle=Path(bundle) if bundle else None,
-            progress=progress,
-        )
+        readiness.build(runtimes, progress)
 
 
 # --- the /sandbox listing ---------------------------------------------------------------------------------
@@ -205,7 +168,8 @@ class RunFinished(Message, bubble=False):
     truncated: bool = False
     cancelled: bool = False
     error: str | None = None
-    docker_down: bool = False
+    docker_down: bool = False  # the error is DockerUnavailable
+    image_missing: bool = False  # the error is ImageMissing
 
 
 @dataclass
@@ -393,29 +357,31 @@ class EngineBridge:
         exit_code: int | None = None
         flags = {"timed_out": False, "oom_killed": False, "truncated": False}
         error: str | None = None
-        docker_down = cancelled = False
+        docker_down = image_missing = cancelled = False
         try:
             async with contextlib.aclosing(session.engine.execute_stream(request)) as events:
                 async for event in events:
-                    if event.type in ("stdout", "stderr"):
-                        self.post(OutputReceived(run_id, event.type, event.data, event.phase or "code"))  # type: ignore[arg-type]
+                    if event.type == "stdout" or event.type == "stderr":
+                        self.post(OutputReceived(run_id, event.type, event.data, event.phase or "code"))
                     elif event.type == "network" and event.entry is not None:
                         self.post(NetworkRequestCaptured(run_id, event.entry))
                     elif event.type == "error":
-                        flags["timed_out"] |= "TIMED OUT" in event.data
-                        flags["oom_killed"] |= "OUT OF MEMORY" in event.data
                         self.post(RunNoticed(run_id, event.data))
                     elif event.type == "exit":
                         exit_code = int(event.data)
-                        flags["truncated"] = bool(event.truncated)
+                        flags = {
+                            "timed_out": bool(event.timed_out),
+                            "oom_killed": bool(event.oom_killed),
+                            "truncated": bool(event.truncated),
+                        }
         except asyncio.CancelledError:
             cancelled = True
             raise
         except DockerUnavailable as exc:
             error, docker_down = str(exc), True
         except Isol8Error as exc:
-            error = str(exc)
-            if not session.scratch and "stopped unexpectedly" in error:
+            error, image_missing = str(exc), isinstance(exc, ImageMissing)
+            if isinstance(exc, SandboxLost) and not session.scratch:
                 error += " The session's next run starts a new container; its files and state are gone."
         except Exception as exc:
             log.exception("run %s failed", run_id)
@@ -435,6 +401,7 @@ class EngineBridge:
                     cancelled=cancelled,
                     error=error,
                     docker_down=docker_down,
+                    image_missing=image_missing,
                     **flags,
                 )
             )
@@ -449,7 +416,7 @@ class EngineBridge:
         try:
             result = await session.engine.execute(ExecutionRequest(cmd=LISTING_COMMAND, runtime=session.runtime))
         except Exception as exc:
-            self.post(SandboxListed(session.id, None, _one_line(exc)))
+            self.post(SandboxListed(session.id, None, one_line(exc)))
             return
         if result.exit_code != 0 and not result.stdout:
             self.post(SandboxListed(session.id, None, result.stderr.strip() or f"listing exited {result.exit_code}"))
@@ -461,7 +428,7 @@ class EngineBridge:
             data = await asyncio.to_thread(source.read_bytes)
             await session.engine.put_file(target, data)
         except Exception as exc:
-            self.post(FileTransferred(session.id, "upload", str(source), target, error=_one_line(exc)))
+            self.post(FileTransferred(session.id, "upload", str(source), target, error=one_line(exc)))
             return
         self.post(FileTransferred(session.id, "upload", str(source), target, size=len(data)))
 
@@ -470,12 +437,12 @@ class EngineBridge:
             data = await session.engine.get_file(source)
             await asyncio.to_thread(_write_file, target, data)
         except Exception as exc:
-            self.post(FileTransferred(session.id, "download", source, str(target), error=_one_line(exc)))
+            self.post(FileTransferred(session.id, "download", source, str(target), error=one_line(exc)))
             return
         self.post(FileTransferred(session.id, "download", source, str(target), size=len(data)))
 
     # --- Docker ----------------------------------------------------------------------------------------
-    def check_docker(self, runtimes: Sequence[str] = RUNTIMES) -> None:
+    def check_docker(self, runtimes: Sequence[str] = RUNTIME_NAMES) -> None:
         """Blocking (thread worker): is Docker up, and which images are missing."""
         try:
             missing = self.backend.missing_images(runtimes)
@@ -483,7 +450,7 @@ class EngineBridge:
             self.post(DockerChecked(False, str(exc)))
             return
         except Exception as exc:
-            self.post(DockerChecked(False, _one_line(exc)))
+            self.post(DockerChecked(False, one_line(exc)))
             return
         self.post(DockerChecked(True))
         self.post(ImagesChecked(missing))
@@ -493,7 +460,7 @@ class EngineBridge:
         try:
             self.backend.build_images(runtimes, lambda line: self.post(ImageBuildProgressed(line)))
         except Exception as exc:
-            self.post(ImageBuildFinished(_one_line(exc)))
+            self.post(ImageBuildFinished(one_line(exc)))
             return
         self.post(ImageBuildFinished(None))
 
@@ -502,7 +469,7 @@ class EngineBridge:
         try:
             self.backend.ping()
         except Exception as exc:
-            self.post(DockerChecked(False, _one_line(exc)))
+            self.post(DockerChecked(False, one_line(exc)))
             return
         self.post(DockerChecked(True))
 
@@ -523,8 +490,3 @@ def parse_listing(text: str) -> list[SandboxEntry]:
 def _write_file(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

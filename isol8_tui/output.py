@@ -1,4 +1,5 @@
-"""How the CLI speaks: `[ERR]`, `[WARN]`, `[OK]` lines, and turning engine errors into exit 1."""
+"""How isol8 speaks: `[ERR]`, `[WARN]`, `[OK]` lines, turning engine errors into exit 1, and any
+error as the one line the CLI and the workbench show."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from collections.abc import Iterator
 
 import click
+from pydantic import ValidationError
 
 from engine.errors import Isol8Error
 
@@ -37,20 +39,22 @@ def user_errors() -> Iterator[None]:
         err(str(exc))
         raise SystemExit(1) from None
     except ValueError as exc:  # pydantic validation of flags, e.g. an invalid size
-        err(_first_line(exc))
+        err(one_line(exc))
         raise SystemExit(1) from None
 
 
-def _first_line(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
+def one_line(exc: BaseException) -> str:
+    """An error as one line: a validation error's first problem (`where: what`), else the first line
+    of its message, else its type's name."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        first = exc.errors()[0]
         message = str(first.get("msg", exc))
         if message.startswith("Value error, "):  # our own validators' messages stand alone
             return message.removeprefix("Value error, ")
         where = ".".join(str(part) for part in first.get("loc", ()))
         return f"{where}: {message}" if where else message
-    return str(exc).splitlines()[0]
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def setup_logging(debug: bool) -> None:

@@ -19,7 +19,7 @@ from textual.suggester import Suggester, SuggestFromList
 from textual.widgets import Button, Input, Label, Log, RadioButton, RadioSet, Select, Static
 
 from engine import NetworkLogEntry
-from isol8_tui.bridge import RUNTIMES
+from engine.runtimes import RUNTIME_NAMES
 from isol8_tui.sessions import NETWORK_POLICIES, SessionSpec
 from isol8_tui.widgets.network import describe
 
@@ -97,7 +97,11 @@ class NewSessionScreen(Dialog):
             with Horizontal(classes="field"):
                 yield Label("Runtime", classes="label")
                 yield Select(
-                    [(r, r) for r in RUNTIMES], value=self._runtime, allow_blank=False, id="ns-runtime", compact=True
+                    [(r, r) for r in RUNTIME_NAMES],
+                    value=self._runtime,
+                    allow_blank=False,
+                    id="ns-runtime",
+                    compact=True,
                 )
             with Horizontal(classes="field"):
                 yield Label("Network", classes="label")

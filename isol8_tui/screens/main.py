@@ -25,7 +25,6 @@ from engine import ExecutionRequest
 from engine.config import TuiSettings
 from isol8_tui import sessions
 from isol8_tui.bridge import (
-    RUNTIMES,
     DockerChecked,
     EngineBridge,
     FileTransferred,
@@ -43,6 +42,7 @@ from isol8_tui.bridge import (
     request_extension,
     runtime_for_path,
 )
+from isol8_tui.output import one_line
 from isol8_tui.screens.dialogs import (
     ConfirmScreen,
     ImagesScreen,
@@ -228,7 +228,7 @@ class MainScreen(Screen[None]):
                 code=code, runtime=self.runtime, file_extension=request_extension(self.runtime, self.path)
             )
         except ValueError as exc:
-            self.notify(str(exc).splitlines()[0], title="Cannot run", severity="error")
+            self.notify(one_line(exc), title="Cannot run", severity="error")
             return
         self.run_id += 1
         self.current_run = self.run_id
@@ -301,7 +301,7 @@ class MainScreen(Screen[None]):
             self.outputs.stderr.append_marker(f"✗ {message.error}")
             if not message.docker_down:
                 self.notify(message.error, title="Run failed", severity="error", timeout=8)
-            if "missing or outdated" in message.error:
+            if message.image_missing:
                 self.check_docker()
         else:
             code = message.exit_code if message.exit_code is not None else "?"
@@ -441,7 +441,7 @@ class MainScreen(Screen[None]):
         try:
             session = self.bridge.create_session(spec)
         except ValueError as exc:
-            self.notify(str(exc).splitlines()[0], title="Cannot create the session", severity="error")
+            self.notify(one_line(exc), title="Cannot create the session", severity="error")
             return None
         self.select_session(session)
         self.notify(f"Session {session.name} created ({session.runtime}, network {session.network}).", timeout=3)
@@ -946,6 +946,3 @@ class MainScreen(Screen[None]):
 def _short(text: str, limit: int = 90) -> str:
     line = text.splitlines()[0] if text else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-__all__ = ["RUNTIMES", "MainScreen"]

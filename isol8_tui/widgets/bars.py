@@ -12,7 +12,7 @@ from textual.message import Message
 from textual.widgets import Button, Checkbox, Select, Static
 
 from engine import PoolState
-from isol8_tui.bridge import RUNTIMES
+from engine.runtimes import RUNTIME_NAMES
 from isol8_tui.sessions import NETWORK_POLICIES
 
 
@@ -112,7 +112,7 @@ class RunBar(Horizontal):
         yield Button("▶ Run", id="run", variant="success", compact=True, tooltip="Run the buffer (ctrl+r)")
         yield Button("■ Stop", id="stop", variant="error", compact=True, disabled=True, tooltip="Stop (ctrl+t)")
         yield Select(
-            [(name, name) for name in RUNTIMES],
+            [(name, name) for name in RUNTIME_NAMES],
             value=self._runtime,
             allow_blank=False,
             id="runtime",
