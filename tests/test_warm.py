@@ -196,3 +196,25 @@ async def test_python_on_the_zygote_imports_the_jobs_own_modules(engine: DockerI
     code = "import agent, protocol, zygote, proxy\nprint(agent.WHO, protocol.WHO, zygote.WHO, proxy.WHO, sep='; ')"
     result = await engine.execute(ExecutionRequest(code=code, files=files))
     assert result.stdout == "the job's agent; the job's protocol; the job's zygote; the job's proxy\n", result.stderr
+
+
+PYTHON_PROBE = """
+import builtins, json, sys
+print(json.dumps({
+    "path": sys.path, "argv": sys.argv, "name": __name__, "file": __file__,
+    "site": "site" in sys.modules, "exit": callable(getattr(builtins, "exit", None)),
+    "help": callable(getattr(builtins, "help", None)), "modules": sorted(m for m in ("agent", "zygote", "protocol") if m in sys.modules),
+}))
+"""
+
+
+async def test_python_on_the_zygote_sees_what_python3_file_sees(engine: DockerIsol8) -> None:
+    """The agent starts without `site`; code forked from its zygote must still get site-packages,
+    `exit()` and `help()`, and none of the agent's modules, exactly as a cold `python3 FILE`."""
+    forked = await engine.execute(ExecutionRequest(code=PYTHON_PROBE))
+    cold = await engine.execute(
+        ExecutionRequest(cmd="python3 /sandbox/main.py", files={"/sandbox/main.py": PYTHON_PROBE})
+    )
+    assert forked.exit_code == cold.exit_code == 0, forked.stderr + cold.stderr
+    assert forked.stdout == cold.stdout
+    assert '"exit": true' in forked.stdout and "dist-packages" in forked.stdout

@@ -582,7 +582,7 @@ class Agent:
         """Start the proxy, then firewall the sandbox users to loopback; an error stops everything."""
         proxy_user = pwd.getpwnam("isol8proxy")
         self.proxy = subprocess.Popen(
-            [sys.executable, "-E", "-s", "-B", "-c", PROXY_MAIN],
+            [sys.executable, "-E", "-s", "-S", "-B", "-c", PROXY_MAIN],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={"ISOL8_PROXY_POLICY": self.network_policy or "{}", "PATH": "/usr/bin:/bin"},

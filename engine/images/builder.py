@@ -120,7 +120,7 @@ def _runtime_dockerfile(runtime: str, build_hash: str) -> str:
         f"ENV ISOL8_RUNTIME={runtime}\n"
         f'LABEL {HASH_LABEL}="{build_hash}" isol8.runtime="{runtime}" isol8.managed="true"\n'
         "WORKDIR /sandbox\n"
-        f'ENTRYPOINT ["python3", "-E", "-s", "-B", "-c", "{_start_from_pyc("agent")}"]\n'
+        f'ENTRYPOINT ["python3", "-E", "-s", "-S", "-B", "-c", "{_start_from_pyc("agent")}"]\n'
     )
 
 
