@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
 from fastapi import WebSocket
@@ -56,10 +56,9 @@ def error_event(message: str) -> str:
     return json.dumps({"type": "error", "data": message})
 
 
-async def _forward(events: AsyncIterator[StreamEvent], send_text: Callable[[str], Awaitable[None]]) -> None:
+async def _forward(events: AsyncGenerator[StreamEvent, None], send_text: Callable[[str], Awaitable[None]]) -> None:
     """Each event's JSON to `send_text`; the stream is closed however this ends (a cancel kills the run)."""
-    # DockerIsol8.execute_stream is an async generator (it has `aclose`), annotated AsyncIterator.
-    async with contextlib.aclosing(events) as stream:  # type: ignore[type-var]
+    async with contextlib.aclosing(events) as stream:
         async for event in stream:
             await send_text(event.to_json())
 
@@ -76,7 +75,7 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[StreamEvent], resources: contextlib.AsyncExitStack) -> None:
+    def __init__(self, events: AsyncGenerator[StreamEvent, None], resources: contextlib.AsyncExitStack) -> None:
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"})
@@ -103,7 +102,7 @@ class EventStream(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def ws_pump(websocket: WebSocket, events: AsyncIterator[StreamEvent]) -> bool:
+async def ws_pump(websocket: WebSocket, events: AsyncGenerator[StreamEvent, None]) -> bool:
     """The events as text frames until the run ends; False if the client left first (the run was killed)."""
     finished, _ = await unless_disconnected(websocket.receive, _forward(events, websocket.send_text))
     return finished
