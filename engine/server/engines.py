@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from engine import DockerIsol8, Isol8Options, PoolState
+from engine import DockerIsol8, Engine, Isol8Options, PoolState
 
 log = logging.getLogger("isol8.server")
 
@@ -39,7 +39,7 @@ class SharedEngines:
         self._stopping: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
-    async def use(self, options: Isol8Options) -> AsyncIterator[DockerIsol8]:
+    async def use(self, options: Isol8Options) -> AsyncIterator[Engine]:
         async with self._slots:
             entry = await self._entry(options)
             entry.busy += 1

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
 
-from engine import DockerIsol8
+from engine import Engine
 from engine.config import Isol8Config
 from engine.server.auth import Authenticator, KeyStore, Principal, open_store
 from engine.server.engines import SharedEngines
@@ -80,7 +80,7 @@ class ServerState:
                 log.exception("purging expired API keys failed")
 
     @contextlib.asynccontextmanager
-    async def engine_for(self, principal: Principal, session_id: str | None, plan: Plan) -> AsyncIterator[DockerIsol8]:
+    async def engine_for(self, principal: Principal, session_id: str | None, plan: Plan) -> AsyncIterator[Engine]:
         """The session's engine (created on first use) or the shared engine for the plan's options."""
         if session_id is None:
             async with self.engines.use(plan.engine_options) as engine:
