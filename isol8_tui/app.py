@@ -17,6 +17,7 @@ from textual.theme import Theme
 
 from engine.config import Isol8Config, TuiSettings
 from engine.runtimes import RUNTIME_NAMES
+from isol8_tui import keys
 from isol8_tui.bridge import Backend, EngineBridge, RealBackend, runtime_for_path
 from isol8_tui.screens.dialogs import ConfirmScreen
 from isol8_tui.screens.help import HelpScreen, KeyHelp
@@ -66,14 +67,13 @@ def theme_names() -> list[str]:
     return sorted({*BUILTIN_THEMES, ISOL8_THEME.name})
 
 
-class WorkbenchApp(App[None], inherit_bindings=False):
+class WorkbenchApp(keys.KeymapApp, inherit_bindings=False):
     """The workbench. Build it with `make_app`."""
 
     TITLE = "isol8 workbench"
     CSS_PATH = str(stylesheet())
     BINDINGS: ClassVar = [
-        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, tooltip="Quit (stops every session)"),
-        Binding("f1", "help", "Help", id="help", tooltip="The keys of the focused pane"),
+        *keys.bindings("quit", "help"),
         Binding("ctrl+c", "help_quit", show=False, system=True),
     ]
 
@@ -150,8 +150,10 @@ class WorkbenchApp(App[None], inherit_bindings=False):
         if isinstance(self.screen, HelpScreen):
             return
         screen = self.screen
-        pane, about = screen.focused_pane() if isinstance(screen, MainScreen) else (screen.__class__.__name__, "")
-        about = about or getattr(screen, "HELP", "")
+        if isinstance(screen, MainScreen):
+            pane, about = screen.focused_pane()
+        else:
+            pane, about = type(screen).__name__, self.key_labels.text(getattr(screen, "HELP", ""), type(screen))
         pane_keys: dict[tuple[int, str], list[str]] = {}
         global_keys: dict[tuple[int, str], list[str]] = {}
         descriptions: dict[tuple[int, str], str] = {}
@@ -169,7 +171,8 @@ class WorkbenchApp(App[None], inherit_bindings=False):
         def rows(bucket: dict[tuple[int, str], list[str]]) -> list[KeyHelp]:
             return [KeyHelp(" ".join(dict.fromkeys(keys)), descriptions[ident]) for ident, keys in bucket.items()]
 
-        global_rows = [*rows(global_keys), KeyHelp("ctrl+p", "Command palette: every action, searchable")]
+        palette = keys.key_label(self.COMMAND_PALETTE_BINDING)
+        global_rows = [*rows(global_keys), KeyHelp(palette, "Command palette: every action, searchable")]
         self.push_screen(HelpScreen(pane, about, rows(pane_keys), global_rows))
 
     # --- command palette ----------------------------------------------------------------------------------------------
@@ -180,19 +183,21 @@ class WorkbenchApp(App[None], inherit_bindings=False):
             return
 
         def command(title: str, help_text: str, callback: Callable[[], Any]) -> SystemCommand:
-            return SystemCommand(title, help_text, callback)
+            return SystemCommand(title, self.key_labels.text(help_text), callback)
 
-        yield command("Run: run the buffer", "ctrl+r · in the selected session", main.action_run)
-        yield command("Run: stop", "ctrl+t · cancel the run in flight", main.action_stop)
-        yield command("File: save", "ctrl+s · re-runs when the file is watched", main.action_save)
-        yield command("File: open…", "ctrl+o", main.action_open)
-        yield command("File: upload into the session…", "alt+u · a host file into /sandbox", main.action_upload)
-        yield command("File: download from the session…", "alt+d · a file out of /sandbox", main.action_download)
-        yield command("File: list /sandbox", "f9 · the Files tab", partial(main.action_focus_pane, "files"))
+        yield command("Run: run the buffer", "{run} · in the selected session", main.action_run)
+        yield command("Run: stop", "{stop} · cancel the run in flight", main.action_stop)
+        yield command("File: save", "{save} · re-runs when the file is watched", main.action_save)
+        yield command("File: open…", "{open}", main.action_open)
+        yield command("File: upload into the session…", "{upload} · a host file into /sandbox", main.action_upload)
+        yield command("File: download from the session…", "{download} · a file out of /sandbox", main.action_download)
+        yield command("File: list /sandbox", "{focus-files} · the Files tab", partial(main.action_focus_pane, "files"))
         watch_title = "Watch: stop re-running on save" if main.watch_enabled else "Watch: re-run on save"
         yield command(watch_title, "watch the file and re-run it when it changes", main.action_toggle_watch)
-        yield command("Session: new…", "ctrl+n · runtime and network policy", main.action_new_session)
-        yield command("Session: delete the selected one", "alt+x · removes its container", main.action_delete_session)
+        yield command("Session: new…", "{new-session} · runtime and network policy", main.action_new_session)
+        yield command(
+            "Session: delete the selected one", "{delete-session} · removes its container", main.action_delete_session
+        )
         for session in main.sessions_in_order():
             detail = "fresh container per run" if session.scratch else f"{session.runtime} · {session.network}"
             yield command(f"Session: switch to {session.name}", detail, partial(main.select_session, session))
@@ -212,15 +217,15 @@ class WorkbenchApp(App[None], inherit_bindings=False):
         yield command(
             "Network: show every request", "clears the inspector's filters", partial(main.filter_network, "all")
         )
-        yield command("View: toggle the session sidebar", "f2", main.action_toggle_sidebar)
-        yield command("View: output", "f4", partial(main.action_focus_pane, "output"))
-        yield command("View: network inspector", "f8", partial(main.action_focus_pane, "network"))
-        yield command("View: editor", "f3", partial(main.action_focus_pane, "editor"))
-        yield command("Output: clear", "ctrl+l", main.action_clear_output)
+        yield command("View: toggle the session sidebar", "{toggle-sidebar}", main.action_toggle_sidebar)
+        yield command("View: output", "{focus-output}", partial(main.action_focus_pane, "output"))
+        yield command("View: network inspector", "{focus-network}", partial(main.action_focus_pane, "network"))
+        yield command("View: editor", "{focus-editor}", partial(main.action_focus_pane, "editor"))
+        yield command("Output: clear", "{clear-output}", main.action_clear_output)
         keep = "Output: clear for each run" if main.keep_output else "Output: keep between runs"
-        yield command(keep, "alt+k", main.action_toggle_keep)
+        yield command(keep, "{toggle-keep-output}", main.action_toggle_keep)
         yield command("Images: check and build missing images", "offers a build with progress", main.action_images)
-        yield command("Help: keys of the focused pane", "f1", self.action_help)
+        yield command("Help: keys of the focused pane", "{help}", self.action_help)
 
 
 def make_app(

@@ -17,9 +17,11 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.suggester import Suggester, SuggestFromList
 from textual.widgets import Button, Input, Label, Log, RadioButton, RadioSet, Select, Static
+from textual.widgets.button import ButtonVariant
 
 from engine import NetworkLogEntry
 from engine.runtimes import RUNTIME_NAMES
+from isol8_tui.keys import key_labels
 from isol8_tui.sessions import NETWORK_POLICIES, SessionSpec
 from isol8_tui.widgets.network import describe
 
@@ -190,11 +192,11 @@ class ConfirmScreen(Dialog):
     """Yes or no."""
 
     BINDINGS: ClassVar = [
-        Binding("escape,n", "cancel", "No"),
+        Binding("n,escape", "cancel", "No"),
         Binding("y", "confirm", "Yes"),
     ]
 
-    def __init__(self, title: str, question: str, yes: str = "Yes", variant: str = "error") -> None:
+    def __init__(self, title: str, question: str, yes: str = "Yes", variant: ButtonVariant = "error") -> None:
         super().__init__()
         self._title = title
         self._question = question
@@ -206,8 +208,10 @@ class ConfirmScreen(Dialog):
             box.border_title = self._title
             yield Static(self._question, classes="question")
             with Horizontal(classes="buttons"):
-                yield Button(f"{self._yes} (y)", variant=self._variant, id="confirm-yes", compact=True)  # type: ignore[arg-type]
-                yield Button("No (n)", id="confirm-no", compact=True)
+                labels = key_labels(self)
+                yes, no = labels.bound(ConfirmScreen, "confirm"), labels.bound(ConfirmScreen, "cancel")
+                yield Button(f"{self._yes} ({yes})", variant=self._variant, id="confirm-yes", compact=True)
+                yield Button(f"No ({no})", id="confirm-no", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#confirm-no", Button).focus()

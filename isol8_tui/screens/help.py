@@ -13,6 +13,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from isol8_tui.keys import key_label, key_labels
+
 
 @dataclass(frozen=True)
 class KeyHelp:
@@ -42,7 +44,8 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-dialog", classes="dialog") as box:
             box.border_title = f"Help · {self._pane}"
-            box.border_subtitle = "escape closes · ctrl+p lists every action"
+            close, palette = key_labels(self).bound(HelpScreen, "close"), key_label(self.app.COMMAND_PALETTE_BINDING)
+            box.border_subtitle = f"{close} closes · {palette} lists every action"
             if self._about:
                 yield Static(self._about, id="help-about")
             if self.pane_keys:

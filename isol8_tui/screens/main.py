@@ -13,7 +13,6 @@ from typing import ClassVar
 
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Container, Horizontal
 from textual.screen import Screen
 from textual.theme import Theme
@@ -23,7 +22,7 @@ from textual.worker import Worker, WorkerState
 
 from engine import ExecutionRequest
 from engine.config import TuiSettings
-from isol8_tui import sessions
+from isol8_tui import keys, sessions
 from isol8_tui.bridge import (
     DockerChecked,
     EngineBridge,
@@ -69,25 +68,25 @@ class MainScreen(Screen[None]):
     sidebar slides in on demand (f2), and below 100 the editor sits above the results."""
 
     HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (100, "-medium"), (140, "-wide")]
-    BINDINGS: ClassVar = [
-        Binding("ctrl+r,f5", "run", "Run", id="run", tooltip="Run the buffer in the selected session"),
-        Binding("ctrl+t", "stop", "Stop", id="stop", tooltip="Stop the run in flight"),
-        Binding("ctrl+s", "save", "Save", id="save", tooltip="Save the buffer (re-runs it when watched)"),
-        Binding("ctrl+o", "open", "Open", id="open", show=False),
-        Binding("ctrl+n", "new_session", "New session", id="new-session"),
-        Binding("f2", "toggle_sidebar", "Sessions", id="toggle-sidebar"),
-        Binding("alt+s", "scratch", "Scratch session", id="scratch", show=False),
-        Binding("ctrl+l", "clear_output", "Clear output", id="clear-output", show=False),
-        Binding("alt+k", "toggle_keep", "Keep output between runs", id="toggle-keep-output", show=False),
-        Binding("alt+u", "upload", "Upload a file", id="upload", show=False),
-        Binding("alt+d", "download", "Download a file", id="download", show=False),
-        Binding("alt+x", "delete_session", "Delete session", id="delete-session", show=False),
-        Binding("alt+1", "focus_pane('sessions')", "Focus sessions", id="focus-sessions", show=False),
-        Binding("f3,alt+2", "focus_pane('editor')", "Focus editor", id="focus-editor", show=False),
-        Binding("f4,alt+3", "focus_pane('output')", "Focus output", id="focus-output", show=False),
-        Binding("f8,alt+4", "focus_pane('network')", "Focus network", id="focus-network", show=False),
-        Binding("f9,alt+5", "focus_pane('files')", "Focus files", id="focus-files", show=False),
-    ]
+    BINDINGS: ClassVar = keys.bindings(
+        "run",
+        "stop",
+        "save",
+        "open",
+        "new-session",
+        "toggle-sidebar",
+        "scratch",
+        "clear-output",
+        "toggle-keep-output",
+        "upload",
+        "download",
+        "delete-session",
+        "focus-sessions",
+        "focus-editor",
+        "focus-output",
+        "focus-network",
+        "focus-files",
+    )
 
     def __init__(
         self,
@@ -324,7 +323,7 @@ class MainScreen(Screen[None]):
         self.runbar.set_status(markup, state)
 
     def _set_idle_status(self) -> None:
-        self._status("[dim]ready · ctrl+r runs[/]", "idle")
+        self._status(f"[dim]ready · {keys.key_labels(self)['run']} runs[/]", "idle")
 
     def _show_running(self) -> None:
         elapsed = (self.bridge.backend.clock() - self.run_started_at) * 1000
@@ -608,17 +607,19 @@ class MainScreen(Screen[None]):
             return
         name = "scratch runs" if session.scratch else f"session {session.name}"
         if session.network != "filtered":
+            new = keys.key_labels(self)["new-session"]
             hint = (
                 f"Nothing to inspect: {name} {'use' if session.scratch else 'uses'} network "
                 f"[b]{session.network}[/], so no request goes through "
-                "the logging proxy. Create a session with network [b]filtered[/] (ctrl+n) to see each "
+                f"the logging proxy. Create a session with network [b]filtered[/] ({new}) to see each "
                 "request here, live."
             )
             self.network.set_hint(hint)
             self.network.set_class(True, "-off")
         elif not session.log_network:
             self.network.set_hint(
-                f"Network logging is off for {name}. Sessions created here log every request (ctrl+n)."
+                f"Network logging is off for {name}. Sessions created here log every request "
+                f"({keys.key_labels(self)['new-session']})."
             )
             self.network.set_class(True, "-off")
         else:
@@ -653,7 +654,7 @@ class MainScreen(Screen[None]):
             self.files.set_title("[b]scratch[/] [dim]has no /sandbox between runs[/]")
             self.files.set_hint(
                 "Scratch runs start a fresh container each time, so nothing stays in /sandbox. Pick or create "
-                "a session (ctrl+n) to keep files, upload and download."
+                f"a session ({keys.key_labels(self)['new-session']}) to keep files, upload and download."
             )
             self.files.set_class(True, "-off")
         else:
@@ -694,7 +695,8 @@ class MainScreen(Screen[None]):
         session = self.selected
         if session is None or session.scratch:
             self.notify(
-                "Scratch runs keep no files: select or create a session (ctrl+n) to upload or download.",
+                f"Scratch runs keep no files: select or create a session ({keys.key_labels(self)['new-session']}) "
+                "to upload or download.",
                 severity="warning",
             )
             return None
@@ -825,7 +827,7 @@ class MainScreen(Screen[None]):
 
     @work(exclusive=True, group="watch", exit_on_error=False)
     async def watch_file(self, path: Path) -> None:
-        """Posts WatchedFileChanged when the file changes on disk (any editor, or ctrl+s here). The parent
+        """Posts WatchedFileChanged when the file changes on disk (any editor, or a save here). The parent
         folder is watched, so editors that save by replacing the file are seen too."""
         from watchfiles import awatch
 
@@ -858,7 +860,7 @@ class MainScreen(Screen[None]):
         if pane.dirty and text != pane.text:
             self.notify(
                 f"{display_path(message.path)} changed on disk; your unsaved edits are kept in the buffer and "
-                "the version on disk runs. ctrl+s saves yours over it.",
+                f"the version on disk runs. {keys.key_labels(self)['save']} saves yours over it.",
                 severity="warning",
                 timeout=8,
             )
@@ -935,10 +937,12 @@ class MainScreen(Screen[None]):
             (RunBar, "Run bar"),
         ]
         node = self.focused
+        chain: list[type[Widget]] = []  # whose bindings the help text's keys are
         while node is not None:
+            chain.append(type(node))
             for kind, name in names:
                 if isinstance(node, kind):
-                    return name, getattr(node, "HELP", "")
+                    return name, keys.key_labels(self).text(getattr(node, "HELP", ""), *chain)
             node = node.parent if isinstance(node.parent, Widget) else None
         return "Workbench", ""
 

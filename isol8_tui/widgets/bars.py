@@ -13,6 +13,7 @@ from textual.widgets import Button, Checkbox, Select, Static
 
 from engine import PoolState
 from engine.runtimes import RUNTIME_NAMES
+from isol8_tui.keys import key_labels
 from isol8_tui.sessions import NETWORK_POLICIES
 
 
@@ -80,7 +81,7 @@ class RunBar(Horizontal):
 
     HELP: ClassVar[str] = (
         "Run controls: the runtime (switching it changes highlighting and the session that runs the code), "
-        "the network policy for new sessions, Run (ctrl+r) and Stop (ctrl+t), and whether output is kept "
+        "the network policy for new sessions, Run ({run}) and Stop ({stop}), and whether output is kept "
         "between runs. The status shows the exit code, the duration and why a run ended abnormally."
     )
 
@@ -109,8 +110,11 @@ class RunBar(Horizontal):
         self._keep = keep
 
     def compose(self) -> ComposeResult:
-        yield Button("▶ Run", id="run", variant="success", compact=True, tooltip="Run the buffer (ctrl+r)")
-        yield Button("■ Stop", id="stop", variant="error", compact=True, disabled=True, tooltip="Stop (ctrl+t)")
+        labels = key_labels(self)
+        yield Button("▶ Run", id="run", variant="success", compact=True, tooltip=f"Run the buffer ({labels['run']})")
+        yield Button(
+            "■ Stop", id="stop", variant="error", compact=True, disabled=True, tooltip=f"Stop ({labels['stop']})"
+        )
         yield Select(
             [(name, name) for name in RUNTIME_NAMES],
             value=self._runtime,

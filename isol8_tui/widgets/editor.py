@@ -11,6 +11,8 @@ from textual.containers import Vertical
 from textual.reactive import reactive
 from textual.widgets import TextArea
 
+from isol8_tui.keys import key_labels
+
 LANGUAGES: dict[str, str] = {
     "python": "python",
     "node": "javascript",
@@ -39,11 +41,11 @@ def _typescript() -> tuple[object, str] | None:
 
 
 class CodeEditor(TextArea):
-    """The buffer. Syntax colours follow the runtime; tab indents (shift+tab or alt+3 leave the editor)."""
+    """The buffer. Syntax colours follow the runtime; tab indents."""
 
     HELP: ClassVar[str] = (
-        "The code that runs. Type to edit; ctrl+r runs the buffer as it is, ctrl+s saves it (and, when "
-        "the file is watched, the save re-runs it). ctrl+z / ctrl+y undo and redo; tab indents."
+        "The code that runs. Type to edit; {run} runs the buffer as it is, {save} saves it (and, when "
+        "the file is watched, the save re-runs it). {undo} / {redo} undo and redo; tab indents."
     )
 
     def on_mount(self) -> None:
@@ -85,7 +87,7 @@ class EditorPane(Vertical):
             show_line_numbers=True,
             theme="css",
             highlight_cursor_line=True,
-            placeholder="Write code here, or open a file with ctrl+o",
+            placeholder=f"Write code here, or open a file with {key_labels(self)['open']}",
         )
         editor.cursor_blink = self._cursor_blink
         yield editor

@@ -14,20 +14,21 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Static
 
 from isol8_tui.bridge import SandboxEntry
+from isol8_tui.keys import bindings, key_labels
 from isol8_tui.widgets.network import human_bytes
 
 
 class FileTable(DataTable[Text]):
     HELP: ClassVar[str] = (
-        "The files in the selected session's /sandbox (the program's working directory). r refreshes, "
-        "u uploads a host file into the session, d or enter downloads the highlighted file."
+        "The files in the selected session's /sandbox (the program's working directory). {refresh} refreshes, "
+        "{upload} uploads a host file into the session, {download} or {select_cursor} downloads the highlighted file."
     )
 
 
 class FilesPane(Vertical):
     HELP: ClassVar[str] = FileTable.HELP
     BINDINGS: ClassVar = [
-        Binding("r", "refresh", "Refresh", id="refresh-files"),
+        *bindings("refresh-files"),
         Binding("u", "upload", "Upload…"),
         Binding("d", "download", "Download…"),
     ]
@@ -82,7 +83,8 @@ class FilesPane(Vertical):
                 Text(name, style=style.replace("$primary", "cyan")),
                 key=str(index),
             )
-        self.set_hint("" if entries else "/sandbox is empty. Upload a file (u) or write one from your code.")
+        upload = key_labels(self).bound(FilesPane, "upload")
+        self.set_hint("" if entries else f"/sandbox is empty. Upload a file ({upload}) or write one from your code.")
 
     @property
     def highlighted_path(self) -> str | None:

@@ -51,7 +51,8 @@ def describe(entry: NetworkLogEntry) -> str:
 class NetworkTable(DataTable[Text]):
     HELP: ClassVar[str] = (
         "Every request the program made through the filtered network's proxy, live. Blocked requests "
-        "are red. Enter shows a request's details; / filters by host; a cycles all/allowed/blocked."
+        "are red. {select_cursor} shows a request's details; {focus_filter} filters by host; {cycle_action} "
+        "cycles all/allowed/blocked."
     )
 
 

@@ -14,6 +14,7 @@ from textual.message import Message
 from textual.widgets import Button, OptionList
 from textual.widgets.option_list import Option
 
+from isol8_tui.keys import key_labels
 from isol8_tui.sessions import Session
 
 STATE_STYLE = {
@@ -65,7 +66,7 @@ class SessionList(OptionList):
     HELP: ClassVar[str] = (
         "Your sessions. Each is a persistent container: variables, installed packages and files in "
         "/sandbox survive between runs. 'scratch' starts a fresh container for every run and runs any "
-        "runtime. Enter switches, n creates, delete removes (its container goes too)."
+        "runtime. {select} switches, {new} creates, {delete} removes (its container goes too)."
     )
     BINDINGS: ClassVar = [
         Binding("n", "new", "New session"),
@@ -114,8 +115,12 @@ class SessionSidebar(Vertical):
     def compose(self) -> ComposeResult:
         yield SessionList(id="session-list")
         with Horizontal(id="session-buttons"):
-            yield Button("+ New", id="new-session", compact=True, tooltip="New session (ctrl+n)")
-            yield Button("Delete", id="delete-session", compact=True, tooltip="Delete the highlighted session (delete)")
+            labels = key_labels(self)
+            new, delete = labels["new-session"], labels.bound(SessionList, "delete")
+            yield Button("+ New", id="new-session", compact=True, tooltip=f"New session ({new})")
+            yield Button(
+                "Delete", id="delete-session", compact=True, tooltip=f"Delete the highlighted session ({delete})"
+            )
 
     @property
     def option_list(self) -> SessionList:

@@ -1,0 +1,66 @@
+"""Key labels come from the bindings in force: rebinding an action in `tui.keymap` changes every
+hint, tooltip, help text and palette entry that names its key."""
+
+from __future__ import annotations
+
+from textual.widgets import Button
+from tui_helpers import main_screen, wait_for
+
+from engine.config import TUI_ACTIONS, TuiSettings
+from isol8_tui.keys import ACTIONS, KeyLabels, key_label
+from isol8_tui.screens.help import HelpScreen
+from isol8_tui.widgets.files import FilesPane
+from isol8_tui.widgets.sessions import SessionList
+
+SIZE = (150, 40)
+KEYMAP = {"run": "f12,ctrl+j", "new-session": "ctrl+b", "save": "ctrl+w", "refresh-files": "g"}
+
+
+def test_the_registry_is_the_configs_list_of_actions() -> None:
+    assert set(ACTIONS) == set(TUI_ACTIONS)
+
+
+def test_labels_read_the_keymap_then_the_default() -> None:
+    labels = KeyLabels({"run": "f12,ctrl+j"})
+    assert (labels["run"], labels["stop"], labels["focus-files"]) == ("f12", "ctrl+t", "f9")
+    assert labels.updated({"stop": "f7"})["stop"] == "f7"
+    assert labels.text("{run} runs, {save} saves") == "f12 runs, ctrl+s saves"
+    assert labels.bound(SessionList, "delete") == "delete"  # a widget's own binding
+    assert labels.bound(FilesPane, "refresh") == "r"  # ... or the registry's, when it has an id
+    assert KeyLabels({"refresh-files": "g"}).bound(FilesPane, "refresh") == "g"
+    assert [key_label(k) for k in ("slash", "ctrl+r", "enter", "question_mark", "space")] == [
+        "/",
+        "ctrl+r",
+        "enter",
+        "?",
+        "space",
+    ]
+
+
+async def test_a_rebound_action_shows_its_new_key_everywhere(fake_app) -> None:
+    app = fake_app('print("k")\n', settings=TuiSettings(keymap=KEYMAP))
+    async with app.run_test(size=SIZE) as pilot:
+        screen = main_screen(app)
+        await wait_for(pilot, lambda: screen.started)
+        # the run bar's hint and tooltip, the sidebar's tooltip, the network inspector's hint
+        assert "ready · f12 runs" in str(screen.runbar.query_one("#status").render())
+        assert screen.runbar.query_one("#run", Button).tooltip == "Run the buffer (f12)"
+        assert screen.sidebar.query_one("#new-session", Button).tooltip == "New session (ctrl+b)"
+        await pilot.press("alt+4")
+        assert "(ctrl+b)" in str(screen.network.query_one("#network-hint").render())
+        assert "ctrl+n" not in str(screen.network.query_one("#network-hint").render())
+        # the palette
+        [run] = [c for c in app.get_system_commands(screen) if c.title == "Run: run the buffer"]
+        assert run.help == "f12 · in the selected session"
+        # the help screen: the editor's text and the keys table
+        await pilot.press("alt+2", "f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        help_screen = app.screen
+        assert isinstance(help_screen, HelpScreen)
+        about = str(help_screen.query_one("#help-about").render())
+        assert "f12 runs the buffer" in about and "ctrl+w saves it" in about and "ctrl+r" not in about
+        global_keys = {row.description: row.keys for row in help_screen.global_keys}
+        assert global_keys["Run the buffer in the selected session"] == "f12 ^j"
+        await pilot.press("escape", "alt+5", "f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        assert "g refreshes" in str(app.screen.query_one("#help-about").render())
