@@ -20,6 +20,7 @@ from textual.widgets import Button, Input, Label, Log, RadioButton, RadioSet, Se
 from textual.widgets.button import ButtonVariant
 
 from engine import NetworkLogEntry
+from engine.models import NetworkMode
 from engine.runtimes import RUNTIME_NAMES
 from isol8_tui.keys import key_labels
 from isol8_tui.sessions import NETWORK_POLICIES, SessionSpec
@@ -130,15 +131,17 @@ class NewSessionScreen(Dialog):
         self.query_one("#ns-runtime", Select).focus()
 
     @property
-    def network(self) -> str:
+    def network(self) -> NetworkMode:
         pressed = self.query_one("#ns-network", RadioSet).pressed_button
-        return str(pressed.label) if pressed is not None else "none"
+        return next(
+            (name for name in NETWORK_POLICIES if pressed is not None and pressed.id == f"ns-net-{name}"), "none"
+        )
 
     @on(RadioSet.Changed)
     def _network_changed(self) -> None:
         network = self.network
         self.query_one("#ns-filters").display = network == "filtered"
-        notes = {
+        notes: dict[NetworkMode, str] = {
             "none": "No network: only loopback. Nothing is logged.",
             "filtered": "Requests go through the policy proxy and appear in the network inspector.",
             "host": "[b $warning]host: the sandbox gets this machine's network, fully open.[/]",
@@ -155,7 +158,8 @@ class NewSessionScreen(Dialog):
         port not a port number."""
         runtime = self.query_one("#ns-runtime", Select).value
         network = self.network
-        whitelist = blacklist = ()
+        whitelist: tuple[str, ...] = ()
+        blacklist: tuple[str, ...] = ()
         ports: tuple[int, ...] = ()
         if network == "filtered":
             whitelist = _split_patterns(self.query_one("#ns-whitelist", Input).value)
@@ -171,7 +175,7 @@ class NewSessionScreen(Dialog):
             except ValueError as exc:
                 self._note(str(exc), error=True)
                 return None
-        return SessionSpec(str(runtime), network, whitelist, blacklist, ports)  # type: ignore[arg-type]
+        return SessionSpec(str(runtime), network, whitelist, blacklist, ports)
 
     @on(Button.Pressed, "#ns-create")
     def action_create(self) -> None:

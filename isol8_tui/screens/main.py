@@ -1,8 +1,10 @@
 """The workbench screen: sessions | editor | output, network and files; it owns the run orchestration.
 
-Workers call the bridge; the bridge posts messages back here; the handlers below are the only code
-that changes widgets. Messages of a run that is no longer the current one are ignored, so a run
-cancelled by a newer one cannot write into the newer run's panes.
+Workers call the bridge; the bridge posts messages back here; the handlers below set the screen's
+state and route messages. The state the panes show (the runtime, the selected session, Docker, the
+run status, ...) is in reactives the panes are bound to, and each pane renders its own text from
+them. Which session runs what is isol8_tui.sessions' policy. Messages of a run that is no longer
+the current one are ignored, so a run cancelled by a newer one cannot write into the newer run's panes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import ClassVar
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Container, Horizontal
+from textual.reactive import var
 from textual.screen import Screen
 from textual.theme import Theme
 from textual.widget import Widget
@@ -22,6 +25,7 @@ from textual.worker import Worker, WorkerState
 
 from engine import ExecutionRequest
 from engine.config import TuiSettings
+from engine.models import NetworkMode
 from isol8_tui import keys, sessions
 from isol8_tui.bridge import (
     DockerChecked,
@@ -52,9 +56,9 @@ from isol8_tui.screens.dialogs import (
     TransferScreen,
 )
 from isol8_tui.sessions import Session, SessionSpec
-from isol8_tui.widgets.bars import RunBar, TopBar, format_duration
+from isol8_tui.widgets.bars import RunBar, RunStatus, TopBar
 from isol8_tui.widgets.editor import CodeEditor, EditorPane, display_path
-from isol8_tui.widgets.files import FilesPane, FileTable
+from isol8_tui.widgets.files import FilesPane, FileTable, Listing
 from isol8_tui.widgets.network import NetworkInspector, NetworkTable
 from isol8_tui.widgets.output import OutputPane, OutputPanes
 from isol8_tui.widgets.sessions import SessionList, SessionSidebar
@@ -67,7 +71,9 @@ class MainScreen(Screen[None]):
     """Everything on one screen. From 140 columns: sessions | editor | results. Below that the session
     sidebar slides in on demand (f2), and below 100 the editor sits above the results."""
 
-    HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (100, "-medium"), (140, "-wide")]
+    # Textual annotates this `ClassVar[...] | None`, which mypy reads as an instance variable, so a
+    # ClassVar annotation here would not type-check.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-medium"), (140, "-wide")]  # noqa: RUF012
     BINDINGS: ClassVar = keys.bindings(
         "run",
         "stop",
@@ -88,6 +94,21 @@ class MainScreen(Screen[None]):
         "focus-files",
     )
 
+    runtime: var[str] = var("python", init=False)
+    """The buffer's runtime: its highlighting, and which session runs it."""
+    selected: var[Session | None] = var(None, init=False)
+    """The session that runs the code."""
+    keep_output: var[bool] = var(False, init=False)
+    new_session_network: var[NetworkMode] = var("none", init=False)
+    """The network policy a new session gets."""
+    watch_enabled: var[bool] = var(True, init=False)
+    watching: var[Path | None] = var(None, init=False)
+    """The file whose changes on disk re-run it."""
+    docker_available: var[bool | None] = var(None, init=False)
+    building_images: var[bool] = var(False, init=False)
+    run_status: var[RunStatus] = var(RunStatus, init=False)
+    """What the run bar says about the last run, the one in flight, or why nothing runs."""
+
     def __init__(
         self,
         bridge: EngineBridge,
@@ -105,43 +126,49 @@ class MainScreen(Screen[None]):
         self.bridge = bridge
         self.settings = settings
         self.path = path
-        self.runtime = runtime
-        self.watch_enabled = watch
-        self.keep_output = not settings.clear_output_on_run
-        self.new_session_network = "none"
+        self.set_reactive(MainScreen.runtime, runtime)
+        self.set_reactive(MainScreen.watch_enabled, watch)
+        self.set_reactive(MainScreen.keep_output, not settings.clear_output_on_run)
         self._text = text
         self._new_file = new_file
         self._cursor_blink = cursor_blink
         self._check_docker = check_docker
         self.run_id = 0
         self.current_run: int | None = None
-        self.run_started_at = 0.0
-        self.last_status = "idle"
-        self.docker_available: bool | None = None
         self.missing_images: list[str] = []
-        self.building_images = False
         self._docker_retry = False
         self.images_dialog: ImagesScreen | None = None
         self.scratch: Session | None = None
-        self.selected: Session | None = None
         self.started = False
-        self.watching: Path | None = None
 
     # --- layout -------------------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        yield TopBar(id="topbar")
-        yield RunBar(self.runtime, self.new_session_network, self.keep_output)
+        yield TopBar(self.settings.watch_debounce_ms).data_bind(
+            session=MainScreen.selected,
+            runtime=MainScreen.runtime,
+            watch_enabled=MainScreen.watch_enabled,
+            watching=MainScreen.watching,
+            docker_available=MainScreen.docker_available,
+            building_images=MainScreen.building_images,
+        )
+        yield RunBar(self.runtime, self.new_session_network, self.keep_output).data_bind(
+            runtime=MainScreen.runtime,
+            network=MainScreen.new_session_network,
+            keep=MainScreen.keep_output,
+            status=MainScreen.run_status,
+        )
         with Horizontal(id="body"):
             yield SessionSidebar()
             with Container(id="work"):
-                yield EditorPane(self._text, self.runtime, self.path, cursor_blink=self._cursor_blink)
+                editor = EditorPane(self._text, self.runtime, self.path, cursor_blink=self._cursor_blink)
+                yield editor.data_bind(MainScreen.runtime)
                 with TabbedContent(id="results", initial="tab-output"):
                     with TabPane("Output", id="tab-output"):
                         yield OutputPanes(self.settings.scrollback_lines)
                     with TabPane("Network", id="tab-network"):
-                        yield NetworkInspector()
+                        yield NetworkInspector().data_bind(session=MainScreen.selected)
                     with TabPane("Files", id="tab-files"):
-                        yield FilesPane()
+                        yield FilesPane().data_bind(session=MainScreen.selected)
         yield Footer()
 
     @property
@@ -191,10 +218,6 @@ class MainScreen(Screen[None]):
         self.selected = self.bridge.create_session(SessionSpec(self.runtime, "none"))
         self.editor_pane.new_file = self._new_file
         self._refresh_sessions()
-        self._refresh_target()
-        self._refresh_watch()
-        self._set_idle_status()
-        self.topbar.set_pool([])
         self.set_interval(1.0, self._tick)
         if self._check_docker:
             self.check_docker()
@@ -233,12 +256,10 @@ class MainScreen(Screen[None]):
         self.current_run = self.run_id
         self.outputs.flush()
         if self.keep_output:
-            label = f"── run {self.run_id} · {session.name} · {self.runtime} ──"
-            self.outputs.separator(label)
+            self.outputs.separator(self.run_id, session.name, self.runtime)
         else:
             self.outputs.reset()
             self.network.clear()
-        self._update_network_tab()
         self.run_worker(
             self.bridge.run(session, request, self.run_id, trigger),
             name=f"run {self.run_id}",
@@ -265,8 +286,8 @@ class MainScreen(Screen[None]):
     def show_run_started(self, message: RunStarted) -> None:
         if message.run_id != self.current_run:
             return
-        self.run_started_at = message.started_at
-        self.runbar.set_running(True)
+        session = self.bridge.sessions.get(message.session_id)
+        self.run_status = RunStatus.running(session.name if session else "", message.started_at)
         self._show_running()
 
     @on(OutputReceived)
@@ -277,13 +298,12 @@ class MainScreen(Screen[None]):
     @on(RunNoticed)
     def show_notice(self, message: RunNoticed) -> None:
         if message.run_id == self.current_run:
-            self.outputs.stderr.append_marker(f"--- {message.text} ---")
+            self.outputs.notice(message.text)
 
     @on(NetworkRequestCaptured)
     def add_request(self, message: NetworkRequestCaptured) -> None:
         if message.run_id == self.current_run:
             self.network.add(message.entry)
-            self._update_network_tab()
 
     @on(RunFinished)
     def show_run_result(self, message: RunFinished) -> None:
@@ -291,49 +311,25 @@ class MainScreen(Screen[None]):
             return
         self.current_run = None
         self.outputs.flush()
-        self.runbar.set_running(False)
-        duration = format_duration(message.duration_ms)
-        if message.cancelled:
-            self._status(f"[b]■ stopped[/] after {duration}", "stopped")
-        elif message.error:
-            self._status(f"[b $error]✗ {_short(message.error)}[/]", "error")
-            self.outputs.stderr.append_marker(f"✗ {message.error}")
+        self.run_status = RunStatus.finished(message)
+        if message.error:
+            self.outputs.failed(message.error)
             if not message.docker_down:
                 self.notify(message.error, title="Run failed", severity="error", timeout=8)
             if message.image_missing:
                 self.check_docker()
-        else:
-            code = message.exit_code if message.exit_code is not None else "?"
-            ok = message.exit_code == 0 and not (message.timed_out or message.oom_killed)
-            head = f"[b $success]✓ exit {code}[/]" if ok else f"[b $error]✗ exit {code}[/]"
-            markers = []
-            if message.timed_out:
-                markers.append("[b $error]⏱ timed out[/]")
-            if message.oom_killed:
-                markers.append("[b $error]out of memory[/]")
-            if message.truncated:
-                markers.append("[b $warning]✂ truncated[/]")
-            self._status(" · ".join([head, duration, *markers]), "ok" if ok else "failed")
         if self.results.active == "tab-files":
             self.refresh_files()
 
     # --- status ------------------------------------------------------------------------------------------------
-    def _status(self, markup: str, state: str) -> None:
-        self.last_status = state
-        self.runbar.set_status(markup, state)
-
-    def _set_idle_status(self) -> None:
-        self._status(f"[dim]ready · {keys.key_labels(self)['run']} runs[/]", "idle")
-
     def _show_running(self) -> None:
-        elapsed = (self.bridge.backend.clock() - self.run_started_at) * 1000
-        name = self.selected.name if self.selected else ""
-        self._status(f"[b $warning]● running[/] {name} · {format_duration(elapsed)}", "running")
+        """The elapsed time of the run in flight, as of now."""
+        self.run_status = self.run_status.at(self.bridge.backend.clock())
 
     def _tick(self) -> None:
-        if self.current_run is not None and self.last_status == "running":
+        if self.current_run is not None and self.run_status.state == "running":
             self._show_running()
-        self.topbar.set_pool(self.bridge.pool_states())
+        self.topbar.pool = self.bridge.pool_states()
         self._refresh_sessions()
 
     # --- sessions ----------------------------------------------------------------------------------------------
@@ -344,24 +340,11 @@ class MainScreen(Screen[None]):
         if self.selected is not None:
             self.sidebar.show(self.sessions_in_order(), self.selected.id, self.bridge.backend.clock())
 
-    def _refresh_target(self) -> None:
-        session = self.selected
-        if session is None:
-            return
-        if session.scratch:
-            text = f"▸ [b]scratch[/] [dim]{self.runtime} · fresh container per run[/]"
-        else:
-            text = f"▸ [b]{session.name}[/] [dim]{session.network}[/]"
-        self.topbar.set_target(text)
-        self._update_network_hint()
-        self._update_files_hint()
-
     def select_session(self, session: Session) -> None:
         self.selected = session
-        if session.runtime is not None and session.runtime != self.runtime:
-            self._set_runtime(session.runtime)
+        if session.runtime is not None:
+            self.runtime = session.runtime
         self._refresh_sessions()
-        self._refresh_target()
         self._warm_up_if_ready(session)
         if self.results.active == "tab-files":
             self.refresh_files()
@@ -369,11 +352,6 @@ class MainScreen(Screen[None]):
     def _warm_up_if_ready(self, session: Session) -> None:
         if sessions.should_warm(session, self.docker_available, self.missing_images):
             self.warm_up(session)
-
-    def _set_runtime(self, runtime: str) -> None:
-        self.runtime = runtime
-        self.editor_pane.set_runtime(runtime)
-        self.runbar.set_runtime(runtime)
 
     def _choose_session_for(self, runtime: str) -> None:
         """Select the session that runs `runtime` (sessions.session_for), creating one when there is none."""
@@ -386,27 +364,22 @@ class MainScreen(Screen[None]):
     @on(RunBar.RuntimePicked)
     def change_runtime(self, message: RunBar.RuntimePicked) -> None:
         self.runtime = message.runtime
-        self.editor_pane.set_runtime(message.runtime)
         if self.selected is not None and not self.selected.can_run(message.runtime):
             self._choose_session_for(message.runtime)
-        else:
-            self._refresh_target()
         if message.runtime in self.missing_images:
             self.offer_images()
 
     def pick_runtime(self, runtime: str) -> None:
         """The palette's runtime commands."""
-        self.runbar.set_runtime(runtime)
         self.change_runtime(RunBar.RuntimePicked(runtime))
 
     @on(RunBar.NetworkPicked)
     def change_new_session_network(self, message: RunBar.NetworkPicked) -> None:
         self.new_session_network = message.network
 
-    def pick_network(self, network: str) -> None:
+    def pick_network(self, network: NetworkMode) -> None:
         """The palette's network commands: the policy the next new session gets."""
         self.new_session_network = network
-        self.runbar.set_network(network)
 
     @on(RunBar.KeepToggled)
     def change_keep(self, message: RunBar.KeepToggled) -> None:
@@ -414,13 +387,11 @@ class MainScreen(Screen[None]):
 
     def action_toggle_keep(self) -> None:
         self.keep_output = not self.keep_output
-        self.runbar.set_keep(self.keep_output)
         self.notify("Output is kept between runs." if self.keep_output else "Output is cleared for each run.")
 
     def action_clear_output(self) -> None:
         self.outputs.reset()
         self.network.clear()
-        self._update_network_tab()
 
     @on(SessionSidebar.Selected)
     def _session_picked(self, message: SessionSidebar.Selected) -> None:
@@ -495,11 +466,12 @@ class MainScreen(Screen[None]):
     @on(SessionChanged)
     def _session_changed(self, message: SessionChanged) -> None:
         self._refresh_sessions()
-        self.topbar.set_pool(self.bridge.pool_states())
+        self.topbar.pool = self.bridge.pool_states()
         session = self.bridge.sessions.get(message.session_id)
-        failed = session is not None and session.state == "error" and bool(session.detail)
-        if failed and session is self.selected and self.current_run is None and self.last_status == "idle":
-            self._status(f"[b $error]✗ {_short(session.detail)}[/]", "error")  # type: ignore[union-attr]
+        if session is None or session is not self.selected or self.current_run is not None:
+            return
+        if session.state == "error" and session.detail and self.run_status.state == "idle":
+            self.run_status = RunStatus.failure(session.detail)
 
     def warm_up(self, session: Session) -> None:
         self.run_worker(self.bridge.warm_up(session), group=f"warm {session.id}", exit_on_error=False)
@@ -519,7 +491,6 @@ class MainScreen(Screen[None]):
     def show_docker(self, message: DockerChecked) -> None:
         was = self.docker_available
         self.docker_available = message.available
-        self.topbar.set_docker(message.available, self.building_images)
         if not message.available:
             if was is not False:
                 self.notify(
@@ -529,15 +500,15 @@ class MainScreen(Screen[None]):
                     timeout=15,
                 )
                 if self.current_run is None:
-                    self._status("[b $error]✗ Docker is not running: start it, runs resume by themselves[/]", "error")
+                    self.run_status = RunStatus.failure("Docker is not running: start it, runs resume by themselves")
             if not self._docker_retry:
                 self._docker_retry = True
                 self.set_timer(DOCKER_RETRY_SECONDS, self._retry_docker)
             return
         if was is False:
             self.notify("Docker is back.", severity="information", timeout=4)
-            if self.last_status == "error" and self.current_run is None:
-                self._set_idle_status()
+            if self.run_status.state == "error" and self.current_run is None:
+                self.run_status = RunStatus()
             self.check_docker()
         elif was is None:
             self.set_interval(DOCKER_CHECK_SECONDS, self._ping_docker)
@@ -573,7 +544,6 @@ class MainScreen(Screen[None]):
         if self.building_images:
             return
         self.building_images = True
-        self.topbar.set_docker(self.docker_available, building=True)
         self.run_worker(
             lambda: self.bridge.build_images(list(self.missing_images)),
             thread=True,
@@ -590,7 +560,6 @@ class MainScreen(Screen[None]):
     @on(ImageBuildFinished)
     def _build_finished(self, message: ImageBuildFinished) -> None:
         self.building_images = False
-        self.topbar.set_docker(self.docker_available)
         if self.images_dialog is not None:
             self.images_dialog.finished(message.error)
         if message.error:
@@ -601,41 +570,9 @@ class MainScreen(Screen[None]):
         self.check_docker()
 
     # --- network inspector -------------------------------------------------------------------------------------
-    def _update_network_hint(self) -> None:
-        session = self.selected
-        if session is None:
-            return
-        name = "scratch runs" if session.scratch else f"session {session.name}"
-        if session.network != "filtered":
-            new = keys.key_labels(self)["new-session"]
-            hint = (
-                f"Nothing to inspect: {name} {'use' if session.scratch else 'uses'} network "
-                f"[b]{session.network}[/], so no request goes through "
-                f"the logging proxy. Create a session with network [b]filtered[/] ({new}) to see each "
-                "request here, live."
-            )
-            self.network.set_hint(hint)
-            self.network.set_class(True, "-off")
-        elif not session.log_network:
-            self.network.set_hint(
-                f"Network logging is off for {name}. Sessions created here log every request "
-                f"({keys.key_labels(self)['new-session']})."
-            )
-            self.network.set_class(True, "-off")
-        else:
-            self.network.set_class(False, "-off")
-            self.network.set_hint("" if self.network.entries else "[dim]No requests yet: they appear here live.[/]")
-
-    def _update_network_tab(self) -> None:
-        entries = self.network.entries
-        blocked = sum(1 for e in entries if e.action == "BLOCK")
-        label = "Network"
-        if entries:
-            label += f" {len(entries)}"
-        if blocked:
-            label += f" [b $error]✗{blocked}[/]"
-        self.results.get_tab("tab-network").label = label  # type: ignore[assignment]
-        self._update_network_hint()
+    @on(NetworkInspector.Counted)
+    def _network_counted(self, message: NetworkInspector.Counted) -> None:
+        self.results.get_tab("tab-network").label = message.label
 
     def filter_network(self, action: str) -> None:
         self.action_focus_pane("network")
@@ -646,25 +583,9 @@ class MainScreen(Screen[None]):
         self.app.push_screen(RequestScreen(message.entry))
 
     # --- files --------------------------------------------------------------------------------------------------
-    def _update_files_hint(self) -> None:
-        session = self.selected
-        if session is None:
-            return
-        if session.scratch:
-            self.files.set_title("[b]scratch[/] [dim]has no /sandbox between runs[/]")
-            self.files.set_hint(
-                "Scratch runs start a fresh container each time, so nothing stays in /sandbox. Pick or create "
-                f"a session ({keys.key_labels(self)['new-session']}) to keep files, upload and download."
-            )
-            self.files.set_class(True, "-off")
-        else:
-            self.files.set_title(f"[b]/sandbox[/] of {session.name}")
-            self.files.set_class(False, "-off")
-
     def refresh_files(self) -> None:
         session = self.selected
         if session is None or session.scratch:
-            self._update_files_hint()
             return
         self.files.loading = True
         self.run_worker(self.bridge.list_sandbox(session), group="files", exclusive=True, exit_on_error=False)
@@ -684,12 +605,9 @@ class MainScreen(Screen[None]):
         self.files.loading = False
         if self.selected is None or message.session_id != self.selected.id:
             return
-        if message.entries is None:
-            self.files.show([])
-            self.files.set_hint(f"[$error]Could not list /sandbox: {message.error}[/]")
-            return
-        self.selected.files = tuple(e.path for e in message.entries if e.kind == "file")
-        self.files.show(message.entries)
+        if message.entries is not None:
+            self.selected.files = tuple(e.path for e in message.entries if e.kind == "file")
+        self.files.listing = Listing(tuple(message.entries or ()), message.error)
 
     def _file_session(self) -> Session | None:
         session = self.selected
@@ -810,20 +728,10 @@ class MainScreen(Screen[None]):
         elif self.path is not None:
             self.start_watching(self.path)
             self.notify(f"Re-running {display_path(self.path)} whenever it changes on disk.", timeout=3)
-        self._refresh_watch()
 
     def start_watching(self, path: Path) -> None:
         self.watching = path
         self.watch_file(path)
-        self._refresh_watch()
-
-    def _refresh_watch(self) -> None:
-        if not self.watch_enabled:
-            self.topbar.set_watch("[dim]watch off[/]")
-        elif self.watching is None:
-            self.topbar.set_watch("[dim]watch: save to start[/]")
-        else:
-            self.topbar.set_watch(f"[$accent]watching[/] [dim]{self.settings.watch_debounce_ms} ms[/]")
 
     @work(exclusive=True, group="watch", exit_on_error=False)
     async def watch_file(self, path: Path) -> None:
@@ -945,8 +853,3 @@ class MainScreen(Screen[None]):
                     return name, keys.key_labels(self).text(getattr(node, "HELP", ""), *chain)
             node = node.parent if isinstance(node.parent, Widget) else None
         return "Workbench", ""
-
-
-def _short(text: str, limit: int = 90) -> str:
-    line = text.splitlines()[0] if text else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"

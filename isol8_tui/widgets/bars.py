@@ -1,20 +1,27 @@
-"""The top bar (Docker, pool, watch) and the run bar (runtime, network for new sessions, run/stop, status)."""
+"""The top bar (session, watch, pool, Docker) and the run bar (runtime, network for new sessions,
+run/stop, status). Each holds its state in reactives (the main screen binds its own to them) and
+renders its own text; the run bar reports the user's choices as messages."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import ClassVar, Literal
 
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal
+from textual.content import Content
 from textual.message import Message
+from textual.reactive import reactive, var
 from textual.widgets import Button, Checkbox, Select, Static
 
 from engine import PoolState
+from engine.models import NetworkMode
 from engine.runtimes import RUNTIME_NAMES
+from isol8_tui.bridge import RunFinished
 from isol8_tui.keys import key_labels
-from isol8_tui.sessions import NETWORK_POLICIES
+from isol8_tui.sessions import NETWORK_POLICIES, Session
 
 
 def format_duration(ms: float) -> str:
@@ -41,39 +48,180 @@ def format_pool(states: list[PoolState]) -> str:
     return "pool " + " · ".join(parts)
 
 
+def short(text: str, limit: int = 90) -> str:
+    """The first line of `text`, cut to `limit` characters."""
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+# --- the top bar ---------------------------------------------------------------------------------------------
+
+
+class SessionTarget(Static):
+    """Which session runs the code."""
+
+    session: reactive[Session | None] = reactive(None, layout=True)
+    runtime: reactive[str] = reactive("python", layout=True)
+
+    def render(self) -> Content:
+        session = self.session
+        if session is None:
+            return Content()
+        if session.scratch:
+            return Content.from_markup(
+                "▸ [b]scratch[/] [dim]$runtime · fresh container per run[/]", runtime=self.runtime
+            )
+        return Content.from_markup("▸ [b]$name[/] [dim]$network[/]", name=session.name, network=session.network)
+
+
+class WatchStatus(Static):
+    """Whether saving the file (or any change on disk) re-runs it."""
+
+    enabled: reactive[bool] = reactive(False, layout=True)
+    watching: reactive[Path | None] = reactive(None, layout=True)
+
+    def __init__(self, debounce_ms: int, *, id: str) -> None:
+        super().__init__(id=id)
+        self.debounce_ms = debounce_ms
+
+    def render(self) -> Content:
+        if not self.enabled:
+            return Content.from_markup("[dim]watch off[/]")
+        if self.watching is None:
+            return Content.from_markup("[dim]watch: save to start[/]")
+        return Content.from_markup(f"[$accent]watching[/] [dim]{self.debounce_ms} ms[/]")
+
+
+class PoolStatus(Static):
+    """The containers every session keeps, per image."""
+
+    pool: reactive[list[PoolState]] = reactive(list, layout=True)
+
+    def render(self) -> Content:
+        return Content.from_markup(format_pool(self.pool))
+
+
+class DockerStatus(Static):
+    """Docker up, down, not checked yet, or building images."""
+
+    available: reactive[bool | None] = reactive(None, layout=True)
+    building: reactive[bool] = reactive(False, layout=True)
+
+    def render(self) -> Content:
+        if self.building:
+            return Content.from_markup("[b $warning]docker ◌ building images[/]")
+        if self.available is None:
+            return Content.from_markup("[dim]docker …[/]")
+        if self.available:
+            return Content.from_markup("[$success]docker ●[/]")
+        return Content.from_markup("[b $error]docker ✗ down[/]")
+
+
 class TopBar(Horizontal):
     """App name, the session that runs the code, watch state; Docker and the container pool."""
 
+    session: var[Session | None] = var(None)
+    runtime: var[str] = var("python")
+    watch_enabled: var[bool] = var(False)
+    watching: var[Path | None] = var(None)
+    pool: var[list[PoolState]] = var(list)
+    docker_available: var[bool | None] = var(None)
+    building_images: var[bool] = var(False)
+
+    def __init__(self, debounce_ms: int) -> None:
+        super().__init__(id="topbar")
+        self._debounce_ms = debounce_ms
+
     def compose(self) -> ComposeResult:
         yield Static("[b]◆ isol8[/] workbench", id="brand")
-        yield Static("", id="target")
-        yield Static("", id="watch")
-        yield Static("", id="pool")
-        yield Static("[dim]docker …[/]", id="docker")
+        yield SessionTarget(id="target").data_bind(TopBar.session, TopBar.runtime)
+        yield WatchStatus(self._debounce_ms, id="watch").data_bind(
+            enabled=TopBar.watch_enabled, watching=TopBar.watching
+        )
+        yield PoolStatus(id="pool").data_bind(TopBar.pool)
+        yield DockerStatus(id="docker").data_bind(available=TopBar.docker_available, building=TopBar.building_images)
 
-    def set_target(self, text: str) -> None:
-        self.query_one("#target", Static).update(text)
 
-    def set_watch(self, text: str) -> None:
-        self.query_one("#watch", Static).update(text)
+# --- the run bar ---------------------------------------------------------------------------------------------
 
-    def set_pool(self, states: list[PoolState]) -> None:
-        self.query_one("#pool", Static).update(format_pool(states))
+StatusState = Literal["idle", "running", "ok", "failed", "stopped", "error"]
 
-    def set_docker(self, available: bool | None, building: bool = False) -> None:
-        if building:
-            text = "[b $warning]docker ◌ building images[/]"
-        elif available is None:
-            text = "[dim]docker …[/]"
-        elif available:
-            text = "[$success]docker ●[/]"
-        else:
-            text = "[b $error]docker ✗ down[/]"
-        self.query_one("#docker", Static).update(text)
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What the run bar says: ready, the run in flight, how the last run ended, or why nothing runs."""
+
+    state: StatusState = "idle"
+    session: str = ""  # running: the session's name
+    started_at: float = 0.0  # running: on the backend's clock
+    duration_ms: float = 0.0  # running: so far; stopped, ok, failed: the run's
+    exit_code: int | None = None
+    timed_out: bool = False
+    oom_killed: bool = False
+    truncated: bool = False
+    error: str = ""  # error: why
+
+    @classmethod
+    def running(cls, session: str, started_at: float) -> RunStatus:
+        return cls("running", session=session, started_at=started_at)
+
+    @classmethod
+    def failure(cls, error: str) -> RunStatus:
+        return cls("error", error=error)
+
+    @classmethod
+    def finished(cls, run: RunFinished) -> RunStatus:
+        if run.cancelled:
+            return cls("stopped", duration_ms=run.duration_ms)
+        if run.error:
+            return cls.failure(run.error)
+        ok = run.exit_code == 0 and not (run.timed_out or run.oom_killed)
+        return cls(
+            "ok" if ok else "failed",
+            duration_ms=run.duration_ms,
+            exit_code=run.exit_code,
+            timed_out=run.timed_out,
+            oom_killed=run.oom_killed,
+            truncated=run.truncated,
+        )
+
+    def at(self, now: float) -> RunStatus:
+        """A running status with its elapsed time as of `now`."""
+        return replace(self, duration_ms=(now - self.started_at) * 1000)
 
 
 class StatusLine(Static):
     """The state of the last run: running, exit code, duration and the abnormal-end markers."""
+
+    status: reactive[RunStatus] = reactive(RunStatus)
+
+    def render(self) -> Content:
+        status = self.status
+        duration = format_duration(status.duration_ms)
+        if status.state == "idle":
+            return Content.from_markup("[dim]ready · $run runs[/]", run=key_labels(self)["run"])
+        if status.state == "running":
+            return Content.from_markup(
+                "[b $warning]● running[/] $name · $duration", name=status.session, duration=duration
+            )
+        if status.state == "stopped":
+            return Content.from_markup("[b]■ stopped[/] after $duration", duration=duration)
+        if status.state == "error":
+            return Content.from_markup("[b $error]✗ $reason[/]", reason=short(status.error))
+        code = status.exit_code if status.exit_code is not None else "?"
+        head = f"[b $success]✓ exit {code}[/]" if status.state == "ok" else f"[b $error]✗ exit {code}[/]"
+        markers = []
+        if status.timed_out:
+            markers.append("[b $error]⏱ timed out[/]")
+        if status.oom_killed:
+            markers.append("[b $error]out of memory[/]")
+        if status.truncated:
+            markers.append("[b $warning]✂ truncated[/]")
+        return Content.from_markup(" · ".join([head, duration, *markers]))
+
+    def watch_status(self, status: RunStatus) -> None:
+        for state in ("idle", "running", "ok", "failed", "stopped", "error"):
+            self.set_class(state == status.state, f"-{state}")
 
 
 class RunBar(Horizontal):
@@ -85,13 +233,18 @@ class RunBar(Horizontal):
         "between runs. The status shows the exit code, the duration and why a run ended abnormally."
     )
 
+    runtime: var[str] = var("python", init=False)
+    network: var[NetworkMode] = var("none", init=False)
+    keep: var[bool] = var(False, init=False)
+    status: var[RunStatus] = var(RunStatus, init=False)
+
     @dataclass
     class RuntimePicked(Message):
         runtime: str
 
     @dataclass
     class NetworkPicked(Message):
-        network: str
+        network: NetworkMode
 
     class RunPressed(Message):
         pass
@@ -103,21 +256,19 @@ class RunBar(Horizontal):
     class KeepToggled(Message):
         keep: bool
 
-    def __init__(self, runtime: str, network: str, keep: bool) -> None:
+    def __init__(self, runtime: str, network: NetworkMode, keep: bool) -> None:
         super().__init__(id="runbar")
-        self._runtime = runtime
-        self._network = network
-        self._keep = keep
+        self.set_reactive(RunBar.runtime, runtime)
+        self.set_reactive(RunBar.network, network)
+        self.set_reactive(RunBar.keep, keep)
 
     def compose(self) -> ComposeResult:
-        labels = key_labels(self)
-        yield Button("▶ Run", id="run", variant="success", compact=True, tooltip=f"Run the buffer ({labels['run']})")
-        yield Button(
-            "■ Stop", id="stop", variant="error", compact=True, disabled=True, tooltip=f"Stop ({labels['stop']})"
-        )
+        run, stop = key_labels(self)["run"], key_labels(self)["stop"]
+        yield Button("▶ Run", id="run", variant="success", compact=True, tooltip=f"Run the buffer ({run})")
+        yield Button("■ Stop", id="stop", variant="error", compact=True, disabled=True, tooltip=f"Stop ({stop})")
         yield Select(
             [(name, name) for name in RUNTIME_NAMES],
-            value=self._runtime,
+            value=self.runtime,
             allow_blank=False,
             id="runtime",
             compact=True,
@@ -125,47 +276,34 @@ class RunBar(Horizontal):
         )
         yield Select(
             [(f"net {name}", name) for name in NETWORK_POLICIES],
-            value=self._network,
+            value=self.network,
             allow_blank=False,
             id="network-policy",
             compact=True,
             tooltip="Network policy for new sessions",
         )
-        yield Checkbox("keep", self._keep, id="keep-output", compact=True, tooltip="Keep output between runs")
-        yield StatusLine("", id="status")
+        yield Checkbox("keep", self.keep, id="keep-output", compact=True, tooltip="Keep output between runs")
+        yield StatusLine(id="status").data_bind(RunBar.status)
 
-    def set_runtime(self, runtime: str) -> None:
-        select = self.query_one("#runtime", Select)
-        if select.value != runtime:
+    def watch_runtime(self, runtime: str) -> None:
+        self._show(self.query_one("#runtime", Select), runtime)
+
+    def watch_network(self, network: NetworkMode) -> None:
+        self._show(self.query_one("#network-policy", Select), network)
+
+    def _show(self, select: Select[str], value: str) -> None:
+        if select.value != value:
             with self.prevent(Select.Changed):
-                select.value = runtime
+                select.value = value
 
-    def set_network(self, network: str) -> None:
-        select = self.query_one("#network-policy", Select)
-        if select.value != network:
-            with self.prevent(Select.Changed):
-                select.value = network
-
-    def set_keep(self, keep: bool) -> None:
+    def watch_keep(self, keep: bool) -> None:
         box = self.query_one("#keep-output", Checkbox)
         if box.value != keep:
             with self.prevent(Checkbox.Changed):
                 box.value = keep
 
-    def set_running(self, running: bool) -> None:
-        self.query_one("#stop", Button).disabled = not running
-        self.set_class(running, "-running")
-
-    def set_status(self, markup: str, state: str) -> None:
-        status = self.query_one(StatusLine)
-        status.update(markup)
-        for name in ("idle", "running", "ok", "failed", "stopped", "error"):
-            status.set_class(name == state, f"-{name}")
-
-    @property
-    def network_policy(self) -> str:
-        value = self.query_one("#network-policy", Select).value
-        return value if isinstance(value, str) else "none"
+    def watch_status(self, status: RunStatus) -> None:
+        self.query_one("#stop", Button).disabled = status.state != "running"
 
     @on(Select.Changed, "#runtime")
     def _runtime_changed(self, event: Select.Changed) -> None:
@@ -176,8 +314,9 @@ class RunBar(Horizontal):
     @on(Select.Changed, "#network-policy")
     def _network_changed(self, event: Select.Changed) -> None:
         event.stop()
-        if isinstance(event.value, str):
-            self.post_message(self.NetworkPicked(event.value))
+        network = event.value
+        if network in NETWORK_POLICIES:
+            self.post_message(self.NetworkPicked(network))
 
     @on(Checkbox.Changed, "#keep-output")
     def _keep_changed(self, event: Checkbox.Changed) -> None:

@@ -123,9 +123,6 @@ class EditorPane(Vertical):
         self.new_file = False
         self.dirty = self.editor.text != self._saved_text
 
-    def set_runtime(self, runtime: str) -> None:
-        self.runtime = runtime
-
     def watch_runtime(self, runtime: str) -> None:
         if self.query(CodeEditor):
             self.editor.use_runtime(runtime)

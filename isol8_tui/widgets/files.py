@@ -1,4 +1,4 @@
-"""The session's /sandbox: a listing, with upload and download."""
+"""The selected session's /sandbox: its last listing, with upload and download."""
 
 from __future__ import annotations
 
@@ -10,12 +10,23 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.message import Message
+from textual.reactive import var
 from textual.widgets import Button, DataTable, Static
 
 from isol8_tui.bridge import SandboxEntry
 from isol8_tui.keys import bindings, key_labels
+from isol8_tui.sessions import Session
 from isol8_tui.widgets.network import human_bytes
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One listing of a session's /sandbox: what it held, or why it could not be listed."""
+
+    entries: tuple[SandboxEntry, ...] = ()
+    error: str | None = None
 
 
 class FileTable(DataTable[Text]):
@@ -43,9 +54,13 @@ class FilesPane(Vertical):
     class DownloadRequested(Message):
         path: str | None
 
+    session: var[Session | None] = var(None, init=False)
+    """The selected session; a new one starts without a listing."""
+    listing: var[Listing | None] = var(None, init=False)
+    """Its last listing (None: not listed yet)."""
+
     def __init__(self) -> None:
         super().__init__(id="files")
-        self.entries: list[SandboxEntry] = []
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="files-bar"):
@@ -62,18 +77,18 @@ class FilesPane(Vertical):
         table.add_column("modified", key="modified")
         table.add_column("path", key="path")
 
-    def set_title(self, text: str) -> None:
-        self.query_one("#files-title", Static).update(text)
+    @property
+    def entries(self) -> list[SandboxEntry]:
+        return list(self.listing.entries) if self.listing else []
 
-    def set_hint(self, hint: str) -> None:
-        self.query_one("#files-hint", Static).update(hint)
-        self.set_class(bool(hint), "-hint")
+    def watch_session(self) -> None:
+        self.listing = None
+        self._show_state()
 
-    def show(self, entries: list[SandboxEntry]) -> None:
-        self.entries = entries
+    def watch_listing(self) -> None:
         table = self.query_one(FileTable)
         table.clear()
-        for index, entry in enumerate(entries):
+        for index, entry in enumerate(self.entries):
             style = "bold $primary" if entry.kind == "dir" else ""
             name = entry.path + ("/" if entry.kind == "dir" else "")
             size = "" if entry.kind == "dir" else human_bytes(entry.size)
@@ -83,8 +98,31 @@ class FilesPane(Vertical):
                 Text(name, style=style.replace("$primary", "cyan")),
                 key=str(index),
             )
-        upload = key_labels(self).bound(FilesPane, "upload")
-        self.set_hint("" if entries else f"/sandbox is empty. Upload a file ({upload}) or write one from your code.")
+        self._show_state()
+
+    def _show_state(self) -> None:
+        """The title, and a hint where there is nothing to list: scratch, a failed or an empty listing."""
+        session, listing, labels = self.session, self.listing, key_labels(self)
+        if session is None:
+            return
+        if session.scratch:
+            title = Content.from_markup("[b]scratch[/] [dim]has no /sandbox between runs[/]")
+            hint = Content(
+                "Scratch runs start a fresh container each time, so nothing stays in /sandbox. Pick or create "
+                f"a session ({labels['new-session']}) to keep files, upload and download."
+            )
+        else:
+            title = Content.from_markup("[b]/sandbox[/] of $name", name=session.name)
+            hint = Content()
+            if listing is not None and listing.error is not None:
+                hint = Content.from_markup("[$error]Could not list /sandbox: $reason[/]", reason=listing.error)
+            elif listing is not None and not listing.entries:
+                upload = labels.bound(FilesPane, "upload")
+                hint = Content(f"/sandbox is empty. Upload a file ({upload}) or write one from your code.")
+        self.query_one("#files-title", Static).update(title)
+        self.query_one("#files-hint", Static).update(hint)
+        self.set_class(session.scratch, "-off")
+        self.set_class(bool(hint), "-hint")
 
     @property
     def highlighted_path(self) -> str | None:

@@ -10,10 +10,14 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.message import Message
+from textual.reactive import var
 from textual.widgets import DataTable, Input, Select, Static
 
 from engine import NetworkLogEntry
+from isol8_tui.keys import key_labels
+from isol8_tui.sessions import Session
 
 ACTION_FILTERS = (("All", "all"), ("Allowed", "ALLOW"), ("Blocked", "BLOCK"))
 COLUMNS = ("time", "action", "method", "host", "path", "rule", "status", "bytes", "ms")
@@ -57,7 +61,7 @@ class NetworkTable(DataTable[Text]):
 
 
 class NetworkInspector(Vertical):
-    """Requests of the current run; a hint replaces the table when the session logs no requests."""
+    """Requests of the current run; a hint replaces the table when the selected session logs no requests."""
 
     HELP: ClassVar[str] = NetworkTable.HELP
     BINDINGS: ClassVar = [
@@ -65,14 +69,22 @@ class NetworkInspector(Vertical):
         Binding("a", "cycle_action", "All/allowed/blocked", show=True),
     ]
 
+    session: var[Session | None] = var(None, init=False)
+    """The selected session: whether its requests go through the logging proxy."""
+
     @dataclass
     class DetailRequested(Message):
         entry: NetworkLogEntry
 
+    @dataclass
+    class Counted(Message):
+        """The requests changed; `label` is the tab's title."""
+
+        label: Content
+
     def __init__(self) -> None:
         super().__init__(id="network")
         self.entries: list[NetworkLogEntry] = []
-        self._hint = ""
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="network-filters"):
@@ -91,21 +103,58 @@ class NetworkInspector(Vertical):
         self._refresh_rows()
 
     # --- state from the screen --------------------------------------------------------------------------
-    def set_hint(self, hint: str) -> None:
-        """Explain why there is nothing to see (no filtered network, logging off); "" shows the table."""
-        self._hint = hint
-        self.query_one("#network-hint", Static).update(hint)
-        self.set_class(bool(hint), "-hint")
+    def watch_session(self) -> None:
+        self._show_hint()
 
     def clear(self) -> None:
         self.entries.clear()
         self._refresh_rows()
+        self._counted()
 
     def add(self, entry: NetworkLogEntry) -> None:
         self.entries.append(entry)
         if self._matches(entry):
             self._add_row(len(self.entries) - 1, entry)
         self._update_count()
+        self._counted()
+
+    def _counted(self) -> None:
+        blocked = sum(1 for e in self.entries if e.action == "BLOCK")
+        label = "Network"
+        if self.entries:
+            label += f" {len(self.entries)}"
+        if blocked:
+            label += f" [b $error]✗{blocked}[/]"
+        self.post_message(self.Counted(Content.from_markup(label)))
+        self._show_hint()
+
+    def _show_hint(self) -> None:
+        """Explain why there is nothing to see (no filtered network, logging off, no request yet)."""
+        session = self.session
+        if session is None:
+            return
+        name = "scratch runs" if session.scratch else f"session {session.name}"
+        new_session = key_labels(self)["new-session"]
+        if session.network != "filtered":
+            hint = Content.from_markup(
+                "Nothing to inspect: $name $verb network [b]$network[/], so no request goes through the logging "
+                "proxy. Create a session with network [b]filtered[/] ($new) to see each request here, live.",
+                name=name,
+                verb="use" if session.scratch else "uses",
+                network=session.network,
+                new=new_session,
+            )
+        elif not session.log_network:
+            hint = Content.from_markup(
+                "Network logging is off for $name. Sessions created here log every request ($new).",
+                name=name,
+                new=new_session,
+            )
+        else:
+            hint = Content() if self.entries else Content.from_markup("[dim]No requests yet: they appear here live.[/]")
+        self.set_class(not session.logs_network, "-off")
+        self.query_one("#network-hint", Static).update(hint)
+        self.set_class(bool(hint), "-hint")
 
     def set_filters(self, host: str | None = None, action: str | None = None) -> None:
         if host is not None:

@@ -131,10 +131,19 @@ class OutputPanes(Vertical):
         self.stdout.reset()
         self.stderr.reset()
 
-    def separator(self, text: str) -> None:
+    def separator(self, run_id: int, session: str, runtime: str) -> None:
+        """Where a run's output starts, when output is kept between runs."""
         for pane in (self.stdout, self.stderr):
             if pane.line_count:
-                pane.append_marker(text)
+                pane.append_marker(f"── run {run_id} · {session} · {runtime} ──")
+
+    def notice(self, text: str) -> None:
+        """Why the run ended abnormally, as the engine says it (timeout, out of memory, ...)."""
+        self.stderr.append_marker(f"--- {text} ---")
+
+    def failed(self, error: str) -> None:
+        """Why the run could not run or finish (not the program's fault)."""
+        self.stderr.append_marker(f"✗ {error}")
 
     def flush(self) -> None:
         self.stdout.flush()

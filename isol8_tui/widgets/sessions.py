@@ -54,7 +54,7 @@ def session_prompt(session: Session, now: float, selected: bool) -> Text:
     if session.scratch:
         detail = f"any runtime · {session.network}"
     else:
-        policy = session.network
+        policy: str = session.network
         if session.network == "filtered" and (session.whitelist or session.blacklist):
             policy += f" +{len(session.whitelist)}/-{len(session.blacklist)}"
         detail = f"{session.runtime} · {policy}"
@@ -110,7 +110,7 @@ class SessionSidebar(Vertical):
         super().__init__(id="sidebar")
         self.border_title = "Sessions"
         self._order: list[str] = []
-        self._selected: str | None = None
+        self._selected_id: str | None = None
 
     def compose(self) -> ComposeResult:
         yield SessionList(id="session-list")
@@ -142,8 +142,8 @@ class SessionSidebar(Vertical):
             option_list.clear_options()
             option_list.add_options(options)
             self._order = ids
-        moved = selected_id != self._selected
-        self._selected = selected_id
+        moved = selected_id != self._selected_id
+        self._selected_id = selected_id
         target = highlighted_id if highlighted_id in ids and not moved else selected_id
         if target in ids:
             option_list.highlighted = ids.index(target)

@@ -130,7 +130,7 @@ async def settle(pilot: Pilot[Any], until: Callable[[], bool] | None = None, rou
 async def run_to_end(pilot: Pilot[Any]) -> None:
     screen = await started(pilot)
     await pilot.press("ctrl+r")
-    await settle(pilot, lambda: screen.current_run is None and screen.last_status != "idle")
+    await settle(pilot, lambda: screen.current_run is None and screen.run_status.state != "idle")
 
 
 async def empty(pilot: Pilot[Any]) -> None:
