@@ -30,6 +30,9 @@ class Listing:
 
 
 class FileTable(DataTable[Text]):
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"file-table--dir"}
+    """A folder's name (styled in workbench.tcss)."""
+
     HELP: ClassVar[str] = (
         "The files in the selected session's /sandbox (the program's working directory). {refresh} refreshes, "
         "{upload} uploads a host file into the session, {download} or {select_cursor} downloads the highlighted file."
@@ -76,6 +79,7 @@ class FilesPane(Vertical):
         table.add_column("size", key="size")
         table.add_column("modified", key="modified")
         table.add_column("path", key="path")
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self.watch_listing())
 
     @property
     def entries(self) -> list[SandboxEntry]:
@@ -88,14 +92,14 @@ class FilesPane(Vertical):
     def watch_listing(self) -> None:
         table = self.query_one(FileTable)
         table.clear()
+        folder = table.get_component_rich_style("file-table--dir", partial=True)
         for index, entry in enumerate(self.entries):
-            style = "bold $primary" if entry.kind == "dir" else ""
             name = entry.path + ("/" if entry.kind == "dir" else "")
             size = "" if entry.kind == "dir" else human_bytes(entry.size)
             table.add_row(
                 Text(size, justify="right"),
                 Text(entry.modified, style="dim"),
-                Text(name, style=style.replace("$primary", "cyan")),
+                Text(name, style=folder if entry.kind == "dir" else ""),
                 key=str(index),
             )
         self._show_state()

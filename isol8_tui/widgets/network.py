@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from rich.style import Style
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -53,6 +54,9 @@ def describe(entry: NetworkLogEntry) -> str:
 
 
 class NetworkTable(DataTable[Text]):
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"network-table--blocked", "network-table--allowed"}
+    """A blocked request's row and an allowed request's verdict (styled in workbench.tcss)."""
+
     HELP: ClassVar[str] = (
         "Every request the program made through the filtered network's proxy, live. Blocked requests "
         "are red. {select_cursor} shows a request's details; {focus_filter} filters by host; {cycle_action} "
@@ -101,6 +105,7 @@ class NetworkInspector(Vertical):
         for name in COLUMNS:
             table.add_column(name, key=name)
         self._refresh_rows()
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self._refresh_rows())
 
     # --- state from the screen --------------------------------------------------------------------------
     def watch_session(self) -> None:
@@ -194,8 +199,10 @@ class NetworkInspector(Vertical):
         self._show_detail()
 
     def _add_row(self, index: int, entry: NetworkLogEntry) -> None:
+        table = self.query_one(NetworkTable)
         blocked = entry.action == "BLOCK"
-        style = "bold red" if blocked else ""
+        verdict = table.get_component_rich_style(f"network-table--{'blocked' if blocked else 'allowed'}", partial=True)
+        style = verdict if blocked else Style()
         path = entry.path or "—"
         if len(path) > 28:
             path = path[:27] + "…"
@@ -211,8 +218,7 @@ class NetworkInspector(Vertical):
             f"{entry.duration_ms:.0f}",
         )
         row = [Text(cell, style=style) for cell in cells]
-        row[1] = Text(cells[1], style="bold red" if blocked else "green")
-        table = self.query_one(NetworkTable)
+        row[1] = Text(cells[1], style=verdict)
         table.add_row(*row, key=str(index))
         if table.row_count == 1:
             self._show_detail()

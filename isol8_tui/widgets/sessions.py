@@ -5,25 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import Button, OptionList
 from textual.widgets.option_list import Option
 
 from isol8_tui.keys import key_labels
-from isol8_tui.sessions import Session
+from isol8_tui.sessions import Session, SessionState
 
-STATE_STYLE = {
+STATE_STYLE: dict[SessionState, tuple[str, str]] = {
     "new": ("○ new", "dim"),
-    "starting": ("◌ starting", "yellow"),
-    "idle": ("● idle", "green"),
-    "running": ("▶ running", "bold yellow"),
-    "error": ("✗ error", "bold red"),
+    "starting": ("◌ starting", "$warning"),
+    "idle": ("● idle", "$success"),
+    "running": ("▶ running", "b $warning"),
+    "error": ("✗ error", "b $error"),
 }
+"""Each state's label and style (theme variables, so the sidebar follows the theme)."""
 
 
 def age(seconds: float) -> str:
@@ -39,18 +40,16 @@ def age(seconds: float) -> str:
 PROMPT_WIDTH = 25
 
 
-def session_prompt(session: Session, now: float, selected: bool) -> Text:
+def session_prompt(session: Session, now: float, selected: bool) -> Content:
     """Two lines: `▸ name  age        ● state` and `  runtime · network policy`."""
-    label, style = STATE_STYLE.get(session.state, (session.state, ""))
-    if session.scratch:
-        label, style = ("▶ running", "bold yellow") if session.state == "running" else ("ephemeral", "dim")
-    head = Text()
-    head.append("▸ " if selected else "  ", style="bold cyan")
-    head.append(session.name, style="bold" if selected else "")
-    if not session.scratch:
-        head.append(f" {age(now - session.created_at)}", style="dim")
-    head.append(" " * max(1, PROMPT_WIDTH - head.cell_len - len(label)))
-    head.append(label, style=style)
+    label, style = STATE_STYLE[session.state]
+    if session.scratch and session.state != "running":
+        label, style = "ephemeral", "dim"
+    head = Content.assemble(
+        ("▸ " if selected else "  ", "b $primary"),
+        (session.name, "b" if selected else ""),
+        ("" if session.scratch else f" {age(now - session.created_at)}", "dim"),
+    )
     if session.scratch:
         detail = f"any runtime · {session.network}"
     else:
@@ -58,8 +57,8 @@ def session_prompt(session: Session, now: float, selected: bool) -> Text:
         if session.network == "filtered" and (session.whitelist or session.blacklist):
             policy += f" +{len(session.whitelist)}/-{len(session.blacklist)}"
         detail = f"{session.runtime} · {policy}"
-    head.append(f"\n  {detail}", style="dim")
-    return head
+    padding = " " * max(1, PROMPT_WIDTH - head.cell_length - len(label))
+    return Content.assemble(head, padding, (label, style), (f"\n  {detail}", "dim"))
 
 
 class SessionList(OptionList):

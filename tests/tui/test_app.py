@@ -178,7 +178,8 @@ async def test_network_table_fills_and_filters(fake_app) -> None:
         assert inspector.visible_rows == 5
         table = inspector.query_one(NetworkTable)
         blocked_row = table.get_row_at(2)
-        assert "BLOCK" in str(blocked_row[1]) and blocked_row[1].style == "bold red"
+        blocked_style = table.get_component_rich_style("network-table--blocked", partial=True)
+        assert "BLOCK" in str(blocked_row[1]) and blocked_row[1].style == blocked_style and blocked_style.bold
         assert "✗2" in str(screen.results.get_tab("tab-network").label)
         await pilot.press("a", "a")  # all -> allowed -> blocked
         assert inspector.action_filter == "BLOCK" and inspector.visible_rows == 2
@@ -437,3 +438,18 @@ async def test_quitting_stops_every_engine(fake_app, backend: FakeBackend) -> No
         main_screen(app).create_session(SessionSpec("node"))
         await run_and_wait(pilot)
     assert backend.engines and all(engine.stopped for engine in backend.engines)
+
+
+async def test_colours_follow_the_theme(fake_app) -> None:
+    app = fake_app(FETCHING)
+    async with app.run_test(size=(150, 40)) as pilot:
+        screen = main_screen(app)
+        screen.create_session(FILTERED)
+        await run_and_wait(pilot)
+        table = screen.network.query_one(NetworkTable)
+        before = table.get_row_at(2)[1].style
+        app.theme = "textual-light"
+        await pilot.pause()
+        await pilot.pause()
+        after = table.get_row_at(2)[1].style
+        assert after != before and after == table.get_component_rich_style("network-table--blocked", partial=True)
