@@ -1,0 +1,72 @@
+"""One workbench scenario on the fake backend and on the real engine (Docker), with the same visible
+outcome, so the fake the other tests rely on cannot drift from the engine it stands in for."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fake_engine import FakeBackend
+from textual.widgets import TextArea
+from tui_helpers import main_screen, run_and_wait, wait_for
+
+from engine.config import Isol8Config, TuiSettings
+from isol8_tui.app import make_app
+from isol8_tui.bridge import Backend, RealBackend
+from isol8_tui.screens.dialogs import NewSessionScreen
+from isol8_tui.screens.main import MainScreen
+
+FAILING = 'import sys\nprint("to stdout")\nprint("to stderr", file=sys.stderr)\nsys.exit(3)\n'
+SLOW = 'import time\nprint("before the timeout")\ntime.sleep(30)\n'
+CONFIG = Isol8Config.model_validate({"defaults": {"timeoutMs": 2000}})
+
+
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.docker)])
+def any_backend(request: pytest.FixtureRequest) -> Backend:
+    if request.param == "real":
+        request.getfixturevalue("docker_client")  # Docker up and the images built, else a clear failure
+        return RealBackend()
+    return FakeBackend()
+
+
+def shown(screen: MainScreen) -> tuple[list[str], list[str], str]:
+    """What the panes show: stdout, stderr, and the status line with its duration left out."""
+    status = str(screen.runbar.query_one("#status").render())
+    status = re.sub(r"\d+(\.\d+)? m?s\b|\d+m\d+\.\ds", "<duration>", status)
+    return list(screen.outputs.stdout.lines), list(screen.outputs.stderr.lines), status
+
+
+async def test_a_new_session_runs_code_that_fails_then_one_that_times_out(any_backend: Backend, workdir) -> None:
+    (workdir / "main.py").write_text(FAILING)
+    app = make_app(
+        workdir / "main.py",
+        watch=False,
+        config=CONFIG,
+        settings=TuiSettings(),
+        backend=any_backend,
+        cursor_blink=False,
+        animations=False,
+    )
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = main_screen(app)
+        await wait_for(pilot, lambda: screen.started)
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewSessionScreen))
+        await pilot.press("ctrl+s")  # create: python, no network
+        await wait_for(pilot, lambda: screen.selected is not None and screen.selected.name == "python-2")
+        session = screen.selected
+        assert session is not None
+        await wait_for(pilot, lambda: session.state == "idle", timeout=60)
+
+        await run_and_wait(pilot, timeout=60)
+        assert shown(screen) == (["to stdout", ""], ["to stderr", ""], "✗ exit 3 · <duration>")
+        assert session.state == "idle" and session.runs == 1
+
+        screen.query_one(TextArea).text = SLOW
+        await run_and_wait(pilot, timeout=60)
+        assert shown(screen) == (
+            ["before the timeout", ""],
+            ["--- EXECUTION TIMED OUT ---", ""],
+            "✗ exit 137 · <duration> · ⏱ timed out",
+        )
+        assert session.state == "idle" and session.runs == 2
