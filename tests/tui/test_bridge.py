@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from fake_engine import FakeBackend, FakeEngine
 from textual.message import Message
 
-from engine import ExecutionRequest
+from engine import ExecutionRequest, StreamEvent
+from engine.errors import DockerUnavailable, ImageMissing, Isol8Error, SandboxLost
 from isol8_tui.bridge import (
     DockerChecked,
     EngineBridge,
@@ -138,6 +140,47 @@ async def test_engine_errors_never_escape(backend: FakeBackend) -> None:
     down = inbox.of(RunFinished)[-1]
     assert isinstance(down, RunFinished) and down.docker_down and "Docker is not running" in (down.error or "")
     assert any(isinstance(m, DockerChecked) and not m.available for m in inbox.messages)
+
+
+def playing(
+    *events: StreamEvent, then: Exception | None = None
+) -> Callable[[ExecutionRequest], AsyncIterator[StreamEvent]]:
+    """An execute_stream that yields `events`, then raises `then`."""
+
+    async def stream(_request: ExecutionRequest) -> AsyncIterator[StreamEvent]:
+        for event in events:
+            yield event
+        if then is not None:
+            raise then
+
+    return stream
+
+
+async def test_run_ends_are_told_apart_by_type_and_flags_not_text(
+    backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bridge, inbox = bridge_with_inbox(backend)
+    session = bridge.create_session(SessionSpec("python"))
+    timed_out = StreamEvent(type="exit", data="137", timed_out=True)
+    cases: list[tuple[Callable[[ExecutionRequest], AsyncIterator[StreamEvent]], dict[str, object]]] = [
+        (playing(timed_out), {"timed_out": True, "oom_killed": False, "error": None}),
+        (
+            playing(StreamEvent(type="error", data="EXECUTION TIMED OUT"), StreamEvent(type="exit", data="0")),
+            {"timed_out": False},
+        ),
+        (
+            playing(then=SandboxLost("gone")),
+            {"error": "gone The session's next run starts a new container; its files and state are gone."},
+        ),
+        (playing(then=Isol8Error("stopped unexpectedly")), {"error": "stopped unexpectedly", "image_missing": False}),
+        (playing(then=ImageMissing.of("isol8:python")), {"image_missing": True, "docker_down": False}),
+        (playing(then=DockerUnavailable.at("unix:///x")), {"docker_down": True, "image_missing": False}),
+    ]
+    for run_id, (stream, expected) in enumerate(cases, start=1):
+        monkeypatch.setattr(session.engine, "execute_stream", stream)
+        await bridge.run(session, request("x"), run_id)
+        finished = inbox.of(RunFinished)[-1]
+        assert {name: getattr(finished, name) for name in expected} == expected, run_id
 
 
 def test_docker_checks_and_image_builds() -> None:
