@@ -183,6 +183,7 @@ class WorkbenchApp(keys.KeymapApp, inherit_bindings=False):
             return
 
         def command(title: str, help_text: str, callback: Callable[[], Any]) -> SystemCommand:
+            """A palette entry; `help_text` names keys as {action-id} placeholders (keys.KeyLabels)."""
             return SystemCommand(title, self.key_labels.text(help_text), callback)
 
         yield command("Run: run the buffer", "{run} · in the selected session", main.action_run)

@@ -59,8 +59,8 @@ class NetworkTable(DataTable[Text]):
 
     HELP: ClassVar[str] = (
         "Every request the program made through the filtered network's proxy, live. Blocked requests "
-        "are red. {select_cursor} shows a request's details; {focus_filter} filters by host; {cycle_action} "
-        "cycles all/allowed/blocked."
+        "are red. Show a request's details with {select_cursor}, filter by host with {focus_filter}, and "
+        "cycle all/allowed/blocked with {cycle_action}."
     )
 
 

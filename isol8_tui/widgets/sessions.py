@@ -65,7 +65,7 @@ class SessionList(OptionList):
     HELP: ClassVar[str] = (
         "Your sessions. Each is a persistent container: variables, installed packages and files in "
         "/sandbox survive between runs. 'scratch' starts a fresh container for every run and runs any "
-        "runtime. {select} switches, {new} creates, {delete} removes (its container goes too)."
+        "runtime. Switch with {select}, create with {new}, remove with {delete} (its container goes too)."
     )
     BINDINGS: ClassVar = [
         Binding("n", "new", "New session"),

@@ -3,14 +3,21 @@ hint, tooltip, help text and palette entry that names its key."""
 
 from __future__ import annotations
 
+import pytest
+from textual.dom import DOMNode
 from textual.widgets import Button
 from tui_helpers import main_screen, wait_for
 
 from engine.config import TUI_ACTIONS, TuiSettings
 from isol8_tui.keys import ACTIONS, KeyLabels, key_label
+from isol8_tui.screens.dialogs import NewSessionScreen, TransferScreen
 from isol8_tui.screens.help import HelpScreen
-from isol8_tui.widgets.files import FilesPane
-from isol8_tui.widgets.sessions import SessionList
+from isol8_tui.widgets.bars import RunBar
+from isol8_tui.widgets.editor import CodeEditor
+from isol8_tui.widgets.files import FilesPane, FileTable
+from isol8_tui.widgets.network import NetworkInspector, NetworkTable
+from isol8_tui.widgets.output import OutputPane
+from isol8_tui.widgets.sessions import SessionList, SessionSidebar
 
 SIZE = (150, 40)
 KEYMAP = {"run": "f12,ctrl+j", "new-session": "ctrl+b", "save": "ctrl+w", "refresh-files": "g"}
@@ -64,3 +71,21 @@ async def test_a_rebound_action_shows_its_new_key_everywhere(fake_app) -> None:
         await pilot.press("escape", "alt+5", "f1")
         await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
         assert "g refreshes" in str(app.screen.query_one("#help-about").render())
+
+
+@pytest.mark.parametrize(
+    ("help_text", "owners"),
+    [
+        (CodeEditor.HELP, (CodeEditor,)),
+        (OutputPane.HELP, (OutputPane,)),
+        (NetworkTable.HELP, (NetworkTable, NetworkInspector)),
+        (FileTable.HELP, (FileTable, FilesPane)),
+        (SessionList.HELP, (SessionList, SessionSidebar)),
+        (RunBar.HELP, (RunBar,)),
+        (NewSessionScreen.HELP, (NewSessionScreen,)),
+        (TransferScreen.HELP, (TransferScreen,)),
+    ],
+)
+def test_every_help_text_names_keys_that_are_bound(help_text: str, owners: tuple[type[DOMNode], ...]) -> None:
+    text = KeyLabels().text(help_text, *owners)
+    assert "{" not in text and "}" not in text
