@@ -109,7 +109,8 @@ async def _save_to_rerun(runs: int, debounce_ms: int, fake: bool) -> dict[str, A
 
     backend = None
     if fake:
-        from isol8_tui.fake_engine import FakeBackend
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "tui"))
+        from fake_engine import FakeBackend  # the tests' deterministic fake (not part of the package)
 
         backend = FakeBackend()
     stamps: dict[str, list[tuple[float, Message]]] = {"started": [], "detected": [], "output": [], "finished": []}

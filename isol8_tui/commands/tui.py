@@ -8,7 +8,7 @@ import click
 
 from engine.config import load_config
 from engine.errors import Isol8Error
-from engine.runtimes import RUNTIME_NAMES
+from engine.runtimes import RUNTIME_NAMES, detect_runtime
 from isol8_tui.output import user_errors
 
 
@@ -19,13 +19,12 @@ from isol8_tui.output import user_errors
 def command(path: Path | None, no_watch: bool, runtime: str | None) -> None:
     """Open the workbench on PATH (created on first save if it does not exist).
 
-    Edit, run (ctrl+r) and watch the output live; saving re-runs the file. F1 shows the keys of the
-    focused pane, ctrl+p every action.
+    Edit, run and watch the output live; saving re-runs the file. The help screen (F1 unless
+    `tui.keymap` rebinds it) lists the keys in force, the command palette every action.
     """
     with user_errors():
         loaded = load_config()
         from isol8_tui.app import make_app, theme_names
-        from isol8_tui.bridge import runtime_for_path
 
         settings = loaded.config.tui
         if settings.theme not in theme_names():
@@ -39,10 +38,7 @@ def command(path: Path | None, no_watch: bool, runtime: str | None) -> None:
                 raise Isol8Error(f"{path} is a folder: pass a file.")
             if not path.parent.resolve().is_dir():
                 raise Isol8Error(f"Folder not found: {path.parent}")
-            if runtime is None and runtime_for_path(path) is None:
-                raise Isol8Error(
-                    f'Cannot detect runtime for "{path}". Known extensions: .py .js .mjs .cjs .ts .tsx .jsx .mts '
-                    ".sh. Use --runtime to specify."
-                )
+            if runtime is None:
+                detect_runtime(str(path))  # an unknown extension: the registry's error, with its list
         app = make_app(path, runtime=runtime, watch=not no_watch, config=loaded.config)
     app.run()
