@@ -16,4 +16,7 @@ fi
 .venv/bin/isol8 setup
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy
+# The agent's files import each other as top-level modules, as they do inside the image.
+(cd engine/agent && ../../.venv/bin/mypy --config-file ../../pyproject.toml --explicit-package-bases ./*.py)
 .venv/bin/pytest -q -p no:cacheprovider "$@"
