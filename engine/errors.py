@@ -16,9 +16,9 @@ class can be rebuilt from the wire; the classmethods build the common messages.
     ├── ImageMissing             503 image_missing    an image the engine needs is absent or stale
     ├── SandboxError             500 sandbox_error    the container or its agent failed, not the code
     │   ├── SandboxLost          500 sandbox_lost     the container stopped or the agent went silent
-    │   └── SessionLost          410 session_lost     a persistent session's container (and files) is gone
-    ├── Timeout                  504 timeout          an operation with a deadline did not finish
-    ├── OutOfMemory              507 out_of_memory    a setup step was killed at the memory limit
+    │   │   └── OutOfMemory      507 out_of_memory    ... because it was killed at its memory limit
+    │   ├── SessionLost          410 session_lost     a persistent session's container (and files) is gone
+    │   └── Timeout              504 timeout          a file transfer did not finish by its deadline
     ├── SetupFailed              400 setup_failed     a package install or setup script failed
     ├── FileError                400 file_error
     │   ├── FileNotFound         404 file_not_found
@@ -119,15 +119,15 @@ class SessionLost(SandboxError):
     code = "session_lost"
 
 
-class Timeout(Isol8Error):
-    """An operation with a deadline (a file transfer, a setup step) did not finish in time."""
+class Timeout(SandboxError):
+    """A file transfer did not finish by its deadline: the sandbox is replaced."""
 
     status = 504
     code = "timeout"
 
 
-class OutOfMemory(Isol8Error):
-    """A setup step was killed at the memory limit."""
+class OutOfMemory(SandboxLost):
+    """A session's container was killed at its memory limit during a file operation."""
 
     status = 507
     code = "out_of_memory"
