@@ -29,12 +29,14 @@ from pydantic.alias_generators import to_camel
 from engine.errors import ConfigError
 from engine.limits import parse_size
 from engine.models import (
+    AuditOptions,
     Isol8Options,
     NetworkFilter,
     NetworkMode,
     Pattern,
     PoolStrategy,
     Port,
+    RemoteCodePolicy,
     SeccompMode,
     SecurityOptions,
 )
@@ -235,6 +237,8 @@ class Isol8Config(_Model):
     pool_size: int = Field(_engine_default("pool_size"), ge=0)
     prewarm: list[RuntimeName] = Field(default_factory=list)
     security: SecurityOptions = Field(default_factory=SecurityOptions)
+    remote_code: RemoteCodePolicy = Field(default_factory=RemoteCodePolicy)
+    audit: AuditOptions = Field(default_factory=AuditOptions)
     prebuilt_images: list[PrebuiltImage] = Field(default_factory=list)
     server: ServerPolicy = Field(default_factory=ServerPolicy)  # `isol8 serve`
     tui: TuiSettings = Field(default_factory=TuiSettings)  # the workbench, `isol8 tui`
@@ -248,7 +252,16 @@ class Isol8Config(_Model):
         return Isol8Options(**values)
 
 
-_ENGINE_SETTINGS = ("security", "max_concurrent", "pool_strategy", "pool_size", "prewarm", "debug")
+_ENGINE_SETTINGS = (
+    "security",
+    "max_concurrent",
+    "pool_strategy",
+    "pool_size",
+    "prewarm",
+    "remote_code",
+    "audit",
+    "debug",
+)
 """Top-level config keys that are engine options of the same name (`defaults` holds the rest)."""
 
 

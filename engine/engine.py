@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
 from engine.docker import DockerClient
-from engine.errors import Isol8Error, OutOfMemory, SandboxError, SandboxLost, SessionLost, SetupFailed
+from engine.errors import (
+    Isol8Error,
+    OutOfMemory,
+    PolicyRefused,
+    SandboxError,
+    SandboxLost,
+    SessionLost,
+    SetupFailed,
+)
 from engine.hardening import MANAGED_LABEL, OWNER_LABEL, container_config, owner_alive
 from engine.images.custom import find_custom
 from engine.models import (
@@ -319,6 +327,8 @@ class DockerIsol8:
     async def _events(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent | Outcome, None]:
         """Masked, decoded output events of every step, then the Outcome of the last one run."""
         options = self._options_for(request)
+        if request.code_url is not None and not options.remote_code.enabled:
+            raise PolicyRefused("Remote code fetching is disabled. Set remoteCode.enabled=true to allow it.")
         spec = get_runtime(request.runtime)
         packages = validate_packages(request.install_packages)
         if self.options.mode == "persistent":

@@ -111,9 +111,15 @@ class RequestLimits(Model):
 
 
 class ExecutionRequest(RequestLimits):
-    """One execution. Exactly one of `code` and `cmd`."""
+    """One execution. Exactly one of `code`, `code_url` (fetched on the engine's host under the
+    `remote_code` policy, then run as `code`) and `cmd`. `metadata` goes to the audit record;
+    `agent_flags` is accepted for the reference's clients and ignored (its `agent` runtime is not
+    one of ours)."""
 
     code: str | None = None
+    code_url: str | None = None
+    code_hash: str | None = None
+    allow_insecure_code_url: bool = False
     cmd: str | None = None
     runtime: str = "python"
     timeout_ms: int | None = Field(default=None, gt=0)
@@ -126,6 +132,8 @@ class ExecutionRequest(RequestLimits):
     files: dict[str, str | bytes] = Field(default_factory=dict)
     output_paths: list[str] = Field(default_factory=list)
     secrets: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    agent_flags: str | None = None
 
     @field_validator("runtime")
     @classmethod
@@ -146,12 +154,14 @@ class ExecutionRequest(RequestLimits):
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ExecutionRequest:
-        if self.code is not None and self.cmd is not None:
+        given = sum(source is not None for source in (self.code, self.code_url, self.cmd))
+        if given > 1:
             raise ValueError(
-                "ExecutionRequest.code and ExecutionRequest.cmd are mutually exclusive — provide exactly one."
+                "ExecutionRequest.code, ExecutionRequest.codeUrl, and ExecutionRequest.cmd are mutually "
+                "exclusive — provide exactly one."
             )
-        if self.code is None and self.cmd is None:
-            raise ValueError("ExecutionRequest must include exactly one of: code or cmd.")
+        if given == 0:
+            raise ValueError("ExecutionRequest must include exactly one of: code, codeUrl, or cmd.")
         return self
 
     @field_validator("env", "secrets")
@@ -238,6 +248,50 @@ class StreamEvent(Model):
     entry: NetworkLogEntry | None = None
 
 
+DEFAULT_BLOCKED_CODE_HOSTS = (
+    r"^localhost$",
+    r"^127(?:\.[0-9]{1,3}){3}$",
+    r"^\[::1\]$",
+    r"^::1$",
+    r"^10(?:\.[0-9]{1,3}){3}$",
+    r"^172\.(?:1[6-9]|2[0-9]|3[0-1])(?:\.[0-9]{1,3}){2}$",
+    r"^192\.168(?:\.[0-9]{1,3}){2}$",
+    r"^169\.254(?:\.[0-9]{1,3}){2}$",
+    r"^metadata\.google\.internal$",
+    r"^169\.254\.169\.254$",
+)
+"""The reference's default `remoteCode.blockedHosts`. Names only: every resolved address is checked too."""
+
+
+class RemoteCodePolicy(Model):
+    """Whether and from where `code_url` may be fetched (on the engine's host: an SSRF surface, so
+    off by default). Host patterns are case-insensitive regular expressions."""
+
+    enabled: bool = False
+    allowed_schemes: list[str] = Field(default_factory=lambda: ["https"])
+    allowed_hosts: list[Pattern] = Field(default_factory=list)
+    blocked_hosts: list[Pattern] = Field(default_factory=lambda: list(DEFAULT_BLOCKED_CODE_HOSTS))
+    max_code_size: int = Field(default=10 << 20, gt=0)
+    fetch_timeout_ms: int = Field(default=30_000, gt=0)
+    require_hash: bool = False
+    enable_cache: bool = True  # accepted for the reference's configs; nothing is cached
+    cache_ttl: int = Field(default=3600, ge=0)  # likewise
+
+
+class AuditOptions(Model):
+    """The audit log: one JSON object per execution, appended to `<log_dir>/executions.log` (or
+    printed to stdout). Code and output are recorded only when asked, with secrets masked."""
+
+    enabled: bool = False
+    destination: Literal["filesystem", "file", "stdout"] = "filesystem"
+    log_dir: str | None = None  # default: $ISOL8_AUDIT_DIR, else ./.isol8_audit
+    post_log_script: str | None = None
+    track_resources: bool = True
+    retention_days: int = Field(default=90, ge=0)
+    include_code: bool = False
+    include_output: bool = False
+
+
 class NetworkFilter(Model):
     """The filtered network's policy, enforced by the in-container proxy (engine/agent/proxy.py).
 
@@ -303,6 +357,8 @@ class Isol8Options(Model):
     pool_strategy: PoolStrategy = "secure"
     pool_size: int = Field(default=1, ge=0)  # warm containers kept per image (and settings)
     prewarm: list[RuntimeName] = Field(default_factory=list)  # runtimes warmed by start()
+    remote_code: RemoteCodePolicy = Field(default_factory=RemoteCodePolicy)
+    audit: AuditOptions = Field(default_factory=AuditOptions)
     debug: bool = False
 
     @field_validator("memory_limit", "sandbox_size", "tmp_size")

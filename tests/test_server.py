@@ -148,7 +148,8 @@ def test_execute_returns_the_result_in_camel_case(http: httpx.Client) -> None:
         ),
         (
             '{"request": {"code": "1", "cmd": "ls"}}',
-            "ExecutionRequest.code and ExecutionRequest.cmd are mutually exclusive — provide exactly one.",
+            "ExecutionRequest.code, ExecutionRequest.codeUrl, and ExecutionRequest.cmd are mutually exclusive — "
+            "provide exactly one.",
         ),
         (
             '{"request": {"code": "1"}, "sessionId": "a/b"}',

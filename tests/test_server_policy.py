@@ -308,8 +308,8 @@ def test_images_only_from_the_allowed_list(tmp_path: Path) -> None:
 
 
 def test_unknown_client_options_are_errors_not_silently_dropped() -> None:
-    with pytest.raises(ValueError, match="remoteCode"):
-        ClientOptions.model_validate({"remoteCode": {"enabled": True}})
+    with pytest.raises(ValueError, match="remoteCodes"):
+        ClientOptions.model_validate({"remoteCodes": {"enabled": True}})
 
 
 # --- the key store and the authenticator -------------------------------------------------------------------

@@ -52,7 +52,7 @@ def test_code_file_uses_runtime_default_or_given_extension() -> None:
 
 
 def test_request_needs_exactly_one_source() -> None:
-    with pytest.raises(ValidationError, match="exactly one of: code or cmd"):
+    with pytest.raises(ValidationError, match="exactly one of: code, codeUrl, or cmd"):
         ExecutionRequest(runtime="python")
     with pytest.raises(ValidationError, match="mutually exclusive"):
         ExecutionRequest(code="1", cmd="true")

@@ -20,11 +20,13 @@ from engine.errors import Isol8Error, PolicyRefused
 from engine.limits import parse_size
 from engine.models import (
     CONTAINER_LIMITS,
+    AuditOptions,
     ExecutionRequest,
     Isol8Options,
     Model,
     NetworkFilter,
     NetworkMode,
+    RemoteCodePolicy,
     RequestLimits,
     SeccompMode,
     SecurityOptions,
@@ -72,6 +74,8 @@ class ClientOptions(RequestLimits):
     pool_size: Any = None
     max_concurrent: int | None = None
     debug: bool | None = None
+    remote_code: RemoteCodePolicy | None = None
+    audit: AuditOptions | None = None
 
     @field_validator("secrets")
     @classmethod

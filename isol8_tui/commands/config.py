@@ -23,6 +23,8 @@ _SECTIONS: tuple[tuple[str, str | None], ...] = (
     ("Network filter", "network"),
     ("Cleanup", "cleanup"),
     ("Security", "security"),
+    ("Remote code (codeUrl)", "remoteCode"),
+    ("Audit log", "audit"),
     ("Server (isol8 serve)", "server"),
     ("Workbench (isol8 tui)", "tui"),
 )
