@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 import time
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from engine.errors import Isol8Error
 from engine.models import ExecutionRequest, Isol8Options, NetworkFilter
 from engine.remote import RemoteIsol8
+from isol8_tui.credentials import api_key
 from isol8_tui.output import err
 from isol8_tui.printing import run_requests
 
@@ -60,9 +60,7 @@ def run_remote(
     """Run `requests` in order on the server; the exit code of the last one run."""
     if not host:
         raise Isol8Error("--session-id and --key need --host URL (the isol8 server to run on).")
-    key = key or os.environ.get("ISOL8_API_KEY")
-    if not key:
-        raise Isol8Error("API key required. Use --key or set ISOL8_API_KEY.")
+    key = api_key(key, host)
     # --persistent without an id: a session for this command only, deleted at the end.
     session = session_id or (f"cli-{int(time.time() * 1000)}" if persistent else None)
     remote = RemoteIsol8(host, key, session, remote_options(flags), keep_session=session_id is not None)

@@ -258,10 +258,14 @@ def test_run_remote_errors(server: ServerProcess) -> None:
     )
 
 
-def test_run_remote_without_a_key(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+KEYLESS = "[ERR] API key required. Use --key, set ISOL8_API_KEY, or run `isol8 login --host URL --key MASTER`.\n"
+
+
+def test_run_remote_without_a_key(server: ServerProcess, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("ISOL8_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no `isol8 login` credentials either
     result = run_cli("run", "--host", server.url, "-e", "1")
-    assert (result.returncode, result.stderr) == (1, "[ERR] API key required. Use --key or set ISOL8_API_KEY.\n")
+    assert (result.returncode, result.stderr) == (1, KEYLESS)
     monkeypatch.setenv("ISOL8_API_KEY", server.key)
     assert run_cli("run", "--host", server.url, "-e", "print(5)").stdout == "5\n"
 
@@ -294,10 +298,11 @@ def test_persistent_without_an_id_is_a_session_for_one_command(server: ServerPro
     assert '"id": "cli-' not in listed.stdout  # deleted when the command ended
 
 
-def test_session_commands_errors(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_session_commands_errors(server: ServerProcess, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("ISOL8_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no `isol8 login` credentials either
     keyless = run_cli("session", "list", "--host", server.url)
-    assert (keyless.returncode, keyless.stderr) == (1, "[ERR] API key required. Use --key or set ISOL8_API_KEY.\n")
+    assert (keyless.returncode, keyless.stderr) == (1, KEYLESS)
     wrong = run_cli("session", "list", "--host", server.url, "--key", "nope")
     assert (wrong.returncode, wrong.stderr) == (1, "[ERR] Failed to list sessions: Invalid API key\n")
     down = run_cli("session", "delete", "x", "--host", f"http://127.0.0.1:{free_port()}", "--key", "k")

@@ -141,7 +141,7 @@ async def _run(options: Isol8Options, requests: list[ExecutionRequest], stream: 
 @click.option("--no-stream", is_flag=True, help="Print the output when the run ends instead of live.")
 @click.option("--debug", is_flag=True, help="Log what the engine does to stderr.")
 @click.option("--host", metavar="URL", help="Run on an isol8 server (`isol8 serve`) instead of locally.")
-@click.option("--key", metavar="KEY", help="With --host: the server's API key (default: $ISOL8_API_KEY).")
+@click.option("--key", metavar="KEY", help="With --host: API key (default: $ISOL8_API_KEY, else `isol8 login`'s).")
 @click.option("--session-id", metavar="ID", help="With --host: run in this server session (state persists).")
 def command(
     files: tuple[str, ...],

@@ -1,26 +1,16 @@
-"""`isol8 session list|delete`: the sessions an isol8 server keeps for this API key's tenant."""
+"""`isol8 session list|delete|stop`: the sessions an isol8 server keeps for this API key's tenant."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 from datetime import datetime
 
 import click
 
 from engine.remote import RemoteIsol8, RemoteSession
-from isol8_tui.output import err, info, ok, user_errors
-
-KEY_REQUIRED = "API key required. Use --key or set ISOL8_API_KEY."
-
-
-def api_key(flag: str | None) -> str:
-    key = flag or os.environ.get("ISOL8_API_KEY")
-    if not key:
-        err(KEY_REQUIRED)
-        raise SystemExit(1)
-    return key
+from isol8_tui.credentials import api_key
+from isol8_tui.output import info, ok, user_errors
 
 
 def _local_time(iso: str | None) -> str:
@@ -40,12 +30,14 @@ async def _delete(host: str, key: str, session_id: str) -> None:
 
 
 host_option = click.option("--host", required=True, metavar="URL", help="The server, e.g. http://127.0.0.1:3000.")
-key_option = click.option("-k", "--key", metavar="KEY", help="API key (default: $ISOL8_API_KEY).")
+key_option = click.option(
+    "-k", "--key", metavar="KEY", help="API key (default: $ISOL8_API_KEY, else the key `isol8 login` stored)."
+)
 
 
 @click.group("session")
 def command() -> None:
-    """Sessions on an isol8 server (`isol8 serve`): list or delete them."""
+    """Sessions on an isol8 server (`isol8 serve`): list or delete (stop) them."""
 
 
 @command.command("list")
@@ -54,8 +46,8 @@ def command() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the sessions as JSON.")
 def list_command(host: str, key: str | None, as_json: bool) -> None:
     """List the sessions of this key's tenant."""
-    secret = api_key(key)
     with user_errors():
+        secret = api_key(key, host)
         sessions = asyncio.run(_list(host, secret))
     if as_json:
         click.echo(json.dumps([s.model_dump(mode="json", by_alias=True) for s in sessions], indent=2))
@@ -70,13 +62,17 @@ def list_command(host: str, key: str | None, as_json: bool) -> None:
         click.echo(f"  {session.id}  [{state}]{runtime}  last accessed: {_local_time(session.last_accessed_at)}")
 
 
-@command.command("delete")
+@click.command("delete")
 @click.argument("session_id")
 @host_option
 @key_option
 def delete_command(session_id: str, host: str, key: str | None) -> None:
     """Stop a session and remove its container (no error if it is already gone)."""
-    secret = api_key(key)
     with user_errors():
+        secret = api_key(key, host)
         asyncio.run(_delete(host, secret, session_id))
     ok(f'Session "{session_id}" destroyed.')
+
+
+command.add_command(delete_command, "delete")
+command.add_command(delete_command, "stop")
