@@ -19,7 +19,6 @@ from engine.docker import DockerClient
 from engine.errors import (
     Isol8Error,
     OutOfMemory,
-    PolicyRefused,
     SandboxError,
     SandboxLost,
     SessionLost,
@@ -44,6 +43,7 @@ from engine.models import (
 from engine.output import TIMEOUT_MARKER, Masker, StreamText, truncation_marker
 from engine.packages import validate_packages
 from engine.pool import Pool
+from engine.remote_code import fetch_code
 from engine.runtimes import code_file, get_runtime
 from engine.sandbox import Job, Output, Sandbox
 
@@ -327,8 +327,8 @@ class DockerIsol8:
     async def _events(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent | Outcome, None]:
         """Masked, decoded output events of every step, then the Outcome of the last one run."""
         options = self._options_for(request)
-        if request.code_url is not None and not options.remote_code.enabled:
-            raise PolicyRefused("Remote code fetching is disabled. Set remoteCode.enabled=true to allow it.")
+        if request.code_url is not None:  # fetched here, on the host, before any container
+            request = request.model_copy(update={"code": await fetch_code(request, options.remote_code)})
         spec = get_runtime(request.runtime)
         packages = validate_packages(request.install_packages)
         if self.options.mode == "persistent":

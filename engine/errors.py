@@ -27,6 +27,7 @@ class can be rebuilt from the wire; the classmethods build the common messages.
     ├── SessionNotFound          404 session_not_found
     ├── TooManySessions          429 too_many_sessions
     ├── PolicyRefused            403 policy_refused   the operator's policy does not allow the request
+    ├── FetchFailed              502 fetch_failed     a code URL did not resolve, answer or finish in time
     └── AuthError                401 unauthorized     no valid key
         └── Forbidden            403 forbidden        a key that is not valid or may not do this
 
@@ -196,6 +197,14 @@ class PolicyRefused(Isol8Error):
 
     status = 403
     code = "policy_refused"
+
+
+class FetchFailed(Isol8Error):
+    """A `codeUrl` could not be fetched: its host did not resolve, the connection failed, it answered
+    with an error status or too many redirects, or it did not finish within `fetchTimeoutMs`."""
+
+    status = 502
+    code = "fetch_failed"
 
 
 class AuthError(Isol8Error):

@@ -74,8 +74,14 @@ def test_timeout_flag() -> None:
             ("run", "--memory", "lots", "-e", "1"),
             '[ERR] Invalid memory limit format: "lots". Use e.g. "512m", "1g".\n',
         ),
-        (("run", "--cmd", "ls", "-e", "1"), "[ERR] --cmd cannot be combined with file input or --eval.\n"),
+        (("run", "--cmd", "ls", "-e", "1"), "[ERR] --cmd cannot be combined with file input, --eval or --url.\n"),
         (("run", "--env", "NOEQUALS", "-e", "1"), "[ERR] --env expects NAME=VALUE, got 'NOEQUALS'.\n"),
+        (("run", "--url", "https://x/a.py", "-e", "1"), "[ERR] --url cannot be used with file input or --eval.\n"),
+        (("run", "--hash", "ab", "-e", "1"), "[ERR] --hash and --allow-insecure-code-url go with --url URL.\n"),
+        (
+            ("run", "--url", "https://x/notes.txt"),
+            "[ERR] Cannot detect runtime from URL path. Use --runtime to specify.\n",
+        ),
     ],
 )
 def test_input_errors(args: tuple[str, ...], message: str) -> None:

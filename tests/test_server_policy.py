@@ -307,6 +307,85 @@ def test_images_only_from_the_allowed_list(tmp_path: Path) -> None:
     )
 
 
+REMOTE_CODE = {
+    "remoteCode": {
+        "enabled": True,
+        "allowedSchemes": ["https", "http"],
+        "allowedHosts": [r"^raw\.githubusercontent\.com$", r"^gist\.githubusercontent\.com$"],
+        "blockedHosts": ["^evil"],
+        "maxCodeSize": 1000,
+        "fetchTimeoutMs": 5000,
+    }
+}
+
+
+def remote_code(config: Isol8Config, asked: dict[str, Any]) -> Any:
+    return plan(config, {"remoteCode": asked}).engine_options.remote_code
+
+
+def test_the_operators_remote_code_policy_applies_when_the_client_sends_none(tmp_path: Path) -> None:
+    config = config_from(tmp_path, REMOTE_CODE)
+    assert plan(config).engine_options.remote_code == config.remote_code
+    assert not plan(Isol8Config()).engine_options.remote_code.enabled
+
+
+def test_clients_narrow_the_remote_code_policy(tmp_path: Path) -> None:
+    config = config_from(tmp_path, REMOTE_CODE)
+    narrowed = remote_code(
+        config,
+        {
+            "allowedSchemes": ["https"],
+            "allowedHosts": [r"^gist\.githubusercontent\.com$"],
+            "blockedHosts": ["^bad"],
+            "maxCodeSize": 10,
+            "fetchTimeoutMs": 100,
+            "requireHash": True,
+        },
+    )
+    assert (narrowed.enabled, narrowed.allowed_schemes, narrowed.allowed_hosts) == (
+        True,
+        ["https"],
+        [r"^gist\.githubusercontent\.com$"],
+    )
+    assert (narrowed.blocked_hosts, narrowed.max_code_size, narrowed.fetch_timeout_ms) == (["^evil", "^bad"], 10, 100)
+    assert narrowed.require_hash
+    # What a reference client sends by default (its own defaults) keeps what it leaves out, or says
+    # nothing: an empty allowedHosts keeps the operator's, requireHash false keeps the operator's.
+    kept = remote_code(config, {"allowedHosts": [], "requireHash": False})
+    assert kept == config.remote_code
+    assert not remote_code(config, {"enabled": False}).enabled
+
+
+def test_a_client_that_turns_remote_code_off_may_send_anything_else(tmp_path: Path) -> None:
+    """The reference's clients send their whole default policy (enabled false) on every request."""
+    config = config_from(tmp_path, REMOTE_CODE)
+    defaults = {"enabled": False, "allowedSchemes": ["https", "ftp"], "maxCodeSize": 10 << 20, "fetchTimeoutMs": 30000}
+    assert not remote_code(config, defaults).enabled
+    assert not remote_code(Isol8Config(), defaults).enabled
+
+
+@pytest.mark.parametrize(
+    ("config_data", "asked", "message"),
+    [
+        ({}, {"enabled": True}, "remoteCode.enabled true is not allowed by this server"),
+        (REMOTE_CODE, {"allowedSchemes": ["ftp"]}, 'remoteCode.allowedSchemes entry "ftp" is not allowed'),
+        (REMOTE_CODE, {"allowedHosts": ["^example"]}, 'remoteCode.allowedHosts entry "^example" is not allowed'),
+        (REMOTE_CODE, {"maxCodeSize": 1001}, "remoteCode.maxCodeSize 1001 is above this server's maximum (1000)"),
+        (REMOTE_CODE, {"fetchTimeoutMs": 5001}, "remoteCode.fetchTimeoutMs 5001 is above this server's maximum (5000)"),
+    ],
+)
+def test_clients_cannot_widen_the_remote_code_policy(
+    tmp_path: Path, config_data: dict[str, Any], asked: dict[str, Any], message: str
+) -> None:
+    assert refusal(config_from(tmp_path, config_data), {"remoteCode": asked}).startswith(message)
+
+
+def test_an_open_host_list_takes_any_client_hosts(tmp_path: Path) -> None:
+    config = config_from(tmp_path, {"remoteCode": {"enabled": True}})
+    assert remote_code(config, {"allowedHosts": ["^example\\.com$"]}).allowed_hosts == ["^example\\.com$"]
+    assert remote_code(config, {"blockedHosts": []}).blocked_hosts == config.remote_code.blocked_hosts
+
+
 def test_unknown_client_options_are_errors_not_silently_dropped() -> None:
     with pytest.raises(ValueError, match="remoteCodes"):
         ClientOptions.model_validate({"remoteCodes": {"enabled": True}})

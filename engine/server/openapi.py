@@ -23,6 +23,7 @@ ERROR_TEXTS: dict[int, str] = {
     413: "Request body larger than server.maxBodyBytes, or files read back over defaults.maxFileSize",
     429: "Too many sessions (server.maxSessions or server.maxSessionsPerTenant)",
     500: "The sandbox failed (a real internal failure, reported as JSON)",
+    502: "The codeUrl could not be fetched (no such host, no connection, an error status, too slow)",
     503: "Docker is unavailable or the images are missing",
 }
 
@@ -33,8 +34,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 ERRORS = error_responses()
-RUNS = error_responses(413, 429, 500, 503)
-"""An execution: a new session may be one too many; the sandbox or Docker may fail."""
+RUNS = error_responses(413, 429, 500, 502, 503)
+"""An execution: a new session may be one too many; its codeUrl, the sandbox or Docker may fail."""
 
 
 class TightApi(FastAPI):

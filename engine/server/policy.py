@@ -132,6 +132,7 @@ class Policy:
             log_network=options.log_network,
             security=self._security(options),
             image=self._image(options),
+            remote_code=self._remote_code(options),
         )
         return Plan(engine_options=engine_options, request=folded)
 
@@ -250,11 +251,60 @@ class Policy:
             seccomp=seccomp, custom_profile_path=base.custom_profile_path, runtime=asked.runtime or base.runtime
         )
 
+    def _remote_code(self, options: ClientOptions) -> RemoteCodePolicy:
+        """The config's `remoteCode`, only ever narrowed by the client's (the keys it sent).
+
+        A client may turn fetching off (then nothing it sends can widen anything), keep a subset of
+        the schemes and of the operator's `allowedHosts` (any hosts, when the operator's list is empty
+        and so allows all; an empty list keeps the operator's), add `blockedHosts`, lower
+        `maxCodeSize` and `fetchTimeoutMs`, and turn `requireHash` on.
+        """
+        base, asked = self.config.remote_code, options.remote_code
+        if asked is None:
+            return base
+        sent = asked.model_fields_set
+        if "enabled" in sent and not asked.enabled:
+            return base.model_copy(update={"enabled": False})
+        if not base.enabled:
+            if "enabled" in sent:
+                raise PolicyRefused(
+                    "remoteCode.enabled true is not allowed by this server (its remoteCode.enabled is false)"
+                )
+            return base
+        update: dict[str, Any] = {"require_hash": base.require_hash or asked.require_hash}
+        if "allowed_schemes" in sent:
+            _refuse_extra("remoteCode.allowedSchemes", asked.allowed_schemes, base.allowed_schemes)
+            update["allowed_schemes"] = asked.allowed_schemes
+        if asked.allowed_hosts:
+            if base.allowed_hosts:
+                _refuse_extra("remoteCode.allowedHosts", asked.allowed_hosts, base.allowed_hosts)
+            update["allowed_hosts"] = asked.allowed_hosts
+        if "blocked_hosts" in sent:
+            update["blocked_hosts"] = [
+                *base.blocked_hosts,
+                *(p for p in asked.blocked_hosts if p not in base.blocked_hosts),
+            ]
+        for json_name, field in (("maxCodeSize", "max_code_size"), ("fetchTimeoutMs", "fetch_timeout_ms")):
+            if field in sent:
+                value, maximum = getattr(asked, field), getattr(base, field)
+                if value > maximum:
+                    raise PolicyRefused(f"remoteCode.{json_name} {value} is above this server's maximum ({maximum})")
+                update[field] = value
+        return base.model_copy(update=update)
+
     def _image(self, options: ClientOptions) -> str | None:
         allowed = set(self.config.server.allowed_images)
         if options.image is not None and options.image not in allowed:
             raise PolicyRefused(f'image "{options.image}" is not allowed by this server (allowed: {_listing(allowed)})')
         return options.image
+
+
+def _refuse_extra(json_name: str, asked: list[str], allowed: list[str]) -> None:
+    for value in asked:
+        if value not in allowed:
+            raise PolicyRefused(
+                f'{json_name} entry "{value}" is not allowed by this server (allowed: {_listing(allowed)})'
+            )
 
 
 def _larger(first: str, second: str) -> str:

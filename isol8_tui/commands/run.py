@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, get_args
+from urllib.parse import urlsplit
 
 import click
 
@@ -62,15 +63,36 @@ def _setup_script(values: tuple[str, ...]) -> str | None:
 
 
 def _requests(
-    paths: tuple[str, ...], code: str | None, cmds: tuple[str, ...], runtime: str | None, **fields: Any
+    paths: tuple[str, ...],
+    code: str | None,
+    cmds: tuple[str, ...],
+    runtime: str | None,
+    url: tuple[str | None, str | None, bool],
+    **fields: Any,
 ) -> list[ExecutionRequest]:
-    """What to run, in order: the --cmd values, -e, the FILEs, or else stdin."""
-    if cmds and (paths or code is not None):
-        raise Isol8Error("--cmd cannot be combined with file input or --eval.")
+    """What to run, in order: the --cmd values, -e, --url, the FILEs, or else stdin."""
+    code_url, code_hash, insecure = url
+    if cmds and (paths or code is not None or code_url):
+        raise Isol8Error("--cmd cannot be combined with file input, --eval or --url.")
     if code is not None and paths:
         raise Isol8Error("--eval cannot be combined with file input.")
+    if code_url and (paths or code is not None):
+        raise Isol8Error("--url cannot be used with file input or --eval.")
+    if (code_hash or insecure) and not code_url:
+        raise Isol8Error("--hash and --allow-insecure-code-url go with --url URL.")
     if cmds:
         return [ExecutionRequest(cmd=cmd, runtime=runtime or "bash", **fields) for cmd in cmds]
+    if code_url:
+        suffix = PurePosixPath(urlsplit(code_url).path).suffix
+        try:
+            spec = get_runtime(runtime) if runtime else detect_runtime(suffix)
+        except Isol8Error:
+            if runtime:
+                raise
+            raise Isol8Error("Cannot detect runtime from URL path. Use --runtime to specify.") from None
+        extension = suffix if suffix in spec.extensions else None
+        source = {"code_url": code_url, "code_hash": code_hash, "allow_insecure_code_url": insecure}
+        return [ExecutionRequest(runtime=spec.name, file_extension=extension, **source, **fields)]
     if code is not None:
         return [ExecutionRequest(code=code, runtime=runtime or "python", **fields)]
     if not paths:
@@ -106,6 +128,9 @@ async def _run(options: Isol8Options, requests: list[ExecutionRequest], stream: 
 @click.argument("files", nargs=-1)
 @click.option("-e", "--eval", "code", metavar="CODE", help="Inline code to run.")
 @click.option("--cmd", "cmds", multiple=True, metavar="CMD", help="A shell command (bash -c); repeatable.")
+@click.option("--url", "code_url", metavar="URL", help="Fetch the code from URL (needs remoteCode.enabled).")
+@click.option("--hash", "code_hash", metavar="SHA256", help="With --url: the code's expected SHA-256, in hex.")
+@click.option("--allow-insecure-code-url", is_flag=True, help="With --url: allow an http:// URL.")
 @click.option("-r", "--runtime", metavar="NAME", help=f"{', '.join(RUNTIME_NAMES)} (default: detected).")
 @click.option("--timeout", "timeout_ms", type=int, metavar="MS", help="Time limit in milliseconds.")
 @click.option("--memory", "memory_limit", metavar="SIZE", help="Memory limit, e.g. 512m or 1g.")
@@ -147,6 +172,9 @@ def command(
     files: tuple[str, ...],
     code: str | None,
     cmds: tuple[str, ...],
+    code_url: str | None,
+    code_hash: str | None,
+    allow_insecure_code_url: bool,
     runtime: str | None,
     timeout_ms: int | None,
     packages: tuple[str, ...],
@@ -181,6 +209,7 @@ def command(
             code,
             cmds,
             runtime,
+            (code_url, code_hash, allow_insecure_code_url),
             timeout_ms=timeout_ms,
             stdin=stdin_data,
             env=_pairs(env_pairs, "--env"),
