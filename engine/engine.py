@@ -336,6 +336,7 @@ class DockerIsol8:
             self._check_session_limits(request)
             packages = [p for p in packages if p not in self._installed]
         image, packages, image_setup = await asyncio.to_thread(self._image_for, spec.name, packages)
+        log.debug("run: runtime %s, mode %s, image %s", spec.name, self.options.mode, image)
         if packages:
             spec.install_argv(packages)  # refuses runtimes that cannot install, before any container
             if options.network == "none":
@@ -377,6 +378,9 @@ class DockerIsol8:
     ) -> AsyncGenerator[StreamEvent | Outcome, None]:
         """One job's output, masked and decoded, with the truncation markers; then its Outcome."""
         streams = {"stdout": StreamText(secrets), "stderr": StreamText(secrets)}
+        log.debug(
+            "%s job to %s: %s, files %s", step.phase, sandbox.container_id[:12], step.job.argv[0], [*step.job.files]
+        )
         masker = Masker(secrets)
         async with contextlib.aclosing(self._run_job(sandbox, step.job)) as outputs:
             async for item in outputs:
@@ -392,6 +396,7 @@ class DockerIsol8:
                 if item.file_errors:  # the run is over and its exit read: the sandbox is in step
                     raise item.file_errors[0]
                 outcome = _outcome(item, options.max_output_size, step.phase)
+                log.debug("%s job exited %d in %.0f ms", step.phase, outcome.exit_code, outcome.duration_ms)
                 for name, stream in streams.items():
                     cut = getattr(outcome, f"{name}_truncated")
                     tail = stream.finish(cut)
@@ -564,6 +569,12 @@ class DockerIsol8:
         if sandbox not in self._live:
             return
         self._live.discard(sandbox)
+        log.debug(
+            "sandbox %s released (persist: %s, pooled: %s)",
+            sandbox.container_id[:12],
+            self.options.persist,
+            bool(sandbox.pool_key),
+        )
         if self.options.persist:
             sandbox.detach()
             self.persisted.append(sandbox.container_id)

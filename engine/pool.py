@@ -105,17 +105,20 @@ class Pool:
         while key.ready:
             sandbox = key.ready.popleft()
             if sandbox.alive:
+                log.debug("sandbox %s taken from the pool", sandbox.container_id[:12])
                 return sandbox
             self._spawn(self._destroy(sandbox))  # died while waiting (e.g. the daemon restarted)
         if key.promised > len(key.waiters):
             waiter: asyncio.Future[Sandbox] = asyncio.get_running_loop().create_future()
             key.waiters.append(waiter)
             try:
+                log.debug("waiting for a pool sandbox being started or scrubbed")
                 return await waiter
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self._put(key, waiter.result())
                 raise
+        log.debug("no pool sandbox ready: starting one")
         return await Sandbox.launch(self.docker, key.config)
 
     def _put(self, key: _Key, sandbox: Sandbox) -> None:
@@ -244,6 +247,7 @@ class Pool:
             key.scrubbing -= 1
         wanted = key.waiters or len(key.ready) < max(self.size, key.peak)
         if error is None and not self._closed and wanted:
+            log.debug("sandbox %s scrubbed for reuse", sandbox.container_id[:12])
             self._put(key, sandbox)
             return
         if error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import struct
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -29,6 +30,7 @@ from engine.errors import (
 )
 from engine.models import MAX_FILE_SIZE
 
+log = logging.getLogger("isol8.sandbox")
 _DOCKER_HEADER = struct.Struct(">BxxxL")
 HELLO_TIMEOUT_S = 30.0
 FILE_DEADLINE_S = 60.0
@@ -149,6 +151,11 @@ class Sandbox:
                     f"The sandbox agent speaks protocol {hello.get('version')}, the engine {P.VERSION}. "
                     "Run `isol8 setup` to rebuild the images."
                 )
+            filtered = "ISOL8_NETWORK" in config["environment"]  # the agent set up its proxy and iptables rules
+            network = (
+                "filtered: proxy and iptables rules in place" if filtered else config["host_config"]["network_mode"]
+            )
+            log.debug("container %s started from %s, network %s", container_id[:12], config["image"], network)
             return sandbox
         except asyncio.CancelledError:
             _remove_later(docker, creating)
@@ -335,6 +342,7 @@ class Sandbox:
         self._writer.close()
 
     async def destroy(self) -> None:
+        log.debug("container %s removed", self.container_id[:12])
         self._writer.close()
         await asyncio.to_thread(self.docker.remove, self.container_id)
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 from pydantic import ValidationError
@@ -57,9 +58,10 @@ def one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def setup_logging(debug: bool) -> None:
+def setup_logging(debug: bool, path: Path | None = None) -> None:
+    """With `debug`, one `[DEBUG] isol8.<part>: <step>` line per engine step, on stderr or into `path`."""
     if debug:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("[DEBUG] %(name)s: %(message)s"))
         logger = logging.getLogger("isol8")
         logger.addHandler(handler)

@@ -131,6 +131,8 @@ class Authenticate:
             else:
                 await self._refuse(scope, receive, send, exc)
                 return
+        tenant = scope[PRINCIPAL].tenant_id if scope[PRINCIPAL] else "(none)"
+        log.debug("[Server] %s %s tenant=%s", scope.get("method", "WEBSOCKET"), scope["path"], tenant)
         await self.app(scope, receive, send)
 
     @staticmethod

@@ -82,6 +82,8 @@ class ServerState:
     @contextlib.asynccontextmanager
     async def engine_for(self, principal: Principal, session_id: str | None, plan: Plan) -> AsyncIterator[Engine]:
         """The session's engine (created on first use) or the shared engine for the plan's options."""
+        where = f"sessionId={session_id}" if session_id else "ephemeral"
+        log.debug("[Server] execute runtime=%s tenant=%s %s", plan.request.runtime, principal.tenant_id, where)
         if session_id is None:
             async with self.engines.use(plan.engine_options) as engine:
                 yield engine
