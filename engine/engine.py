@@ -25,7 +25,7 @@ from engine.errors import (
     SetupFailed,
 )
 from engine.hardening import MANAGED_LABEL, OWNER_LABEL, container_config, owner_alive
-from engine.images.custom import find_custom
+from engine.images.custom import find_custom, label
 from engine.models import (
     CONTAINER_LIMITS,
     CleanupReport,
@@ -260,7 +260,7 @@ class DockerIsol8:
         """(image, packages still to install, the image's setup script)."""
         if self.options.image:
             labels = self.docker.image_labels(self.options.image) or {}
-            return self.options.image, packages, labels.get("isol8.setup") or None
+            return self.options.image, packages, label(labels, "setup") or None
         if packages:
             custom = find_custom(self.docker, runtime, packages)
             if custom:

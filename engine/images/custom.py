@@ -1,7 +1,9 @@
 """Custom images: packages (and a setup script) baked onto `isol8:<runtime>`, found again by label.
 
 A run that asks for packages an image already has (an exact match or a subset of its
-dependencies) uses that image and installs nothing.
+dependencies) uses that image and installs nothing. Images carry our `isol8.*` labels and the
+reference's `org.isol8.*` ones; images the reference's `isol8 build` made (only `org.isol8.*`) are
+found and used too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from engine.packages import validate_packages
 from engine.runtimes import RUNTIMES, get_runtime
 
 CUSTOM_LABEL = "isol8.custom"
+REFERENCE_RUNTIME_LABEL = "org.isol8.runtime"
+_LABELS = ("runtime", "dependencies", "deps.hash", "setup")
+"""The recipe labels, written as `isol8.<name>` and as the reference's `org.isol8.<name>`."""
 _TAG = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?$")
 _RESERVED = re.compile(rf"^isol8(:(base|rootfs|{'|'.join(RUNTIMES)}))?$")
 
@@ -62,7 +67,7 @@ def build_custom(
         raise Isol8Error("No packages or setup script specified. Use --install <package> or --setup <command>.")
     digest = deps_hash(runtime, packages, setup_script)
     existing = docker.image_labels(tag)
-    if existing and existing.get("isol8.deps.hash") == digest and not force:
+    if existing and label(existing, "deps.hash") == digest and not force:
         return False
     lines = [f"FROM isol8:{runtime}", "USER root"]
     if packages:
@@ -74,24 +79,31 @@ def build_custom(
         info.size = len(dockerfile)
         archive.addfile(info, io.BytesIO(dockerfile))
     context.seek(0)
-    labels = {
-        CUSTOM_LABEL: "true",
-        "isol8.runtime": runtime,
-        "isol8.dependencies": ",".join(packages),
-        "isol8.deps.hash": digest,
-        "isol8.setup": setup_script or "",
-    }
+    recipe = dict(zip(_LABELS, (runtime, ",".join(packages), digest, setup_script or ""), strict=True))
+    labels = {CUSTOM_LABEL: "true"}
+    for prefix in ("isol8", "org.isol8"):
+        labels.update({f"{prefix}.{name}": value for name, value in recipe.items()})
     docker.build(context, tag, progress, labels=labels)
     return True
 
 
+def label(labels: dict[str, str], name: str) -> str:
+    """A recipe label (`runtime`, `dependencies`, `deps.hash`, `setup`): ours, else the reference's."""
+    return labels.get(f"isol8.{name}") or labels.get(f"org.isol8.{name}") or ""
+
+
 def list_custom(docker: DockerClient) -> list[CustomImage]:
+    """Every custom image, ours (`isol8.custom`) and the reference's (`org.isol8.runtime`), by tag."""
+    found = {image["Id"]: image for image in docker.images(f"{CUSTOM_LABEL}=true")}
+    found.update({image["Id"]: image for image in docker.images(REFERENCE_RUNTIME_LABEL)})
     images = []
-    for image in docker.images(f"{CUSTOM_LABEL}=true"):
+    for image in found.values():
         labels = image.get("Labels") or {}
         for tag in image.get("RepoTags") or []:
-            deps = tuple(d for d in labels.get("isol8.dependencies", "").split(",") if d)
-            images.append(CustomImage(tag, labels.get("isol8.runtime", ""), deps, labels.get("isol8.setup") or None))
+            if _RESERVED.match(tag.removesuffix(":latest")) or not label(labels, "runtime"):
+                continue
+            deps = tuple(d for d in label(labels, "dependencies").split(",") if d)
+            images.append(CustomImage(tag, label(labels, "runtime"), deps, label(labels, "setup") or None))
     return sorted(images, key=lambda image: image.tag)
 
 

@@ -9,6 +9,7 @@ from rich.table import Table
 from engine import readiness
 from engine.docker import DockerClient
 from engine.images.custom import build_custom, list_custom
+from engine.packages import validate_packages
 from engine.runtimes import RUNTIMES, get_runtime
 from isol8_tui.commands.run import _setup_script
 from isol8_tui.commands.setup import build_progress
@@ -32,6 +33,7 @@ def command(runtime: str, packages: tuple[str, ...], setup: tuple[str, ...], tag
     names = [name for value in packages for name in value.split(",")]
     with user_errors():
         get_runtime(runtime)
+        script = _setup_script(setup)
         with build_progress() as progress:
             readiness.prepare([runtime], progress)
         docker = DockerClient()
@@ -42,12 +44,24 @@ def command(runtime: str, packages: tuple[str, ...], setup: tuple[str, ...], tag
                 docker,
                 runtime,
                 names,
-                _setup_script(setup),
+                script,
                 tag,
                 force=force,
                 progress=lambda line: status.update(f"[..] {line[:100]}"),
             )
     ok(f"Built image: {tag}" if built else f"{tag}: Up to date")
+    _summary(runtime, validate_packages(names), script, tag)
+
+
+def _summary(runtime: str, packages: list[str], setup_script: str | None, tag: str) -> None:
+    """The reference's closing lines: what the image holds."""
+    click.echo("\n[DONE] Custom image build complete!")
+    click.echo(f"       Runtime: {runtime}")
+    click.echo(f"       Packages: {', '.join(packages) or '(none)'}")
+    if setup_script:
+        lines = setup_script.strip().splitlines() or [""]
+        click.echo(f"       Setup: {lines[0]}{' ...' if len(lines) > 1 else ''}")
+    click.echo(f"       Image: {tag}")
 
 
 @click.command("list-custom")
