@@ -39,7 +39,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
 import certifi
 import httpcore
@@ -56,6 +56,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 FETCHABLE_SCHEMES = {"http": 80, "https": 443}
+PRINTABLE_ASCII = "".join(map(chr, range(0x21, 0x7F)))
 EMBEDS_IPV4 = ipaddress.ip_network("64:ff9b::/96")  # NAT64 (6to4 and Teredo have their own tests)
 NOT_PUBLIC = tuple(map(ipaddress.ip_network, ("100.64.0.0/10", "192.0.0.0/24", "198.18.0.0/15")))
 """Not routable on the internet whatever this Python's `is_global` says (CGNAT, where Alibaba's
@@ -106,6 +107,7 @@ class _Target:
 
     def httpcore_url(self) -> httpcore.URL:
         target = (self.parts.path or "/") + (f"?{self.parts.query}" if self.parts.query else "")
+        target = quote(target, safe=PRINTABLE_ASCII)  # as a browser sends it: non-ASCII and spaces escaped
         return httpcore.URL(scheme=self.parts.scheme, host=self.host, port=self.port, target=target)
 
     @property

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_cli
 from test_server_support import serve
 
 from engine import remote_code
@@ -26,6 +27,7 @@ from engine.engine import DockerIsol8
 from engine.errors import FetchFailed, Isol8Error, PolicyRefused
 from engine.models import ExecutionRequest, Isol8Options, RemoteCodePolicy
 from engine.remote_code import canonical_host, fetch_code
+from isol8_tui.commands import run as run_command
 
 CODE = b'print("fetched")\n'
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
@@ -307,9 +309,10 @@ async def test_timeout(port: int) -> None:
 
 
 @pytest.mark.usefixtures("loopback_is_public")
-async def test_http_error_status(port: int) -> None:
+@pytest.mark.parametrize("path", ["missing.py", "caf\u00e9 .py"])
+async def test_http_error_status(port: int, path: str) -> None:
     with pytest.raises(FetchFailed, match=r"^Failed to fetch remote code: HTTP 404$"):
-        await fetched(f"http://127.0.0.1:{port}/missing.py")
+        await fetched(f"http://127.0.0.1:{port}/{path}")
 
 
 async def test_unresolvable_host() -> None:
@@ -361,6 +364,20 @@ async def test_https_to_the_pinned_address_verifies_the_name(
         await fetched(f"https://other.example:{port}/code.py")
 
 
+@pytest.mark.parametrize(
+    ("url", "runtime", "expected"),
+    [
+        ("https://x/a/b.py?raw=1", None, ("python", ".py")),
+        ("https://x/tool.cjs", None, ("node", ".cjs")),
+        ("https://x/script", "bash", ("bash", None)),
+    ],
+)
+def test_the_cli_takes_the_runtime_from_the_url_path(url: str, runtime: str | None, expected: tuple[str, str]) -> None:
+    [built] = run_command._requests((), None, (), runtime, (url, "AB", True))
+    assert (built.runtime, built.file_extension) == expected
+    assert (built.code_url, built.code_hash, built.allow_insecure_code_url, built.code) == (url, "AB", True, None)
+
+
 # --- through the engine and the server ----------------------------------------------------------
 @pytest.mark.docker
 @pytest.mark.usefixtures("loopback_is_public", "docker_client")
@@ -379,15 +396,24 @@ async def test_the_engine_runs_fetched_code(port: int) -> None:
 def test_the_server_applies_its_policy_to_code_urls(tmp_path: Path, port: int) -> None:
     """The server fetches on its host: loopback is refused there, and a client cannot widen the policy."""
     config = {"remoteCode": {"enabled": True, "allowedSchemes": ["http", "https"], "maxCodeSize": 4096}}
-    body = {
-        "request": {"codeUrl": f"http://127.0.0.1:{port}/code.py", "allowInsecureCodeUrl": True, "runtime": "python"}
-    }
+    code_url = f"http://127.0.0.1:{port}/code.py"
+    body = {"request": {"codeUrl": code_url, "allowInsecureCodeUrl": True, "runtime": "python"}}
     with serve(tmp_path, config) as server, server.client() as client:
         answers = [
             client.post("/execute", json=body),
             client.post("/execute", json={**body, "options": {"remoteCode": {"enabled": False}}}),
             client.post("/execute", json={**body, "options": {"remoteCode": {"maxCodeSize": 8192}}}),
         ]
+        client_dir = tmp_path / "client"
+        client_dir.mkdir()
+        url = ("--url", code_url, "--allow-insecure-code-url")
+        remote = run_cli("run", *url, "--host", server.url, "--key", server.key, cwd=client_dir)
+    local = run_cli("run", *url, cwd=client_dir)  # no config here: remote code is off
+    assert remote.returncode == 1 and remote.stderr.endswith("Blocked code URL host: 127.0.0.1\n"), remote.stderr
+    assert (local.returncode, local.stderr.splitlines()[-1]) == (
+        1,
+        "[ERR] Remote code fetching is disabled. Set remoteCode.enabled=true to allow it.",
+    )
     errors = [(answer.status_code, answer.json()["error"]) for answer in answers]
     assert errors[0] == (403, "Blocked code URL host: 127.0.0.1")
     assert errors[1] == (403, "Remote code fetching is disabled. Set remoteCode.enabled=true to allow it.")

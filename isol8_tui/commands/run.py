@@ -83,9 +83,10 @@ def _requests(
     if cmds:
         return [ExecutionRequest(cmd=cmd, runtime=runtime or "bash", **fields) for cmd in cmds]
     if code_url:
-        suffix = PurePosixPath(urlsplit(code_url).path).suffix
+        url_path = urlsplit(code_url).path
+        suffix = PurePosixPath(url_path).suffix
         try:
-            spec = get_runtime(runtime) if runtime else detect_runtime(suffix)
+            spec = get_runtime(runtime) if runtime else detect_runtime(url_path)
         except Isol8Error:
             if runtime:
                 raise
