@@ -326,7 +326,7 @@ def test_cli_text_names_source_and_marks_file_values(project: Path, monkeypatch:
     result = run_cli(project, monkeypatch)
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "isol8 configuration" in out
+    assert out.startswith("Isol8 Configuration\n")
     assert f"Source: {path}" in out
     rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│")}
     assert "5000 ms" in rows["defaults.timeoutMs"] and "file" in rows["defaults.timeoutMs"]

@@ -49,7 +49,7 @@ def command(as_json: bool) -> None:
 
 
 def _print_report(loaded: LoadedConfig, console: Console) -> None:
-    console.print(Text("isol8 configuration", style="bold"))
+    console.print(Text("Isol8 Configuration", style="bold"))
     source = str(loaded.source) if loaded.source else "defaults (no config file found)"
     # soft_wrap keeps a long path on one line so it can be copied and grepped.
     console.print(Text(f"Source: {source}"), soft_wrap=True)

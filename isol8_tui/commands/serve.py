@@ -149,8 +149,13 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 @click.option("--auth-db", metavar="PATH|URL", help="Database-backed API keys: a SQLite file or a postgresql:// URL.")
 @click.option("--bind", metavar="ADDRESS", help="Address to listen on (default: the config's server.bind, 127.0.0.1).")
 @click.option("--debug", is_flag=True, help="Log requests and what the engine does to stderr.")
-def command(port_flag: str | None, key: str | None, auth_db: str | None, bind: str | None, debug: bool) -> None:
+@click.option("--update", is_flag=True, help="Accepted for the reference's CLI: this server has no binary to update.")
+def command(
+    port_flag: str | None, key: str | None, auth_db: str | None, bind: str | None, debug: bool, update: bool
+) -> None:
     """Serve the HTTP API: execute, stream (SSE and WebSocket), sessions, files, API keys."""
+    if update:
+        info("This server runs in-process (no standalone binary to download): there is nothing to update.")
     key = key or os.environ.get("ISOL8_API_KEY")
     if not key:
         err("API key required. Use --key or set ISOL8_API_KEY.")
