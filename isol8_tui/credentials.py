@@ -56,28 +56,38 @@ def load() -> Credentials | None:
 def save(credentials: Credentials) -> Path:
     """Write the file atomically: a 0600 temporary file in the 0700 folder, renamed over the old one."""
     path = credentials_path()
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.parent.chmod(0o700)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".credentials-", suffix=".json")  # mode 0600
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".credentials-", suffix=".json")  # mode 0600
+    except OSError as exc:
+        raise Isol8Error(f"Cannot write {path}: {exc.strerror or exc}. Check your home folder's permissions.") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             json.dump(credentials.model_dump(mode="json", by_alias=True), file, indent=2)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise Isol8Error(
+                f"Cannot write {path}: {exc.strerror or exc}. Free some space or check permissions."
+            ) from None
         raise
     return path
 
 
 def remove() -> bool:
     """Delete the stored credentials; False if there were none."""
+    path = credentials_path()
     try:
-        credentials_path().unlink()
+        path.unlink()
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        raise Isol8Error(f"Cannot remove {path}: {exc.strerror or exc}. Delete it yourself.") from None
     return True
 
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 from engine.errors import Isol8Error
 from isol8_tui import credentials
@@ -57,3 +60,33 @@ def test_a_corrupt_file_says_to_log_out(home: Path) -> None:
     (home / ".isol8" / "credentials.json").write_text("{not json")
     with pytest.raises(Isol8Error, match=r"is not valid credentials\. Run `isol8 logout`"):
         credentials.api_key(None, "http://h:3000")
+
+
+@pytest.mark.parametrize("host", ["http://127.0.0.1:9", "localhost:3000", "http://[bad"])
+def test_login_to_an_unreachable_or_invalid_host_fails_in_one_line(host: str, home: Path) -> None:
+    result = run_cli("login", "--host", host, "--key", "master")
+    assert result.returncode == 1
+    assert result.stderr.startswith("[ERR] Authentication failed: ") and result.stderr.count("\n") == 1, result.stderr
+    assert not (home / ".isol8").exists()
+
+
+def test_login_to_something_that_is_not_an_isol8_server(home: Path) -> None:
+    class Answer(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Answer) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run_cli("login", "--host", url, "--key", "master")
+        server.shutdown()
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"[ERR] Authentication failed: {url} did not answer as an isol8 server does. Check --host.\n",
+    )
+    assert not (home / ".isol8").exists()

@@ -29,7 +29,7 @@ def _login(host: str, master: str, name: str | None, ttl_ms: int | None) -> Cred
             headers={"Authorization": f"Bearer {master}"},
             timeout=CONNECT_TIMEOUT_S,
         )
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise Isol8Error(f"Authentication failed: {str(exc) or type(exc).__name__}") from None
     if response.status_code != 200:
         try:
@@ -41,10 +41,15 @@ def _login(host: str, master: str, name: str | None, ttl_ms: int | None) -> Cred
             warn("DB-backed auth may not be enabled on the server.")
             warn("Start the server with --auth-db <path> to enable it.")
         raise SystemExit(1)
-    reply = response.json()
-    return Credentials(
-        host=host.rstrip("/"), token=reply["token"], expires_at=reply.get("expiresAt"), key_id=reply["keyId"]
-    )
+    try:
+        reply = response.json()
+        return Credentials(
+            host=host.rstrip("/"), token=reply["token"], expires_at=reply.get("expiresAt"), key_id=reply["keyId"]
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise Isol8Error(
+            f"Authentication failed: {host} did not answer as an isol8 server does. Check --host."
+        ) from None
 
 
 @click.command("login")
