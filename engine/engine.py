@@ -11,10 +11,12 @@ import contextlib
 import logging
 import posixpath
 import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
+from engine.audit import AuditLogger, AuditRecord, Caller, current_caller, new_record
 from engine.docker import DockerClient
 from engine.errors import (
     Isol8Error,
@@ -56,6 +58,7 @@ STALE_AFTER_S = 60  # a launch takes well under a second: older unstarted contai
 AGENT_SILENT = "The sandbox agent did not answer in time; its container was removed."
 SETUP_FILE = "/sandbox/.isol8-setup.sh"
 BURST_CAP = 8
+ABANDONED = "The caller left before the run ended (cancelled or disconnected); the run was killed."
 Phase = Literal["setup", "code"]
 
 
@@ -118,6 +121,7 @@ class DockerIsol8:
         # A burst keeps at most BURST_CAP containers warm, and never more than can run at once.
         burst_cap = min(BURST_CAP, self.options.max_concurrent)
         self._pool = Pool(self.docker, self.options.pool_strategy, self.options.pool_size, burst_cap)
+        self._audit = AuditLogger(self.options.audit)
 
     async def start(self) -> None:
         """Check Docker, remove stale leftovers, and in ephemeral mode warm the `prewarm` runtimes."""
@@ -186,7 +190,8 @@ class DockerIsol8:
         setup_stderr: list[str] = []
         network: list[NetworkLogEntry] = []
         outcome = Outcome(exit_code=1)
-        async with contextlib.aclosing(self._events(request)) as events:
+        execution_id = str(uuid.uuid4())
+        async with contextlib.aclosing(self._audited(request, execution_id, current_caller())) as events:
             async for item in events:
                 if isinstance(item, Outcome):
                     outcome = item
@@ -212,6 +217,7 @@ class DockerIsol8:
             truncated=outcome.stdout_truncated or outcome.stderr_truncated,
             stdout_truncated=outcome.stdout_truncated,
             stderr_truncated=outcome.stderr_truncated,
+            execution_id=execution_id,
             runtime=request.runtime,
             container_id=outcome.container_id,
             files=outcome.files if request.output_paths else None,
@@ -220,12 +226,16 @@ class DockerIsol8:
             security_events=[_blocked(entry) for entry in network if entry.action == "BLOCK"] or None,
         )
 
-    async def execute_stream(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent, None]:
+    def execute_stream(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent, None]:
         """Yield output events as they happen (phase `setup`, then `code`), then exactly one exit.
 
-        Leaving the loop early (break, cancellation) kills the run and frees its container.
+        Leaving the loop early (break, cancellation) kills the run and frees its container. The
+        audit log's caller is the one current when this is called, not when the loop runs.
         """
-        async with contextlib.aclosing(self._events(request)) as events:
+        return self._stream(request, current_caller())
+
+    async def _stream(self, request: ExecutionRequest, caller: Caller | None) -> AsyncGenerator[StreamEvent, None]:
+        async with contextlib.aclosing(self._audited(request, str(uuid.uuid4()), caller)) as events:
             async for item in events:
                 if isinstance(item, Outcome):
                     for event in _closing_events(item):
@@ -324,6 +334,40 @@ class DockerIsol8:
         return steps
 
     # --- running ----------------------------------------------------------------------------------
+    async def _audited(
+        self, request: ExecutionRequest, execution_id: str, caller: Caller | None
+    ) -> AsyncGenerator[StreamEvent | Outcome, None]:
+        """`_events`, recorded in the audit log however the run ends (refused, failed, abandoned)."""
+        record = new_record(request, execution_id, caller)
+        keep_output = self._audit.enabled and self._audit.options.include_output
+        text: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        blocked: list[SecurityEvent] = []
+        started = time.monotonic()
+        ended = False
+        try:
+            async with contextlib.aclosing(self._events(request)) as events:
+                async for item in events:
+                    if isinstance(item, Outcome):
+                        _close_record(record, item)
+                        ended = True
+                    elif item.entry is not None and item.entry.action == "BLOCK":
+                        blocked.append(_blocked(item.entry))
+                    elif keep_output and item.type in text:
+                        text[item.type].append(item.data)
+                    yield item
+        except BaseException as exc:
+            if not ended:
+                record.duration_ms = round((time.monotonic() - started) * 1000)
+                abandoned = isinstance(exc, (GeneratorExit, asyncio.CancelledError))
+                record.error = ABANDONED if abandoned else str(exc) or type(exc).__name__
+            raise
+        finally:
+            record.security_events = blocked or None
+            if keep_output:
+                record.stdout, record.stderr = "".join(text["stdout"]), "".join(text["stderr"])
+            secrets = [*self.options.secrets.values(), *request.secrets.values(), *self._session_secrets]
+            self._audit.record(record, secrets)
+
     async def _events(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent | Outcome, None]:
         """Masked, decoded output events of every step, then the Outcome of the last one run."""
         options = self._options_for(request)
@@ -584,6 +628,18 @@ class DockerIsol8:
             task = asyncio.get_running_loop().create_task(sandbox.destroy())
             self._cleanup.add(task)
             task.add_done_callback(self._cleanup.discard)
+
+
+def _close_record(record: AuditRecord, outcome: Outcome) -> None:
+    """The audit record of a run that reached its Outcome."""
+    record.exit_code = outcome.exit_code
+    record.phase = outcome.phase
+    record.duration_ms = round(outcome.duration_ms)
+    record.timed_out = outcome.timed_out
+    record.oom_killed = outcome.oom_killed
+    record.container_id = outcome.container_id
+    record.resource_usage = outcome.usage
+    record.error = f"{outcome.failed} (exit code {outcome.exit_code})" if outcome.failed else outcome.error
 
 
 def _closing_events(outcome: Outcome) -> list[StreamEvent]:

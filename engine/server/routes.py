@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from engine import ExecutionResult, PoolState, __version__
+from engine.audit import acting_for
 from engine.server.auth import CreatedKey, Principal
 from engine.server.deps import Caller, Master, caller, principal_of, state_of
 from engine.server.errors import failure_reply
@@ -72,7 +73,8 @@ def add_routes(app: FastAPI) -> None:
 
         async def work() -> ExecutionResult:
             async with state.engine_for(principal, body.session_id, plan) as engine:
-                return await engine.execute(plan.request)
+                with _audited_as(principal):
+                    return await engine.execute(plan.request)
 
         finished, result = await unless_disconnected(request.receive, work())
         if not finished or result is None:
@@ -97,7 +99,9 @@ def add_routes(app: FastAPI) -> None:
         if not entered or engine is None:
             await resources.aclose()
             return Response(status_code=499)
-        return EventStream(engine.execute_stream(plan.request), resources)
+        with _audited_as(principal):
+            events = engine.execute_stream(plan.request)
+        return EventStream(events, resources)
 
     @app.websocket("/execute/ws")
     async def execute_ws(websocket: WebSocket) -> None:
@@ -224,7 +228,9 @@ async def _ws_execute(websocket: WebSocket, state: ServerState, principal: Princ
         body = WsExecute.model_validate(message)
         plan = state.policy.plan(body.request, body.options)
         async with state.engine_for(principal, body.session_id, plan) as engine:
-            return await ws_pump(websocket, engine.execute_stream(plan.request))
+            with _audited_as(principal):
+                events = engine.execute_stream(plan.request)
+            return await ws_pump(websocket, events)
     except Exception as exc:
         _, text = failure_reply(exc, "websocket execution failed")
         try:
@@ -232,6 +238,11 @@ async def _ws_execute(websocket: WebSocket, state: ServerState, principal: Princ
         except (OSError, RuntimeError, WebSocketDisconnect):
             return False  # the client is gone; nothing to close
         return True
+
+
+def _audited_as(principal: Principal) -> contextlib.AbstractContextManager[None]:
+    """Executions started inside are the principal's in the audit log (the master key's id is `master`)."""
+    return acting_for(principal.tenant_id, principal.key_id or "master")
 
 
 async def _optional_json(request: Request) -> Any:
