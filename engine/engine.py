@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import posixpath
 import time
@@ -345,6 +346,10 @@ class DockerIsol8:
         started = time.monotonic()
         ended = False
         try:
+            if request.code_url is not None:  # fetched here, on the host, before any container
+                code = await fetch_code(request, self._options_for(request).remote_code)
+                request = request.model_copy(update={"code": code})
+                record.code, record.code_hash = code, hashlib.sha256(code.encode()).hexdigest()
             async with contextlib.aclosing(self._events(request)) as events:
                 async for item in events:
                     if isinstance(item, Outcome):
@@ -371,8 +376,6 @@ class DockerIsol8:
     async def _events(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent | Outcome, None]:
         """Masked, decoded output events of every step, then the Outcome of the last one run."""
         options = self._options_for(request)
-        if request.code_url is not None:  # fetched here, on the host, before any container
-            request = request.model_copy(update={"code": await fetch_code(request, options.remote_code)})
         spec = get_runtime(request.runtime)
         packages = validate_packages(request.install_packages)
         if self.options.mode == "persistent":
