@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -168,6 +169,14 @@ class ExecutionRequest(RequestLimits):
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
         return valid_env(env)
+
+    @field_validator("cmd", "workdir")
+    @classmethod
+    def _no_nul(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A command line and a path cannot hold a NUL byte: refused here, not by the sandbox."""
+        if value is not None and "\0" in value:
+            raise ValueError(f"{to_camel(info.field_name or '')} cannot contain a NUL byte")
+        return value
 
     @field_validator("file_extension")
     @classmethod

@@ -166,3 +166,12 @@ async def test_a_missing_image_raises_image_missing(docker_client: object) -> No
             ImageMissing, match=r"^Image isol8-test-absent:none is missing or outdated\. Run `isol8 setup`"
         ):
             await engine.execute(ExecutionRequest(code="print(1)"))
+
+
+async def test_a_nul_byte_past_validation_fails_the_job_not_the_agent(engine: DockerIsol8) -> None:
+    """Defence in depth: a request built without validation reaches the agent with a NUL in argv."""
+    unchecked = ExecutionRequest.model_construct(**{**ExecutionRequest(cmd="true").__dict__, "cmd": "echo a\0b"})
+    result = await engine.execute(unchecked)
+    assert result.exit_code != 0 and "embedded null byte" in result.stderr
+    after = await engine.execute(ExecutionRequest(cmd="echo fine"))
+    assert after.stdout == "fine\n"

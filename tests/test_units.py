@@ -160,3 +160,10 @@ def test_the_agents_json_codec_is_jsons() -> None:
     for bad in ("", "{bad", "[1,", "1 2", '{"a" 1}', "nul"):
         with pytest.raises(ValueError):
             P.loads(bad)
+
+
+@pytest.mark.parametrize("field", ["cmd", "workdir"])
+def test_a_nul_byte_in_a_command_or_a_path_is_a_bad_request(field: str) -> None:
+    source = {"code": "print(1)"} if field == "workdir" else {}
+    with pytest.raises(ValidationError, match=f"{field} cannot contain a NUL byte"):
+        ExecutionRequest(**{**source, field: "a\0b"})

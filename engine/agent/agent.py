@@ -326,7 +326,7 @@ class Job:
                 self.stdin_buffer[:0] = len(spec).to_bytes(4, "big") + spec
             else:
                 self.proc = self._popen(req["argv"], cwd, env)
-        except (RefusedPath, OSError, subprocess.SubprocessError) as exc:
+        except (RefusedPath, OSError, ValueError, subprocess.SubprocessError) as exc:  # ValueError: a NUL byte
             self.error = f"Cannot start {req['argv'][0]!r}: {_reason(exc)}"
             self.agent.finish(self)
             return
