@@ -39,8 +39,15 @@ async def engine_for(request: pytest.FixtureRequest, docker_client: object) -> A
         await asyncio.gather(*(engine.stop() for engine in engines.values()))
 
 
+async def ready(engine: DockerIsol8) -> None:
+    """The next sandbox is up (a pool's refill or scrub has finished: on a loaded machine a start can
+    take longer than WAIT_S), and its interpreter has then been waiting for WAIT_S."""
+    await engine._pool.settle()
+    await asyncio.sleep(WAIT_S)
+
+
 async def run(engine: DockerIsol8, runtime: str, code: str, **fields: object) -> tuple[str, str, int]:
-    await asyncio.sleep(WAIT_S)  # the next interpreter has started meanwhile
+    await ready(engine)
     result = await engine.execute(ExecutionRequest(code=code, runtime=runtime, **fields))  # type: ignore[arg-type]
     return result.stdout, result.stderr, result.exit_code
 
@@ -133,11 +140,11 @@ async def test_env_cwd_stdin_and_exit_code_are_the_jobs(engine_for: dict[str, Do
 @pytest.mark.parametrize("runtime", list(PER_JOB))
 async def test_timeouts_kill_and_caps_cut_on_the_warm_path(engine_for: dict[str, DockerIsol8], runtime: str) -> None:
     engine = engine_for[runtime]
-    await asyncio.sleep(WAIT_S)
+    await ready(engine)
     forever = "setInterval(() => {}, 1000); console.log('up')"
     timed = await engine.execute(ExecutionRequest(code=forever, runtime=runtime, timeout_ms=1500))
     assert timed.timed_out and timed.exit_code == 137 and timed.stdout == "up\n", timed.stderr
-    await asyncio.sleep(WAIT_S)
+    await ready(engine)
     capped = await engine.execute(
         ExecutionRequest(code="console.log('z'.repeat(5000))", runtime=runtime, max_output_size=100)
     )
@@ -180,7 +187,7 @@ async def test_a_job_sees_nothing_of_the_one_before(docker_client: object, runti
         )
         assert left.stdout == "left\n", left.stderr
         for _ in range(2):  # the interpreter started for the next job, then the one after
-            await asyncio.sleep(WAIT_S)
+            await ready(engine)
             look = await engine.execute(
                 ExecutionRequest(
                     code=LOOK[runtime] + ";" + UPTIME[runtime] + "if (uptime < 0.1) throw new Error('cold')",
