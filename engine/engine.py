@@ -338,17 +338,23 @@ class DockerIsol8:
     async def _audited(
         self, request: ExecutionRequest, execution_id: str, caller: Caller | None
     ) -> AsyncGenerator[StreamEvent | Outcome, None]:
-        """`_events`, recorded in the audit log however the run ends (refused, failed, abandoned)."""
+        """`_events`, recorded in the audit log however the run ends (refused, failed, abandoned).
+        Without an audit log nothing is built for it: this is every execution's path."""
+        if not self._audit.enabled:
+            async with contextlib.aclosing(self._events(await self._fetched(request))) as events:
+                async for item in events:
+                    yield item
+            return
         record = new_record(request, execution_id, caller)
-        keep_output = self._audit.enabled and self._audit.options.include_output
+        keep_output = self._audit.options.include_output
         text: dict[str, list[str]] = {"stdout": [], "stderr": []}
         blocked: list[SecurityEvent] = []
         started = time.monotonic()
         ended = False
         try:
-            if request.code_url is not None:  # fetched here, on the host, before any container
-                code = await fetch_code(request, self._options_for(request).remote_code)
-                request = request.model_copy(update={"code": code})
+            if request.code_url is not None:
+                request = await self._fetched(request)
+                code = request.code or ""
                 record.code, record.code_hash = code, hashlib.sha256(code.encode()).hexdigest()
             async with contextlib.aclosing(self._events(request)) as events:
                 async for item in events:
@@ -372,6 +378,13 @@ class DockerIsol8:
                 record.stdout, record.stderr = "".join(text["stdout"]), "".join(text["stderr"])
             secrets = [*self.options.secrets.values(), *request.secrets.values(), *self._session_secrets]
             self._audit.record(record, secrets)
+
+    async def _fetched(self, request: ExecutionRequest) -> ExecutionRequest:
+        """A `code_url` request with its code fetched here, on the host, before any container."""
+        if request.code_url is None:
+            return request
+        code = await fetch_code(request, self._options_for(request).remote_code)
+        return request.model_copy(update={"code": code})
 
     async def _events(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent | Outcome, None]:
         """Masked, decoded output events of every step, then the Outcome of the last one run."""
