@@ -49,6 +49,7 @@ from engine.pool import Pool
 from engine.remote_code import fetch_code
 from engine.runtimes import code_file, get_runtime
 from engine.sandbox import Job, Output, Sandbox
+from engine.terminal import TERMINAL_TYPE, Terminal
 
 log = logging.getLogger("isol8.engine")
 
@@ -227,16 +228,22 @@ class DockerIsol8:
             security_events=[_blocked(entry) for entry in network if entry.action == "BLOCK"] or None,
         )
 
-    def execute_stream(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent, None]:
+    def execute_stream(
+        self, request: ExecutionRequest, terminal: Terminal | None = None
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Yield output events as they happen (phase `setup`, then `code`), then exactly one exit.
 
-        Leaving the loop early (break, cancellation) kills the run and frees its container. The
-        audit log's caller is the one current when this is called, not when the loop runs.
+        With a `terminal`, the code step runs on a pseudo-terminal and takes its input as it comes
+        (engine/terminal.py). Leaving the loop early (break, cancellation) kills the run and frees
+        its container. The audit log's caller is the one current when this is called.
         """
-        return self._stream(request, current_caller())
+        return self._stream(request, current_caller(), terminal)
 
-    async def _stream(self, request: ExecutionRequest, caller: Caller | None) -> AsyncGenerator[StreamEvent, None]:
-        async with contextlib.aclosing(self._audited(request, str(uuid.uuid4()), caller)) as events:
+    async def _stream(
+        self, request: ExecutionRequest, caller: Caller | None, terminal: Terminal | None
+    ) -> AsyncGenerator[StreamEvent, None]:
+        events = self._audited(request, str(uuid.uuid4()), caller, terminal)
+        async with contextlib.aclosing(events) as events:
             async for item in events:
                 if isinstance(item, Outcome):
                     for event in _closing_events(item):
@@ -280,7 +287,12 @@ class DockerIsol8:
         return get_runtime(runtime).image, packages, None
 
     def _steps(
-        self, request: ExecutionRequest, options: Isol8Options, packages: list[str], image_setup: str | None
+        self,
+        request: ExecutionRequest,
+        options: Isol8Options,
+        packages: list[str],
+        image_setup: str | None,
+        terminal: Terminal | None = None,
     ) -> list[Step]:
         spec = get_runtime(request.runtime)
         env = {**self.options.secrets, **request.secrets, **request.env}
@@ -320,14 +332,17 @@ class DockerIsol8:
             files[path] = (request.code or "").encode()
             argv = spec.argv(path)
             warm_argv = spec.warm_argv(path, env)
+        interactive = terminal is not None  # a new process on the terminal: no zygote, no warm start
         code = job(
             argv,
+            env={"TERM": TERMINAL_TYPE, **env} if interactive else env,
             cwd=resolve_workdir(request.workdir),
             files=files,
             stdin=_bytes(request.stdin) if request.stdin is not None else None,
             output_paths=list(request.output_paths),
-            python_file=argv[-1] if spec.name == "python" and request.cmd is None else None,
-            warm_argv=warm_argv,
+            python_file=argv[-1] if spec.name == "python" and request.cmd is None and not interactive else None,
+            warm_argv=None if interactive else warm_argv,
+            terminal=terminal,
             # A session runs its next execution on this uid; a pool's scrub starts it for the next one.
             prestart=self.options.mode == "persistent",
         )
@@ -336,12 +351,12 @@ class DockerIsol8:
 
     # --- running ----------------------------------------------------------------------------------
     async def _audited(
-        self, request: ExecutionRequest, execution_id: str, caller: Caller | None
+        self, request: ExecutionRequest, execution_id: str, caller: Caller | None, terminal: Terminal | None = None
     ) -> AsyncGenerator[StreamEvent | Outcome, None]:
         """`_events`, recorded in the audit log however the run ends (refused, failed, abandoned).
         Without an audit log nothing is built for it: this is every execution's path."""
         if not self._audit.enabled:
-            async with contextlib.aclosing(self._events(await self._fetched(request))) as events:
+            async with contextlib.aclosing(self._events(await self._fetched(request), terminal)) as events:
                 async for item in events:
                     yield item
             return
@@ -356,7 +371,7 @@ class DockerIsol8:
                 request = await self._fetched(request)
                 code = request.code or ""
                 record.code, record.code_hash = code, hashlib.sha256(code.encode()).hexdigest()
-            async with contextlib.aclosing(self._events(request)) as events:
+            async with contextlib.aclosing(self._events(request, terminal)) as events:
                 async for item in events:
                     if isinstance(item, Outcome):
                         _close_record(record, item)
@@ -386,7 +401,9 @@ class DockerIsol8:
         code = await fetch_code(request, self._options_for(request).remote_code)
         return request.model_copy(update={"code": code})
 
-    async def _events(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent | Outcome, None]:
+    async def _events(
+        self, request: ExecutionRequest, terminal: Terminal | None = None
+    ) -> AsyncGenerator[StreamEvent | Outcome, None]:
         """Masked, decoded output events of every step, then the Outcome of the last one run."""
         options = self._options_for(request)
         spec = get_runtime(request.runtime)
@@ -406,7 +423,7 @@ class DockerIsol8:
                 )
         if self.options.mode == "persistent" and self._session is not None:
             image_setup = None  # ran when the session's container started
-        steps = self._steps(request, options, packages, image_setup)
+        steps = self._steps(request, options, packages, image_setup, terminal)
         secrets = [*self.options.secrets.values(), *request.secrets.values()]
         if self.options.mode == "persistent":  # a later run may print an earlier secret from a file
             self._session_secrets.update(secrets)

@@ -24,6 +24,7 @@ class can be rebuilt from the wire; the classmethods build the common messages.
     │   ├── FileNotFound         404 file_not_found
     │   ├── NotARegularFile      400 not_a_regular_file
     │   └── FileTooLarge         413 file_too_large
+    ├── InputTooLarge            413 input_too_large  more keys than one interactive run may take
     ├── SessionNotFound          404 session_not_found
     ├── TooManySessions          429 too_many_sessions
     ├── PolicyRefused            403 policy_refused   the operator's policy does not allow the request
@@ -164,6 +165,13 @@ class FileTooLarge(FileError):
 
     status = 413
     code = "file_too_large"
+
+
+class InputTooLarge(Isol8Error):
+    """An interactive run's terminal was sent more input than a request's stdin may carry."""
+
+    status = 413
+    code = "input_too_large"
 
 
 class SessionNotFound(Isol8Error):

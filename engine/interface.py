@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator
 from typing import Protocol, Self
 
 from engine.models import ExecutionRequest, ExecutionResult, PoolState, StreamEvent
+from engine.terminal import Terminal
 
 
 class Engine(Protocol):
@@ -30,8 +31,11 @@ class Engine(Protocol):
         """Run to completion; raises only Isol8Error subclasses for failures that are not the code's."""
         ...
 
-    def execute_stream(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent, None]:
-        """Output events as they happen, then exactly one `exit`; leaving early kills the run."""
+    def execute_stream(
+        self, request: ExecutionRequest, terminal: Terminal | None = None
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Output events as they happen, then exactly one `exit`; leaving early kills the run.
+        With a `terminal` the code runs on a pseudo-terminal fed by it (engine/terminal.py)."""
         ...
 
     async def put_file(self, path: str, content: str | bytes) -> None:

@@ -93,6 +93,13 @@ CONTAINER_LIMITS = ("memory_limit", "cpu_limit", "pids_limit", "sandbox_size", "
 """Limits that shape the container (the output cap is per job)."""
 
 
+class TerminalSize(Model):
+    """The window of an interactive run's pseudo-terminal, in character cells."""
+
+    rows: int = Field(ge=1, le=1000)
+    cols: int = Field(ge=1, le=1000)
+
+
 class RequestLimits(Model):
     """Per-request limits; None means the engine's option."""
 

@@ -11,6 +11,7 @@ engine` must not.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -19,12 +20,15 @@ from typing import TYPE_CHECKING, Any, Self
 
 from engine.errors import ERROR_CODE_HEADER, Isol8Error, error_class
 from engine.models import ExecutionRequest, ExecutionResult, Isol8Options, Model, PoolState, StreamEvent
+from engine.terminal import Interrupt, Keys, Resize, Terminal
 
 if TYPE_CHECKING:
     import httpx
+    from websockets.asyncio.client import ClientConnection
 
 CONNECT_TIMEOUT_S = 10.0
 WS_MAX_BYTES = 64 << 20
+WS_INPUT_CHUNK = 3 << 14  # raw bytes per `stdin` message: 64 KiB of base64, the server's bound
 
 
 class RemoteSession(Model):
@@ -121,13 +125,17 @@ class RemoteIsol8:
             raise _failed("Execution failed", response)
         return ExecutionResult.model_validate_json(response.content)
 
-    async def execute_stream(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent, None]:
+    async def execute_stream(
+        self, request: ExecutionRequest, terminal: Terminal | None = None
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Events as they happen, ending with `exit`. Leaving the loop early closes the connection,
-        which makes the server kill the run."""
+        which makes the server kill the run. An interactive run (`terminal`) needs the WebSocket."""
         body = self._body(request)
-        if self._ws_available is not False:
+        if terminal is not None:
+            body["tty"] = terminal.size.model_dump()
+        if self._ws_available is not False or terminal is not None:
             opened = False
-            async with contextlib.aclosing(self._ws_stream(body)) as ws_events:
+            async with contextlib.aclosing(self._ws_stream(body, terminal)) as ws_events:
                 async for event in ws_events:
                     if event is None:  # the socket is open: from here on, no fallback
                         opened = self._ws_available = True
@@ -135,6 +143,11 @@ class RemoteIsol8:
                     yield event
             if opened:
                 return
+            if terminal is not None:
+                raise Isol8Error(
+                    f"Interactive runs need the server's WebSocket, and {self.host}/execute/ws could not be "
+                    "opened; check that no proxy between here and the server refuses WebSocket upgrades."
+                )
             self._ws_available = False
         async with contextlib.aclosing(self._sse_stream(body)) as sse_events:
             async for event in sse_events:
@@ -211,9 +224,11 @@ class RemoteIsol8:
             body["sessionId"] = self.session_id
         return body
 
-    async def _ws_stream(self, body: dict[str, Any]) -> AsyncGenerator[StreamEvent | None, None]:
+    async def _ws_stream(
+        self, body: dict[str, Any], terminal: Terminal | None = None
+    ) -> AsyncGenerator[StreamEvent | None, None]:
         """Yields None once the socket is open, then the events. Ends without yielding if the socket
-        cannot be opened (the caller falls back to SSE)."""
+        cannot be opened (the caller falls back to SSE). A `terminal`'s input goes out meanwhile."""
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -236,7 +251,8 @@ class RemoteIsol8:
         async with socket:
             yield None
             await socket.send(json.dumps({"type": "execute", **body}))
-            events = _Terminal()
+            events = _Ending()
+            typing = asyncio.ensure_future(_type_into(socket, terminal)) if terminal is not None else None
             try:
                 async for message in socket:
                     for event in events.feed(StreamEvent.model_validate_json(message)):
@@ -245,6 +261,9 @@ class RemoteIsol8:
                 if events.held is not None:  # the server said why before it closed
                     raise Isol8Error(f"Stream failed: {events.held.data}") from None
                 raise Isol8Error(f"Stream failed: WebSocket connection closed ({exc})") from None
+            finally:
+                if typing is not None:
+                    typing.cancel()
             for event in events.finish():
                 yield event
 
@@ -258,7 +277,7 @@ class RemoteIsol8:
                     raise _failed("Stream failed", response)
                 if not response.headers.get("content-type", "").startswith("text/event-stream"):
                     raise Isol8Error("No response body for streaming")
-                events = _Terminal()
+                events = _Ending()
                 data: list[str] = []
                 async for line in response.aiter_lines():
                     if line.startswith("data:"):
@@ -273,7 +292,27 @@ class RemoteIsol8:
             raise Isol8Error(f"Stream failed: {str(exc) or type(exc).__name__}") from None
 
 
-class _Terminal:
+async def _type_into(socket: ClientConnection, terminal: Terminal) -> None:
+    """A terminal's input as the server's WsInput messages, until the run ends."""
+    from websockets.exceptions import ConnectionClosed
+
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            item = await terminal.next_input()
+            if isinstance(item, Keys):
+                for start in range(0, len(item.data), WS_INPUT_CHUNK):
+                    chunk = item.data[start : start + WS_INPUT_CHUNK]
+                    data = base64.b64encode(chunk).decode()
+                    await socket.send(json.dumps({"type": "stdin", "data": data, "encoding": "base64"}))
+            elif isinstance(item, Resize):
+                await socket.send(json.dumps({"type": "resize", **item.size.model_dump()}))
+            elif isinstance(item, Interrupt):
+                await socket.send(json.dumps({"type": "signal", "signal": item.signal}))
+            else:
+                await socket.send(json.dumps({"type": "eof"}))
+
+
+class _Ending:
     """Holds back an `error` event until it is known whether an `exit` follows it.
 
     The engine's own errors (a timeout, a failed setup) come just before `exit` and are passed on;

@@ -29,6 +29,7 @@ from engine.errors import (
     Timeout,
 )
 from engine.models import MAX_FILE_SIZE
+from engine.terminal import EndOfInput, Interrupt, Keys, Resize, Terminal
 
 log = logging.getLogger("isol8.sandbox")
 _DOCKER_HEADER = struct.Struct(">BxxxL")
@@ -61,6 +62,7 @@ class Job:
     warm_argv: list[str] | None = None  # what a pre-started interpreter must have been started with
     prestart: bool = False  # start the next interpreter after this job (more jobs follow on this uid)
     max_file_size: int = MAX_FILE_SIZE  # the output paths' bytes together
+    terminal: Terminal | None = None  # run on a pseudo-terminal; its input follows `stdin`
 
     def request(self) -> dict[str, Any]:
         return {
@@ -71,12 +73,13 @@ class Job:
             "timeout_ms": self.timeout_ms,
             "max_output": self.max_output,
             "files": list(self.files),
-            "stdin": self.stdin is not None,
+            "stdin": self.stdin is not None or self.terminal is not None,
             "output_paths": self.output_paths,
             "python_file": self.python_file,
             "warm_argv": self.warm_argv,
             "prestart": self.prestart,
             "max_file_size": self.max_file_size,
+            "tty": self.terminal.size.model_dump() if self.terminal else None,
         }
 
 
@@ -231,11 +234,48 @@ class Sandbox:
             for chunk in P.data_frames(content):
                 self._writer.write(chunk)
                 await self._writer.drain()
-        if job.stdin is not None:
+        typing = None
+        if job.terminal is not None:
+            for chunk in list(P.data_frames(job.stdin or b""))[:-1]:  # typed ahead of the terminal's input
+                self._writer.write(chunk)
+            typing = asyncio.ensure_future(self._type(job.terminal))
+        elif job.stdin is not None:
             for chunk in P.data_frames(job.stdin):
                 self._writer.write(chunk)
                 await self._writer.drain()
         await self._writer.drain()
+        try:
+            async for output in self._outputs(job):
+                yield output
+        finally:
+            if typing is not None:
+                typing.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await typing
+
+    async def _type(self, terminal: Terminal) -> None:
+        """Forward a terminal's input to its running job (frames go out whole, so this may be
+        cancelled at any await); the job's stdin is ended however this ends."""
+        ended = False
+        try:
+            while True:
+                item = await terminal.next_input()
+                if isinstance(item, Keys) and not ended:
+                    for chunk in list(P.data_frames(item.data))[:-1]:
+                        self._writer.write(chunk)
+                elif isinstance(item, Resize):
+                    self._writer.write(P.message(P.REQUEST, {"op": "resize", **item.size.model_dump()}))
+                elif isinstance(item, Interrupt):
+                    self._writer.write(P.message(P.REQUEST, {"op": "signal", "signal": item.signal}))
+                elif isinstance(item, EndOfInput) and not ended:
+                    ended = True
+                    self._writer.write(P.frame(P.END))
+                await self._writer.drain()
+        finally:
+            if not ended and not self._writer.is_closing():
+                self._writer.write(P.frame(P.END))  # the agent lets go of the job's stdin
+
+    async def _outputs(self, job: Job) -> AsyncGenerator[Output, None]:
         files: dict[str, bytearray] = {}
         errors: list[FileError] = []
         receiving: bytearray | None = None

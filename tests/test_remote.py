@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from helpers import run_cli
-from test_server_support import MASTER_KEY, ServerProcess, free_port, managed_ids, running_container, serve, wait_until
+from test_server_support import (
+    MASTER_KEY,
+    ServerProcess,
+    free_port,
+    in_process,
+    managed_ids,
+    running_container,
+    serve,
+    wait_until,
+)
 
 from engine import ExecutionRequest, Isol8Error, Isol8Options, StreamEvent
 from engine.config import Isol8Config
@@ -30,22 +37,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_client")]
 def server(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterator[ServerProcess]:
     with serve(tmp_path_factory.mktemp("remote")) as running:
         yield running
-
-
-@contextlib.contextmanager
-def in_process(app: FastAPI, ws: str = "auto") -> Iterator[str]:
-    """A real uvicorn in a thread; `ws="none"` is a server (or proxy) without WebSocket support."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, ws=ws, log_level="warning", lifespan="on")  # type: ignore[arg-type]
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, timeout=60, what="uvicorn to start")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(60)
 
 
 async def collect(events: AsyncIterator[StreamEvent]) -> list[tuple[str, str]]:

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
+from fastapi import FastAPI
 from helpers import ISOL8
 
 from engine.docker import DockerClient
@@ -155,3 +158,19 @@ def sse_events(raw: str) -> list[dict[str, Any]]:
     frames = raw[:-2].split("\n\n")
     assert all(frame.startswith("data: ") and "\n" not in frame for frame in frames), raw
     return [json.loads(frame.removeprefix("data: ")) for frame in frames]
+
+
+@contextlib.contextmanager
+def in_process(app: FastAPI, ws: str = "auto") -> Iterator[str]:
+    """A real uvicorn in a thread; `ws="none"` is a server (or proxy) without WebSocket support."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, ws=ws, log_level="warning", lifespan="on")  # type: ignore[arg-type]
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout=60, what="uvicorn to start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(60)

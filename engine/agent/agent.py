@@ -25,6 +25,7 @@ import pwd
 import selectors
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -42,6 +43,8 @@ WRITABLE = ("/sandbox", "/tmp", "/dev/shm", "/dev/mqueue")  # all the sandbox us
 PROXY_START_TIMEOUT_S = 5.0
 KILL_DEADLINE_S = 2.0  # SIGKILL is not refused: only a task stuck in the kernel takes longer
 IPC_KINDS = {"shm": ("shmid", "-m"), "sem": ("semid", "-s"), "msg": ("msqid", "-q")}
+SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}  # what a client may send a running job
+END_OF_INPUT = b"\x04"  # a terminal's EOF character: ends a read at the start of a line
 
 
 class RefusedPath(Exception):
@@ -229,6 +232,13 @@ class Job:
         self.files: list[str] = list(request.get("files", []))
         self.incoming: Incoming | None = None
         self.expect_stdin = bool(request.get("stdin"))
+        # A pseudo-terminal {rows, cols}: the job's stdin, stdout and stderr are its slave; its
+        # master is read as stdout and written with stdin (through a second descriptor, as the
+        # selector watches each descriptor for one thing).
+        self.tty: dict | None = request.get("tty")
+        self.terminal: int | None = None
+        self.terminal_input: int | None = None
+        self.last_input = b"\n"
         self.max_output = int(request.get("max_output", 1 << 20))
         self.max_file_size = int(request["max_file_size"])
         self.timeout = float(request.get("timeout_ms", 30000)) / 1000.0
@@ -281,6 +291,9 @@ class Job:
         else:
             self.agent.receiver = None
             self.stdin_open = False
+            if self.tty:  # the end of input, as a terminal says it (twice when a line is pending)
+                pending = (self.stdin_buffer[-1:] or self.last_input) != b"\n"
+                self.stdin_buffer += END_OF_INPUT * (2 if pending else 1)
             self.agent.want_stdin_write()
 
     def cancel(self) -> None:
@@ -313,8 +326,10 @@ class Job:
             with self.agent.as_sandbox():  # the roots may be closed to root itself (a `fast` pool's)
                 cwd = confine(cwd)
                 os.makedirs(cwd, exist_ok=True)
-            warm = self.agent.take_waiting(req.get("warm_argv"))
-            if self.agent.zygote and req.get("python_file"):
+            warm = self.agent.take_waiting(None if self.tty else req.get("warm_argv"))
+            if self.tty:  # always a new process: the zygote and warm interpreters have pipes
+                self.proc = self._popen(req["argv"], cwd, env, terminal=self._open_terminal())
+            elif self.agent.zygote and req.get("python_file"):
                 self.proc = self.agent.zygote.spawn(
                     {"uid": self.agent.uid, "gid": self.agent.gid, "cwd": cwd, "path": req["python_file"], "env": env},
                     self.expect_stdin,
@@ -332,36 +347,89 @@ class Job:
             return
         self.started = time.monotonic()
         self.deadline = self.started + self.timeout
-        assert self.proc.stdout and self.proc.stderr
-        for kind, pipe in ((P.STDOUT, self.proc.stdout), (P.STDERR, self.proc.stderr)):
-            fd = pipe.fileno()
+        if self.terminal is not None:
+            outputs = [(P.STDOUT, self.terminal)]
+        else:
+            assert self.proc.stdout and self.proc.stderr
+            outputs = [(P.STDOUT, self.proc.stdout.fileno()), (P.STDERR, self.proc.stderr.fileno())]
+        for kind, fd in outputs:
             os.set_blocking(fd, False)
             self.streams[fd] = kind
             self.agent.selector.register(fd, selectors.EVENT_READ, ("output", kind))
-        if self.proc.stdin:
-            os.set_blocking(self.proc.stdin.fileno(), False)
+        stdin = self.stdin_fd()
+        if stdin is not None:
+            os.set_blocking(stdin, False)
             self.agent.want_stdin_write()
 
-    def _popen(self, argv: list[str], cwd: str, env: dict[str, str]) -> subprocess.Popen:
+    def _open_terminal(self) -> int:
+        """A pseudo-terminal of the asked size: keeps its master, returns its slave (for the job)."""
+        import fcntl
+        import termios
+
+        size = self.tty or {}
+        rows, cols = int(size["rows"]), int(size["cols"])
+        master, slave = os.openpty()  # both close on exec: the job gets the slave as its stdio only
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.terminal, self.terminal_input = master, os.dup(master)
+        return slave
+
+    def _popen(self, argv: list[str], cwd: str, env: dict[str, str], terminal: int | None = None) -> subprocess.Popen:
         # Popen would chdir before dropping to the sandbox uid, as root, which may not enter a
         # `fast` pool's roots: the child inherits a working directory entered as that uid instead.
         with self.agent.as_sandbox():
             os.chdir(cwd)
+        if terminal is None:
+            stdin, stdout, stderr = (
+                subprocess.PIPE if self.expect_stdin else subprocess.DEVNULL,
+                subprocess.PIPE,
+                subprocess.PIPE,
+            )
+        else:
+            stdin = stdout = stderr = terminal
         try:
             return subprocess.Popen(
                 argv,
-                stdin=subprocess.PIPE if self.expect_stdin else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
                 env=env,
                 user=self.agent.uid,
                 group=self.agent.gid,
                 extra_groups=[],
                 start_new_session=True,
                 close_fds=True,
+                # Single-threaded agent: preexec_fn is safe. It runs after setsid and setuid.
+                preexec_fn=None if terminal is None else _take_controlling_terminal,
             )
         finally:
             os.chdir("/")
+            if terminal is not None:
+                os.close(terminal)  # the job holds the slave now: its last close ends the output
+
+    def stdin_fd(self) -> int | None:
+        """Where the job's stdin is written: the terminal, or the pipe (None once closed)."""
+        if self.tty:
+            return self.terminal_input
+        proc = self.proc
+        return proc.stdin.fileno() if proc and proc.stdin and not proc.stdin.closed else None
+
+    def resize(self, rows: int, cols: int) -> None:
+        """The terminal's new size; its foreground processes get SIGWINCH from the kernel."""
+        import fcntl
+        import termios
+
+        if self.terminal is not None:
+            with contextlib.suppress(OSError, struct.error):
+                fcntl.ioctl(self.terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def signal(self, name: str) -> None:
+        """SIGINT or SIGTERM to the job's foreground process group (a terminal's, else its own)."""
+        number = SIGNALS.get(name)
+        if number is None or self.proc is None or self.status is not None:
+            return
+        with contextlib.suppress(OSError):
+            group = os.tcgetpgrp(self.terminal) if self.terminal is not None else self.proc.pid
+            os.killpg(group, number)
 
     def read_output(self, fd: int) -> bool:
         """Forward what `fd` has; False at EOF (the fd is then closed and unregistered)."""
@@ -371,6 +439,10 @@ class Job:
                 chunk = os.read(fd, READ_CHUNK)
             except BlockingIOError:
                 return True
+            except OSError as exc:  # a terminal's master reads EIO once every slave is closed
+                if exc.errno != errno.EIO:
+                    raise
+                chunk = b""
             if not chunk:
                 self.agent.selector.unregister(fd)
                 del self.streams[fd]
@@ -383,22 +455,34 @@ class Job:
                 self.agent.send(P.frame(kind, part))
 
     def write_stdin(self) -> None:
-        proc = self.proc
-        if proc is None or proc.stdin is None:
+        fd = self.stdin_fd()
+        if fd is None:
             return
-        fd = proc.stdin.fileno()
         try:
             while self.stdin_buffer:
                 written = os.write(fd, self.stdin_buffer[: 1 << 16])
+                if written:
+                    self.last_input = bytes(self.stdin_buffer[written - 1 : written])
                 del self.stdin_buffer[:written]
         except BlockingIOError:
             return
-        except BrokenPipeError:
+        except OSError:  # the reader is gone (a closed pipe, a terminal hung up)
             self.stdin_buffer.clear()
             self.stdin_open = False
         if not self.stdin_buffer and not self.stdin_open:
-            self.agent.stop_stdin_write(fd)
-            proc.stdin.close()
+            self.close_stdin()
+
+    def close_stdin(self) -> None:
+        fd = self.stdin_fd()
+        if fd is None:
+            return
+        self.agent.stop_stdin_write(fd)
+        if self.tty:
+            os.close(fd)
+            self.terminal_input = None
+        elif self.proc and self.proc.stdin:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
 
     def stop(self, *, timed_out: bool) -> None:
         """Kill every process of the job (timeout or the engine's `cancel`)."""
@@ -568,10 +652,9 @@ class Agent:
 
     def want_stdin_write(self) -> None:
         job = self.job
-        if job and job.proc and job.proc.stdin and not job.proc.stdin.closed:
-            fd = job.proc.stdin.fileno()
-            if fd not in self.selector.get_map():
-                self.selector.register(fd, selectors.EVENT_WRITE, ("stdin", None))
+        fd = job.stdin_fd() if job and job.proc else None
+        if fd is not None and fd not in self.selector.get_map():
+            self.selector.register(fd, selectors.EVENT_WRITE, ("stdin", None))
 
     def stop_stdin_write(self, fd: int) -> None:
         if fd in self.selector.get_map():
@@ -833,6 +916,12 @@ class Agent:
             self.event({"ev": "pong"})
         elif op == "cancel":
             self.cancel()
+        elif op == "resize":
+            if self.job is not None:
+                self.job.resize(int(req["rows"]), int(req["cols"]))
+        elif op == "signal":
+            if self.job is not None:
+                self.job.signal(str(req.get("signal")))
         elif op == "run":
             if self.job is not None:
                 self.event({"ev": "exit", "code": 1, "error": "agent is busy with another job"})
@@ -879,10 +968,13 @@ class Agent:
         for fd in list(job.streams):
             self.selector.unregister(fd)
         job.streams.clear()
+        job.close_stdin()
+        if job.terminal is not None:
+            os.close(job.terminal)
+            job.terminal = None
         if job.proc:
-            for pipe in (job.proc.stdin, job.proc.stdout, job.proc.stderr):
+            for pipe in (job.proc.stdout, job.proc.stderr):
                 if pipe and not pipe.closed:
-                    self.stop_stdin_write(pipe.fileno())
                     with contextlib.suppress(OSError):
                         pipe.close()
         duration = (time.monotonic() - job.started) * 1000 if job.started else 0.0
@@ -1006,6 +1098,14 @@ class Agent:
                     self.reap()
                 if job.status is not None:
                     self.finish(job)
+
+
+def _take_controlling_terminal() -> None:
+    """In the job, before exec: its terminal (stdin) becomes the controlling one of its session."""
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _close_pipes(proc: subprocess.Popen) -> None:

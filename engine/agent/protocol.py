@@ -11,11 +11,17 @@ Frame: `!BI` header (kind, payload length) followed by the payload.
 Engine -> agent
   REQUEST  JSON object; `op` is one of:
            run    {argv, env, cwd, timeout_ms, max_output, max_file_size, files: [path...],
-                   stdin: bool, output_paths: [path...], python_file, warm_argv, prestart}
+                   stdin: bool, output_paths: [path...], python_file, warm_argv, prestart, tty}
                   followed by one DATA*/END item per file, in order, then one DATA*/END
-                  item for stdin when `stdin` is true. `python_file`: run on the zygote;
-                  `warm_argv`: run on the pre-started interpreter when it was started with
-                  exactly this argv; `prestart`: start the next one after this job.
+                  item for stdin when `stdin` is true (its DATA may keep coming while the
+                  job runs). `python_file`: run on the zygote; `warm_argv`: run on the
+                  pre-started interpreter when it was started with exactly this argv;
+                  `prestart`: start the next one after this job. `tty` {rows, cols}: run on a
+                  new pseudo-terminal of that size (its output comes as STDOUT; the END of
+                  stdin is the terminal's EOF character).
+           resize {rows, cols}  the running job's terminal changes size. No answer.
+           signal {signal}      SIGINT or SIGTERM to the running job's foreground process
+                                group. No answer; both are ignored when no job runs.
            put    {path}  followed by one DATA*/END item: writes a file, answered by `done`.
            get    {path, max_bytes}  answered by one file item (below).
            cancel {}   the engine gave up on its request: a job being received or running ends

@@ -41,6 +41,7 @@ from engine.server.wire import (
     SessionList,
     WsExecute,
 )
+from engine.terminal import Terminal
 
 
 def add_routes(app: FastAPI) -> None:
@@ -105,8 +106,9 @@ def add_routes(app: FastAPI) -> None:
 
     @app.websocket("/execute/ws")
     async def execute_ws(websocket: WebSocket) -> None:
-        """First message `{type: "execute", request, options?, sessionId?}`; StreamEvents back; closed
-        with 1000 "Execution complete" after the run (also after an error)."""
+        """First message `{type: "execute", request, options?, sessionId?, tty?: {rows, cols}}`;
+        StreamEvents back; closed with 1000 "Execution complete" after the run (also after an
+        error). With `tty`, `stdin`, `resize`, `signal` and `eof` messages are the run's input."""
         state = state_of(websocket)
         principal = await caller(websocket)  # Authenticate refused a bad key before the upgrade
         await websocket.accept()
@@ -124,7 +126,7 @@ def add_routes(app: FastAPI) -> None:
                 await websocket.close(1003, "Invalid JSON")
                 return
             kind = data.get("type") if isinstance(data, dict) else None
-            if kind in ("stdin", "signal"):
+            if kind in ("stdin", "signal", "resize", "eof"):  # input for a run that has not started
                 continue
             if kind != "execute":
                 await websocket.send_text(error_event(f"Unknown message type: {kind}"))
@@ -227,10 +229,11 @@ async def _ws_execute(websocket: WebSocket, state: ServerState, principal: Princ
     try:
         body = WsExecute.model_validate(message)
         plan = state.policy.plan(body.request, body.options)
+        terminal = Terminal(body.tty.rows, body.tty.cols) if body.tty else None
         async with state.engine_for(principal, body.session_id, plan) as engine:
             with _audited_as(principal):
-                events = engine.execute_stream(plan.request)
-            return await ws_pump(websocket, events)
+                events = engine.execute_stream(plan.request, terminal)
+            return await ws_pump(websocket, events, terminal)
     except Exception as exc:
         _, text = failure_reply(exc, "websocket execution failed")
         try:

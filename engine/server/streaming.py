@@ -8,6 +8,7 @@ that race, written once, for a whole request, an SSE stream and a WebSocket run.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -15,10 +16,14 @@ from typing import TypeVar
 
 from fastapi import WebSocket
 from fastapi.responses import Response
-from starlette.types import Receive, Scope, Send
+from pydantic import ValidationError
+from starlette.types import Message, Receive, Scope, Send
 
 from engine import StreamEvent
+from engine.errors import InputTooLarge
 from engine.server.errors import failure_reply
+from engine.server.wire import WsInput, WsResize, WsSignal, WsStdin
+from engine.terminal import Terminal
 
 T = TypeVar("T")
 
@@ -102,7 +107,36 @@ class EventStream(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def ws_pump(websocket: WebSocket, events: AsyncGenerator[StreamEvent, None]) -> bool:
-    """The events as text frames until the run ends; False if the client left first (the run was killed)."""
-    finished, _ = await unless_disconnected(websocket.receive, _forward(events, websocket.send_text))
+async def ws_pump(
+    websocket: WebSocket, events: AsyncGenerator[StreamEvent, None], terminal: Terminal | None = None
+) -> bool:
+    """The events as text frames until the run ends; False if the client left first (the run was
+    killed). With a `terminal`, the client's input messages feed it meanwhile."""
+    receive = websocket.receive if terminal is None else _typing(websocket.receive, terminal)
+    finished, _ = await unless_disconnected(receive, _forward(events, websocket.send_text))
     return finished
+
+
+def _typing(receive: Receive, terminal: Terminal) -> Receive:
+    """`receive`, handing each WsInput message to `terminal` on the way; anything else is dropped
+    (a malformed message must not end a run). Input past the stdin bound ends the program's input."""
+
+    async def typed() -> Message:
+        message = await receive()
+        try:
+            item = WsInput.validate_json(message.get("text") or message.get("bytes") or b"")
+            if isinstance(item, WsStdin):
+                terminal.write(item.raw())
+            elif isinstance(item, WsResize):
+                terminal.resize(item.rows, item.cols)
+            elif isinstance(item, WsSignal):
+                terminal.signal(item.signal)
+            else:
+                terminal.close()
+        except (ValidationError, binascii.Error):
+            pass
+        except InputTooLarge:
+            terminal.close()
+        return message
+
+    return typed

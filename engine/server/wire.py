@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -24,7 +25,7 @@ from pydantic import (
 
 from engine import ExecutionRequest, PoolState
 from engine.config import MAX_KEY_TTL_MS
-from engine.models import FileBytes, Model
+from engine.models import FileBytes, Model, TerminalSize
 from engine.server.auth import DEFAULT_TENANT, ApiKeyInfo
 from engine.server.errors import describe_validation
 from engine.server.policy import ClientOptions
@@ -128,9 +129,43 @@ class ExecuteBody(TextBody):
 
 
 class WsExecute(ExecuteBody):
-    """The WebSocket's first message; unlike the reference's client, ours sends `sessionId` too."""
+    """The WebSocket's first message; unlike the reference's client, ours sends `sessionId` too.
+    With `tty` the code runs on a pseudo-terminal of that size, fed by the WsInput messages."""
 
     type: Literal["execute"]
+    tty: TerminalSize | None = None
+
+
+class WsStdin(Model):
+    """Keys for an interactive run: text, or raw bytes as base64 (`encoding: "base64"`)."""
+
+    type: Literal["stdin"]
+    data: str = Field(max_length=1 << 16)
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+
+    def raw(self) -> bytes:
+        return base64.b64decode(self.data, validate=True) if self.encoding == "base64" else self.data.encode()
+
+
+class WsResize(Model):
+    type: Literal["resize"]
+    rows: int
+    cols: int
+
+
+class WsSignal(Model):
+    type: Literal["signal"]
+    signal: Literal["SIGINT", "SIGTERM"]
+
+
+class WsEof(Model):
+    """The end of an interactive run's input (its terminal's EOF)."""
+
+    type: Literal["eof"]
+
+
+WsInput = TypeAdapter(Annotated[WsStdin | WsResize | WsSignal | WsEof, Field(discriminator="type")])
+"""What a client may send while its run goes; only an interactive run takes it, others ignore it."""
 
 
 BASE64 = WithJsonSchema({"type": "string", "format": "byte", "contentEncoding": "base64"})
