@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import signal
@@ -16,6 +17,8 @@ from engine.docker import DockerClient
 from engine.engine import AGENT_SILENT, DockerIsol8
 from engine.errors import DockerUnavailable, SandboxError
 from engine.models import ExecutionRequest
+
+DEFAULT_SOCKET = "/var/run/docker.sock"
 
 pytestmark = pytest.mark.docker
 
@@ -86,18 +89,44 @@ async def test_wedged_agent_times_out_with_a_clear_error(docker_client: DockerCl
     assert wait_for(lambda: not any(c["Id"] == container_id for c in docker_client.managed_containers()), 10)
 
 
+def _daemon_serving(socket_path: str) -> int:
+    """The pid of the dockerd that listens on `socket_path` (a machine may run more than one)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = [arg.decode() for arg in f.read().split(b"\0") if arg]
+        except OSError:
+            continue
+        if not argv or os.path.basename(argv[0]) != "dockerd":
+            continue
+        hosts = [value for flag, value in itertools.pairwise(argv) if flag in ("-H", "--host")]
+        hosts += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--host=")]
+        if any(host.removeprefix("unix://") == socket_path for host in hosts) or (
+            not hosts and socket_path == DEFAULT_SOCKET
+        ):
+            return int(entry)
+    raise AssertionError(f"no dockerd listens on {socket_path}")
+
+
 def _restart_dockerd() -> None:
-    if shutil.which("systemctl") and subprocess.run(["systemctl", "is-active", "--quiet", "docker"]).returncode == 0:
+    """Restart the daemon this test talks to (and no other): by its pid, with its own arguments."""
+    socket_path = os.environ.get("DOCKER_HOST", f"unix://{DEFAULT_SOCKET}").removeprefix("unix://")
+    if (
+        socket_path == DEFAULT_SOCKET
+        and shutil.which("systemctl")
+        and subprocess.run(["systemctl", "is-active", "--quiet", "docker"]).returncode == 0
+    ):
         subprocess.run(["systemctl", "restart", "docker"], check=True)
         return
-    pid = int(subprocess.run(["pidof", "dockerd"], capture_output=True, text=True, check=True).stdout.split()[0])
+    pid = _daemon_serving(socket_path)
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = [arg.decode() for arg in f.read().split(b"\0") if arg]
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 30)
-    subprocess.Popen(
-        "nohup dockerd >>/var/log/isol8-dockerd.log 2>&1 &",
-        shell=True,
-        start_new_session=True,
-    )
+    with open("/var/log/isol8-dockerd.log", "ab") as log:
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
 
 
 def _daemon_up() -> bool:
