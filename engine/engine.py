@@ -711,8 +711,14 @@ def _blocked(entry: NetworkLogEntry) -> SecurityEvent:
 
 
 def _masked(entry: dict[str, Any], masker: Masker) -> dict[str, Any]:
-    """A network log entry with every secret masked in every text field (host and path included)."""
-    return {key: masker.mask_text(value) if isinstance(value, str) else value for key, value in entry.items()}
+    """A network log entry with every secret masked in every text field (host, path, headers)."""
+
+    def masked(value: Any) -> Any:
+        if isinstance(value, str):
+            return masker.mask_text(value)
+        return [masked(item) for item in value] if isinstance(value, list) else value
+
+    return {key: masked(value) for key, value in entry.items()}
 
 
 def _bytes(content: str | bytes) -> bytes:

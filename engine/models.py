@@ -207,7 +207,8 @@ class ResourceUsage(Model):
 
 
 class NetworkLogEntry(Model):
-    """One request through the filtered network's proxy (CONNECT for HTTPS, where `path` is None)."""
+    """One request through the filtered network's proxy (CONNECT for HTTPS, where `path` is None).
+    `headers`: a plain-HTTP request's header fields as sent, credentials' values masked."""
 
     timestamp: str
     method: str
@@ -220,6 +221,7 @@ class NetworkLogEntry(Model):
     bytes_in: int = 0
     bytes_out: int = 0
     duration_ms: float = 0.0
+    headers: list[tuple[str, str]] | None = None
 
 
 class SecurityEvent(Model):

@@ -247,6 +247,33 @@ async def test_logs_list_exactly_their_own_execution(web: Web) -> None:
     assert second.security_events is None
 
 
+async def test_plain_http_requests_are_logged_with_their_headers_and_credentials_masked(web: Web) -> None:
+    code = f"""
+import urllib.request
+request = urllib.request.Request("http://{web.name}:8080/h", headers={{
+    "Authorization": "Bearer abc", "X-Api-Key": "k1", "Cookie": "s=1", "X-Trace": "t-42",
+    "X-Note": "SECRET-VALUE"}})
+print(urllib.request.urlopen(request).status)
+"""
+    async with filtered(web, [web.name], log_network=True) as engine:
+        result = await engine.execute(ExecutionRequest(code=code, secrets={"NOTE": "SECRET-VALUE"}))
+    assert result.stdout == "200\n", result.stderr
+    (entry,) = result.network_logs
+    headers = dict(entry.headers or [])
+    assert headers["Authorization"] == headers["X-Api-Key"] == headers["Cookie"] == "[masked]"
+    assert headers["X-Trace"] == "t-42" and headers["X-Note"] == "***"  # the run's secrets too
+    assert "abc" not in result.model_dump_json() and "SECRET-VALUE" not in result.model_dump_json()
+
+
+async def test_node_plain_http_fetch_is_logged_as_the_request_it_is(web: Web) -> None:
+    code = f"const r = await fetch('http://{web.name}:8080/n', {{headers: {{'x-from': 'node'}}}}); console.log(r.status)"
+    async with filtered(web, [web.name], log_network=True) as engine:
+        result = await engine.execute(ExecutionRequest(code=code, runtime="node", file_extension=".mjs"))
+    assert result.stdout == "200\n", result.stderr
+    assert [(e.method, e.path) for e in result.network_logs] == [("GET", "/n")]
+    assert ["x-from", "node"] in [list(pair) for pair in result.network_logs[0].headers or []]
+
+
 async def test_stream_carries_network_events_as_they_happen(web: Web) -> None:
     async with filtered(web, [web.name], log_network=True) as engine:
         code = fetch_code(f"http://{web.name}:8080/live", f"http://{web.other}:8080/")

@@ -61,6 +61,9 @@ CHUNK_SIZE = re.compile(r"[0-9a-fA-F]{1,16}")
 # Not forwarded as sent: hop-by-hop headers (RFC 9110 7.6.1; also any named in Connection and every
 # Proxy-*), and the ones the proxy writes itself (Host, the body's framing, Connection: close).
 # Upgrade goes too: after the body nothing more of the client's is forwarded.
+CREDENTIAL = re.compile(r"authorization|cookie|set-cookie|.*(token|secret|passw|api-?key|session|auth).*", re.I)
+MASKED = "[masked]"
+MAX_LOGGED_HEADERS = 64
 NOT_FORWARDED = {"connection", "keep-alive", "te", "trailer", "upgrade", "host", "content-length", "transfer-encoding"}
 
 
@@ -171,6 +174,14 @@ def parse_head(data: bytes) -> Head:
             raise bad_request(f"the {name} header is not ASCII")
         headers.append((name, value))
     return Head(parts[0], parts[1], parts[2], headers)
+
+
+def logged_headers(head: Head) -> list[list[str]]:
+    """A plain-HTTP request's header fields for the network log, credentials' values masked (the
+    engine masks the run's secrets everywhere else); at most MAX_LOGGED_HEADERS of them."""
+    return [
+        [name, MASKED if CREDENTIAL.fullmatch(name) else value] for name, value in head.headers[:MAX_LOGGED_HEADERS]
+    ]
 
 
 def body_length(head: Head) -> int | None:
@@ -298,6 +309,7 @@ class Connection:
             )
             return
         host, port, path = self._http_target(head, hosts)
+        self.entry["headers"] = logged_headers(head)
         length = body_length(head)
         up_reader, _ = await self._open(host, port, connect=False)
         request = asyncio.create_task(self._send_request(self._rebuilt_head(head, host, port, path, length), length))
