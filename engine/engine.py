@@ -35,6 +35,7 @@ from engine.models import (
     ExecutionRequest,
     ExecutionResult,
     Isol8Options,
+    NetworkFilter,
     NetworkLogEntry,
     PoolState,
     RequestLimits,
@@ -250,6 +251,19 @@ class DockerIsol8:
                         yield event
                 elif item.type != "network" or self.options.log_network:
                     yield item
+
+    async def set_network_filter(self, network_filter: NetworkFilter) -> None:
+        """New allow and deny lists for this engine's filtered network: a live session's proxy
+        applies them to its next request (also of a run in progress, without a restart); every
+        container started later has them."""
+        if self.options.network != "filtered":
+            raise Isol8Error(
+                f'The network is "{self.options.network}": allow and deny lists apply to network "filtered" only.'
+            )
+        self.options = self.options.model_copy(update={"network_filter": network_filter})
+        if self._session is not None and self._session.alive:
+            self._session.control("network", {"policy": network_filter.model_dump_json()})
+        log.debug("network filter now %s", network_filter.model_dump_json())
 
     async def put_file(self, path: str, content: str | bytes) -> None:
         """Write a file into the persistent sandbox (binary-safe; parents created). A failed write

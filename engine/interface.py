@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Protocol, Self
 
-from engine.models import ExecutionRequest, ExecutionResult, PoolState, StreamEvent
+from engine.models import ExecutionRequest, ExecutionResult, NetworkFilter, PoolState, StreamEvent
 from engine.terminal import Terminal
 
 
@@ -36,6 +36,10 @@ class Engine(Protocol):
     ) -> AsyncGenerator[StreamEvent, None]:
         """Output events as they happen, then exactly one `exit`; leaving early kills the run.
         With a `terminal` the code runs on a pseudo-terminal fed by it (engine/terminal.py)."""
+        ...
+
+    async def set_network_filter(self, network_filter: NetworkFilter) -> None:
+        """New allow and deny lists for a filtered network, applied to a live session at once."""
         ...
 
     async def put_file(self, path: str, content: str | bytes) -> None:

@@ -19,7 +19,15 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, Self
 
 from engine.errors import ERROR_CODE_HEADER, Isol8Error, error_class
-from engine.models import ExecutionRequest, ExecutionResult, Isol8Options, Model, PoolState, StreamEvent
+from engine.models import (
+    ExecutionRequest,
+    ExecutionResult,
+    Isol8Options,
+    Model,
+    NetworkFilter,
+    PoolState,
+    StreamEvent,
+)
 from engine.terminal import Interrupt, Keys, Resize, Terminal
 
 if TYPE_CHECKING:
@@ -175,6 +183,14 @@ class RemoteIsol8:
             raise _failed("File download failed", response)
         return base64.b64decode(response.json()["content"])
 
+    async def set_network_filter(self, network_filter: NetworkFilter) -> None:
+        """The session's new allow and deny lists (the server narrows them to its policy)."""
+        session_id = self._require_session("Changing the network lists requires a sessionId (persistent mode)")
+        body = network_filter.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        response = await self._send("PUT", f"/session/{session_id}/network", "Network update failed", json=body)
+        if response.status_code != 200:
+            raise _failed("Network update failed", response)
+
     async def list_sessions(self) -> list[RemoteSession]:
         response = await self._send("GET", "/sessions", "Failed to list sessions")
         if response.status_code != 200:
@@ -208,9 +224,9 @@ class RemoteIsol8:
         except httpx.HTTPError as exc:
             raise Isol8Error(f"{failure}: {str(exc) or type(exc).__name__}") from None
 
-    def _require_session(self) -> str:
+    def _require_session(self, refusal: str = "File operations require a sessionId (persistent mode)") -> str:
         if not self.session_id:
-            raise Isol8Error("File operations require a sessionId (persistent mode)")
+            raise Isol8Error(refusal)
         return self.session_id
 
     def _body(self, request: ExecutionRequest) -> dict[str, Any]:

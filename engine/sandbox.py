@@ -205,6 +205,12 @@ class Sandbox:
         self._open = op
         self._writer.write(P.message(P.REQUEST, {"op": op, **body}))
 
+    def control(self, op: str, body: dict[str, Any]) -> None:
+        """A message the agent takes at any time and never answers (resize, signal, network): it
+        goes out whole between the frames of whatever request is open."""
+        if not self._writer.is_closing():
+            self._writer.write(P.message(P.REQUEST, {"op": op, **body}))
+
     async def recover(self) -> None:
         """End a request a caller left before its last event: cancel it in the agent (a job is
         killed, an upload discarded) and read, discarding, up to that event. SandboxError when the
@@ -264,9 +270,9 @@ class Sandbox:
                     for chunk in list(P.data_frames(item.data))[:-1]:
                         self._writer.write(chunk)
                 elif isinstance(item, Resize):
-                    self._writer.write(P.message(P.REQUEST, {"op": "resize", **item.size.model_dump()}))
+                    self.control("resize", item.size.model_dump())
                 elif isinstance(item, Interrupt):
-                    self._writer.write(P.message(P.REQUEST, {"op": "signal", "signal": item.signal}))
+                    self.control("signal", {"signal": item.signal})
                 elif isinstance(item, EndOfInput) and not ended:
                     ended = True
                     self._writer.write(P.frame(P.END))

@@ -266,7 +266,9 @@ print(urllib.request.urlopen(request).status)
 
 
 async def test_node_plain_http_fetch_is_logged_as_the_request_it_is(web: Web) -> None:
-    code = f"const r = await fetch('http://{web.name}:8080/n', {{headers: {{'x-from': 'node'}}}}); console.log(r.status)"
+    code = (
+        f"const r = await fetch('http://{web.name}:8080/n', {{headers: {{'x-from': 'node'}}}}); console.log(r.status)"
+    )
     async with filtered(web, [web.name], log_network=True) as engine:
         result = await engine.execute(ExecutionRequest(code=code, runtime="node", file_extension=".mjs"))
     assert result.stdout == "200\n", result.stderr
@@ -355,3 +357,38 @@ def test_cli_config_network_defaults_apply(tmp_path: Path) -> None:
 def test_cli_host_mode_warns_once() -> None:
     result = run_cli("run", "--net", "host", "-e", "print(1)")
     assert result.stdout == "1\n" and result.stderr.count("[WARN]") == 1 and "host" in result.stderr
+
+
+async def test_a_live_session_allows_a_host_without_a_restart(web: Web) -> None:
+    """The inspector's "allow this host": the session's proxy takes the new list at once, even in
+    the middle of a run; the container (and its files) stay."""
+    code = """
+import sys, time, urllib.request, urllib.error
+for attempt in range(100):
+    try:
+        print(urllib.request.urlopen(sys.argv[1] if len(sys.argv) > 1 else URL).status, attempt > 0, flush=True)
+        break
+    except urllib.error.HTTPError as e:
+        if attempt == 0:
+            print("blocked", e.code, flush=True)
+        time.sleep(0.1)
+""".replace("URL", repr(f"http://{web.other}:8080/x"))
+    async with filtered(web, [web.name], mode="persistent", log_network=True) as session:
+        await session.execute(ExecutionRequest(code="open('/sandbox/kept', 'w').write('1')"))
+        before = await session.execute(ExecutionRequest(code=fetch_code(f"http://{web.other}:8080/x")))
+        assert before.stdout.startswith("403"), before.stdout
+        stream = session.execute_stream(ExecutionRequest(code=code))
+        seen = ""
+        async for event in stream:
+            seen += event.data if event.type == "stdout" else ""
+            if "blocked 403" in seen and "True" not in seen:
+                await session.set_network_filter(NetworkFilter(whitelist=[web.name, web.other], ports=[8443]))
+        assert "blocked 403" in seen and "200 True" in seen, seen
+        after = await session.execute(ExecutionRequest(code="print(open('/sandbox/kept').read())"))
+        assert after.stdout == "1\n"
+        await session.set_network_filter(NetworkFilter(whitelist=[web.name], ports=[8443]))
+        again = await session.execute(ExecutionRequest(code=fetch_code(f"http://{web.other}:8080/x")))
+        assert again.stdout.startswith("403"), again.stdout
+    async with DockerIsol8(network="none") as offline:
+        with pytest.raises(Isol8Error, match='apply to network "filtered" only'):
+            await offline.set_network_filter(NetworkFilter(whitelist=["x"]))

@@ -733,6 +733,12 @@ class Agent:
                 self.event({"ev": "net", "entry": entry})
         return flushed
 
+    def set_network_policy(self, policy: str) -> None:
+        """New allow and deny lists for the filtered network's proxy (JSON on one line)."""
+        if self.proxy is not None and self.proxy.stdin is not None and "\n" not in policy:
+            self.proxy.stdin.write(b"policy " + policy.encode() + b"\n")
+            self.proxy.stdin.flush()
+
     def flush_proxy(self) -> None:
         """Close the job's proxy connections and forward their log entries before `exit`."""
         if self.proxy is None or self.proxy.stdin is None:
@@ -922,6 +928,8 @@ class Agent:
         elif op == "signal":
             if self.job is not None:
                 self.job.signal(str(req.get("signal")))
+        elif op == "network":
+            self.set_network_policy(str(req["policy"]))
         elif op == "run":
             if self.job is not None:
                 self.event({"ev": "exit", "code": 1, "error": "agent is busy with another job"})

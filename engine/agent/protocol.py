@@ -22,6 +22,9 @@ Engine -> agent
            resize {rows, cols}  the running job's terminal changes size. No answer.
            signal {signal}      SIGINT or SIGTERM to the running job's foreground process
                                 group. No answer; both are ignored when no job runs.
+           network {policy}     the filtered network's lists (the NetworkFilter's JSON) for
+                                every request from now on, also during a run. No answer;
+                                ignored without a filtered network.
            put    {path}  followed by one DATA*/END item: writes a file, answered by `done`.
            get    {path, max_bytes}  answered by one file item (below).
            cancel {}   the engine gave up on its request: a job being received or running ends

@@ -516,10 +516,13 @@ class Proxy:
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         while line := await reader.readline():
-            if line.strip() == b"flush":
+            command, _, argument = line.strip().partition(b" ")
+            if command == b"flush":
                 for connection in list(self.connections):
                     connection.close()
                 emit({"flushed": True})
+            elif command == b"policy":  # new lists, from the next request on (open tunnels stay)
+                self.policy = Policy.from_json(argument.decode())
         os._exit(0)  # the agent went away
 
 

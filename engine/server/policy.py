@@ -128,7 +128,7 @@ class Policy:
         self._check_limits(folded)
         engine_options = self.config.engine_options(
             network=self._network(options),
-            network_filter=self._network_filter(options),
+            network_filter=self.network_filter(options.network_filter),
             log_network=options.log_network,
             security=self._security(options),
             image=self._image(options),
@@ -178,8 +178,9 @@ class Policy:
             )
         return options.network or default
 
-    def _network_filter(self, options: ClientOptions) -> NetworkFilter:
-        """The config's filter, only ever narrowed by the client's.
+    def network_filter(self, asked: NetworkFilter | None) -> NetworkFilter:
+        """The config's filter, only ever narrowed by the client's (a request's, or a session's
+        new lists).
 
         The client may add blacklist entries (never drop the operator's), pick whitelist patterns
         within the operator's plus `server.allowedHosts` (any, when the operator's whitelist is empty
@@ -191,7 +192,6 @@ class Policy:
         this method does not handle, is the operator's.
         """
         base, server = self.config.network, self.config.server
-        asked = options.network_filter
         if asked is None:
             return base
         if base.whitelist:

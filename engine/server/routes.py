@@ -17,7 +17,7 @@ from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from engine import ExecutionResult, PoolState, __version__
+from engine import ExecutionResult, NetworkFilter, PoolState, __version__
 from engine.audit import acting_for
 from engine.server.auth import CreatedKey, Principal
 from engine.server.deps import Caller, Master, caller, principal_of, state_of
@@ -154,6 +154,16 @@ def add_routes(app: FastAPI) -> None:
         async with state_of(request).sessions.use(principal.tenant_id, session_id) as session:
             data = await session.engine.get_file(path)
         return FileContent(content=data)
+
+    @app.put("/session/{session_id}/network", tags=["sessions"], responses=error_responses(403, 404))
+    async def set_network(session_id: str, body: NetworkFilter, request: Request, principal: Caller) -> OkBody:
+        """New allow and deny lists for a filtered session, within the operator's policy as for a
+        request's `networkFilter`; its proxy applies them at once, also to a run in progress."""
+        state = state_of(request)
+        narrowed = state.policy.network_filter(body)
+        async with state.sessions.use(principal.tenant_id, session_id) as session:
+            await session.engine.set_network_filter(narrowed)
+        return OkBody()
 
     @app.get("/sessions", tags=["sessions"], responses=ERRORS)
     async def list_sessions(request: Request, principal: Caller) -> SessionList:
