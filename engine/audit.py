@@ -65,6 +65,24 @@ def current_caller() -> Caller | None:
     return _CALLER.get()
 
 
+_SESSION: ContextVar[str | None] = ContextVar("isol8_session", default=None)
+
+
+@contextlib.contextmanager
+def in_session(session_id: str | None) -> Iterator[None]:
+    """Executions started inside this block belong to the server session `session_id` (for the
+    structured log and the traces; the metrics never carry it)."""
+    token = _SESSION.set(session_id)
+    try:
+        yield
+    finally:
+        _SESSION.reset(token)
+
+
+def current_session() -> str | None:
+    return _SESSION.get()
+
+
 def iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

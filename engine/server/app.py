@@ -29,7 +29,8 @@ from starlette.exceptions import HTTPException
 from engine import Isol8Error, __version__
 from engine.server.deps import known_query
 from engine.server.errors import on_crash, on_error
-from engine.server.middleware import Authenticate, BodyLimit
+from engine.server.metrics import Observe, ServerMetrics, add_metrics_route
+from engine.server.middleware import PUBLIC, Authenticate, BodyLimit
 from engine.server.openapi import TightApi
 from engine.server.routes import add_routes
 from engine.server.state import ServerSettings, ServerState
@@ -67,6 +68,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         app.add_exception_handler(exc_type, on_error)
     app.add_exception_handler(Exception, on_crash)
     app.add_middleware(BodyLimit, max_bytes=settings.config.server.max_body_bytes)
-    app.add_middleware(Authenticate, auth=state.auth)  # added last: the outermost layer
+    metrics = ServerMetrics(state)
+    public = PUBLIC | {"/metrics"} if settings.config.server.metrics_public else PUBLIC
+    app.add_middleware(Authenticate, auth=state.auth, public=public, refused=metrics.auth_failures)
+    app.add_middleware(Observe, fastapi=app, metrics=metrics)  # added last: the outermost layer
     add_routes(app)
+    add_metrics_route(app, metrics)
     return app

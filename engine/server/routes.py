@@ -17,7 +17,7 @@ from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from engine import ExecutionResult, PoolState, __version__
+from engine import ExecutionResult, __version__
 from engine.audit import acting_for
 from engine.server.auth import CreatedKey, Principal
 from engine.server.deps import Caller, Master, caller, principal_of, state_of
@@ -54,16 +54,7 @@ def add_routes(app: FastAPI) -> None:
         state = state_of(request)
         if principal_of(request) is None:
             return Health(version=__version__)
-        pool: dict[str, PoolState] = {}
-        for item in (*state.engines.pool_state(), *state.sessions.pool_state()):
-            total = pool.setdefault(item.image, PoolState(image=item.image))
-            total.ready, total.busy, total.starting = (
-                total.ready + item.ready,
-                total.busy + item.busy,
-                total.starting + item.starting,
-            )
-        ordered = sorted(pool.values(), key=lambda s: s.image)
-        return Health(version=__version__, pool=ordered, sessions=len(state.sessions))
+        return Health(version=__version__, pool=state.pool_state(), sessions=len(state.sessions))
 
     @app.post("/execute", tags=["execute"], response_model=ExecutionResult, responses=RUNS)
     async def execute(body: ExecuteBody, request: Request, principal: Caller) -> Response:
