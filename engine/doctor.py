@@ -241,13 +241,13 @@ def check_seccomp(loaded: LoadedConfig | None) -> Check:
 
 # --- sandboxes --------------------------------------------------------------------------------------
 @dataclass
-class _ProbeServer:
+class ProbeServer:
     network: str
     name: str
     container_id: str
 
 
-def _start_probe(docker: DockerClient) -> _ProbeServer:
+def start_probe(docker: DockerClient) -> ProbeServer:
     """A plain HTTP server in a container on a network of its own: the filtered sandbox's only peer."""
     suffix = uuid.uuid4().hex[:10]
     network, name = f"isol8-doctor-{suffix}", f"isol8-doctor-web-{suffix}"
@@ -265,10 +265,10 @@ def _start_probe(docker: DockerClient) -> _ProbeServer:
     except Exception:
         api.remove_network(network)
         raise
-    return _ProbeServer(network, name, container["Id"])
+    return ProbeServer(network, name, container["Id"])
 
 
-def _stop_probe(docker: DockerClient, probe: _ProbeServer) -> None:
+def stop_probe(docker: DockerClient, probe: ProbeServer) -> None:
     docker.remove(probe.container_id)
     for _ in range(50):  # the sandbox's container may still be leaving the network
         try:
@@ -282,7 +282,7 @@ def _stop_probe(docker: DockerClient, probe: _ProbeServer) -> None:
 async def check_network(docker: DockerClient, loaded: LoadedConfig | None) -> Check:
     """A filtered sandbox reaches the whitelisted probe server (ALLOW) and is refused another host (BLOCK)."""
     name = "filtered network"
-    probe = await asyncio.to_thread(_start_probe, docker)
+    probe = await asyncio.to_thread(start_probe, docker)
     try:
         settings: dict[str, Any] = {
             "network": "filtered",
@@ -300,7 +300,7 @@ async def check_network(docker: DockerClient, loaded: LoadedConfig | None) -> Ch
     except Isol8Error as exc:
         return bad(name, "failure", f"the sandbox did not run: {exc}", NETWORK_REMEDY)
     finally:
-        await asyncio.to_thread(_stop_probe, docker, probe)
+        await asyncio.to_thread(stop_probe, docker, probe)
     actions = {(entry.host, entry.action) for entry in result.network_logs or []}
     if result.stdout.split() != ["200", "403"] or (BLOCKED_HOST, "BLOCK") not in actions:
         seen = (result.stdout.strip() or result.stderr.strip())[:200]
@@ -401,12 +401,13 @@ async def run_checks(
     add(check_images(docker, loaded) if docker_up else skipped("images", "Docker is not reachable"))
     add(config)
     add(check_seccomp(loaded))
-    sandboxes = docker_up and checks[-3].status == "ok" and checks[-1].status != "failure"
+    # Every isol8 command refuses a broken config, so no sandbox is tried without a valid one.
+    sandboxes = docker_up and loaded is not None and checks[-3].status == "ok" and checks[-1].status != "failure"
     if sandboxes:
         add(await check_network(docker, loaded))
         add(await check_gvisor(docker, info, loaded))
     else:
-        why = "an earlier check failed (Docker, images or seccomp)"
+        why = "an earlier check failed (Docker, images, config or seccomp)"
         add(skipped("filtered network", why))
         add(skipped("gvisor", why))
     add(check_server(host, key) if host else skipped("server", "no --host given"))

@@ -201,12 +201,18 @@ def command(
     import uvicorn  # here, like the app: other commands should not pay for importing the server stack
 
     shown = f"[{host}]" if ":" in host else host
-    info(f"isol8 server v{__version__} listening on http://{shown}:{sock.getsockname()[1]}")
-    click.echo("       Auth: Bearer token required", err=True)
+    banner = [f"isol8 server v{__version__} listening on http://{shown}:{sock.getsockname()[1]}"]
+    banner.append("Auth: Bearer token required")
     if auth_db or loaded.config.server.auth_db:
-        click.echo(f"       Auth DB: {redact(auth_db or loaded.config.server.auth_db or '')}", err=True)
+        banner.append(f"Auth DB: {redact(auth_db or loaded.config.server.auth_db or '')}")
     if traces:
-        click.echo(f"       Traces: OTLP to {redact(traces)}", err=True)
+        banner.append(f"Traces: OTLP to {redact(traces)}")
+    if log_format == "json":  # every line on stderr is then one JSON object
+        logging.getLogger("isol8.server").info("; ".join(banner), extra={"event": "listening"})
+    else:
+        info(banner[0])
+        for line in banner[1:]:
+            click.echo(f"       {line}", err=True)
     config = uvicorn.Config(
         app,
         log_level="info" if debug else "warning",
@@ -228,4 +234,7 @@ def command(
     if not server.started:
         err("The server failed to start; see the messages above.")
         raise SystemExit(1)
-    info("Server cleanup complete")
+    if log_format == "json":
+        logging.getLogger("isol8.server").info("Server cleanup complete", extra={"event": "stopped"})
+    else:
+        info("Server cleanup complete")
