@@ -13,20 +13,15 @@ import errno
 import os
 import shutil
 import socket
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
-from docker.errors import APIError
-
 from engine.config import LoadedConfig, load_config
 from engine.docker import DockerClient
 from engine.engine import DockerIsol8
 from engine.errors import ConfigError, Isol8Error
-from engine.hardening import MANAGED_LABEL
 from engine.images import image_ready
 from engine.models import ExecutionRequest, Isol8Options, Model, NetworkFilter
 from engine.runtimes import RUNTIMES, get_runtime
@@ -251,32 +246,18 @@ def start_probe(docker: DockerClient) -> ProbeServer:
     """A plain HTTP server in a container on a network of its own: the filtered sandbox's only peer."""
     suffix = uuid.uuid4().hex[:10]
     network, name = f"isol8-doctor-{suffix}", f"isol8-doctor-web-{suffix}"
-    api = docker.api
-    api.create_network(network, driver="bridge", labels={MANAGED_LABEL: "true"})
+    docker.create_network(network)
     try:
-        container = api.create_container(
-            get_runtime("python").image,
-            entrypoint=["python3", "-c", PROBE_SERVER],
-            name=name,
-            labels={MANAGED_LABEL: "true"},
-            host_config=api.create_host_config(network_mode=network, auto_remove=False),
-        )
-        api.start(container["Id"])
+        container_id = docker.run_service(get_runtime("python").image, ["python3", "-c", PROBE_SERVER], name, network)
     except Exception:
-        api.remove_network(network)
+        docker.remove_network(network)
         raise
-    return ProbeServer(network, name, container["Id"])
+    return ProbeServer(network, name, container_id)
 
 
 def stop_probe(docker: DockerClient, probe: ProbeServer) -> None:
     docker.remove(probe.container_id)
-    for _ in range(50):  # the sandbox's container may still be leaving the network
-        try:
-            docker.api.remove_network(probe.network)
-            return
-        except APIError:
-            time.sleep(0.2)
-    docker.api.remove_network(probe.network)
+    docker.remove_network(probe.network)
 
 
 async def check_network(docker: DockerClient, loaded: LoadedConfig | None) -> Check:
@@ -334,6 +315,8 @@ async def check_gvisor(docker: DockerClient, info: dict[str, Any], loaded: Loade
 
 # --- server and port --------------------------------------------------------------------------------
 def check_server(host: str, key: str | None) -> Check:
+    import httpx  # here, as in engine/remote.py: importing httpx pulls in its CLI's UI packages
+
     name = "server"
     try:
         health = httpx.get(f"{host.rstrip('/')}/health", timeout=10)
