@@ -10,7 +10,8 @@ OpenAPI document says exactly what is accepted and answered, so a fuzzer
 (tests/security/test_server_fuzz.py) can hold the server to it.
 
 Where each concern lives, in engine/server/: wire (request and response models), errors (failures as
-replies), middleware (Authenticate, BodyLimit), deps (the caller, the state), streaming (SSE,
+replies), metrics (Observe, the outermost layer: request metrics and spans; `/metrics`), middleware
+(Authenticate, BodyLimit), deps (the caller, the state), streaming (SSE,
 WebSocket, the disconnect race), openapi (the tightened document), state (engines, sessions, keys)
 and routes.
 """

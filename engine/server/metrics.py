@@ -84,12 +84,16 @@ class _StateCollector(Collector):
 
 
 def route_template(app: FastAPI, scope: Scope) -> str:
-    """The path template of the route `scope` goes to (`/session/{session_id}`), or UNMATCHED."""
+    """The path template of the route `scope` goes to (`/session/{session_id}`), also for a method the
+    route does not take (a 405), or UNMATCHED."""
+    partial = UNMATCHED
     for route in app.router.routes:
         match, _ = route.matches(scope)
         if match == Match.FULL:
             return str(getattr(route, "path", UNMATCHED))
-    return UNMATCHED
+        if match == Match.PARTIAL and partial == UNMATCHED:
+            partial = str(getattr(route, "path", UNMATCHED))
+    return partial
 
 
 class Observe:

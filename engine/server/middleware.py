@@ -1,4 +1,5 @@
-"""The ASGI layers in front of every route: Authenticate (outermost), then BodyLimit.
+"""The ASGI layers in front of every route: Authenticate (outermost but for engine/server/metrics.py's
+Observe, which only measures), then BodyLimit.
 
 They work on the raw scope, before FastAPI parses anything, so a caller without a key learns nothing
 of how the server parses and routes, and a body over the limit is never held in memory.
