@@ -125,7 +125,8 @@ class Observe:
         try:
             with span:
                 await self.app(scope, receive, watched)
-                span.set(status=status)
+                if scope["type"] == "http":
+                    span.set(status=status)
         finally:
             tracing.deactivate(token)
             if scope["type"] == "http":
