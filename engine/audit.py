@@ -45,16 +45,17 @@ class Caller:
 
     tenant_id: str
     key_id: str
+    session_id: str | None = None  # the server session it runs in (the logs and traces show it)
 
 
 _CALLER: ContextVar[Caller | None] = ContextVar("isol8_audit_caller", default=None)
 
 
 @contextlib.contextmanager
-def acting_for(tenant_id: str, key_id: str) -> Iterator[None]:
+def acting_for(tenant_id: str, key_id: str, session_id: str | None = None) -> Iterator[None]:
     """Executions started (execute called, execute_stream's generator created) inside this block are
     recorded as the given tenant's and key's."""
-    token = _CALLER.set(Caller(tenant_id, key_id))
+    token = _CALLER.set(Caller(tenant_id, key_id, session_id))
     try:
         yield
     finally:
@@ -63,24 +64,6 @@ def acting_for(tenant_id: str, key_id: str) -> Iterator[None]:
 
 def current_caller() -> Caller | None:
     return _CALLER.get()
-
-
-_SESSION: ContextVar[str | None] = ContextVar("isol8_session", default=None)
-
-
-@contextlib.contextmanager
-def in_session(session_id: str | None) -> Iterator[None]:
-    """Executions started inside this block belong to the server session `session_id` (for the
-    structured log and the traces; the metrics never carry it)."""
-    token = _SESSION.set(session_id)
-    try:
-        yield
-    finally:
-        _SESSION.reset(token)
-
-
-def current_session() -> str | None:
-    return _SESSION.get()
 
 
 def iso_now() -> str:

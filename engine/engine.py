@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
 from engine import metrics, tracing
-from engine.audit import AuditLogger, AuditRecord, Caller, current_caller, current_session, new_record
+from engine.audit import AuditLogger, AuditRecord, Caller, current_caller, new_record
 from engine.docker import DockerClient
 from engine.errors import (
     Isol8Error,
@@ -193,7 +193,7 @@ class DockerIsol8:
         network: list[NetworkLogEntry] = []
         outcome = Outcome(exit_code=1)
         execution_id = str(uuid.uuid4())
-        observed = self._observed(request, execution_id, current_caller(), current_session(), tracing.current())
+        observed = self._observed(request, execution_id, current_caller(), tracing.current())
         async with contextlib.aclosing(observed) as events:
             async for item in events:
                 if isinstance(item, Outcome):
@@ -235,12 +235,12 @@ class DockerIsol8:
         Leaving the loop early (break, cancellation) kills the run and frees its container. The
         audit log's caller is the one current when this is called, not when the loop runs.
         """
-        return self._stream(request, current_caller(), current_session(), tracing.current())
+        return self._stream(request, current_caller(), tracing.current())
 
     async def _stream(
-        self, request: ExecutionRequest, caller: Caller | None, session: str | None, parent: tracing.Span
+        self, request: ExecutionRequest, caller: Caller | None, parent: tracing.Span
     ) -> AsyncGenerator[StreamEvent, None]:
-        observed = self._observed(request, str(uuid.uuid4()), caller, session, parent)
+        observed = self._observed(request, str(uuid.uuid4()), caller, parent)
         async with contextlib.aclosing(observed) as events:
             async for item in events:
                 if isinstance(item, Outcome):
@@ -353,12 +353,12 @@ class DockerIsol8:
         request: ExecutionRequest,
         execution_id: str,
         caller: Caller | None,
-        session: str | None,
         parent: tracing.Span,
     ) -> AsyncGenerator[StreamEvent | Outcome, None]:
         """`_audited`, counted in the metrics, logged as one `execution` event and traced as one span
         (with a child span per phase), however the run ends."""
         tenant = caller.tenant_id if caller else None
+        session = caller.session_id if caller else None
         span = tracing.start(
             "isol8.execution",
             parent,

@@ -103,6 +103,14 @@ def test_auth_failures_are_counted_and_metrics_need_a_key(server: ServerProcess)
     assert route - value(before, "isol8_http_requests_total", method="GET", route="/metrics", status="401") == 1
 
 
+def test_a_tenants_key_cannot_read_the_servers_metrics(tmp_path: Path) -> None:
+    with serve(tmp_path, {}, "--auth-db", str(tmp_path / "keys.db")) as srv, srv.client() as master:
+        tenant_key = master.post("/auth/keys", json={"name": "t", "tenantId": "acme"}).json()["key"]
+        refused = httpx.get(f"{srv.url}/metrics", headers={"Authorization": f"Bearer {tenant_key}"})
+        assert (refused.status_code, refused.json()) == (403, {"error": "Master key required for this operation"})
+        assert master.get("/metrics").status_code == 200
+
+
 def test_metrics_public_serves_them_without_a_key(tmp_path: Path) -> None:
     with serve(tmp_path, {"server": {"metricsPublic": True}}) as public:
         reply = httpx.get(f"{public.url}/metrics")
@@ -124,7 +132,11 @@ def test_json_logs_have_one_object_per_line_with_the_execution_fields(server: Se
         reply = http.post("/execute", json={"request": {"code": "print(1)"}, "sessionId": "logged"})
         assert reply.status_code == 200
         execution_id = reply.json()["executionId"]
+        # A stream outlives the request's context: its execution is still logged in its session.
+        stream = http.post("/execute/stream", json={"request": {"code": "print(2)"}, "sessionId": "streamed"})
+        assert stream.status_code == 200 and '"exit"' in stream.text
         http.delete("/session/logged")
+        http.delete("/session/streamed")
     lines = [line for line in server.stderr().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line is JSON
     assert all({"time", "level", "event", "message"} <= record.keys() for record in records)
@@ -139,6 +151,8 @@ def test_json_logs_have_one_object_per_line_with_the_execution_fields(server: Se
         "ok",
     )
     assert isinstance(ours[0]["duration_ms"], int)
+    streamed = [record for record in records if record.get("session") == "streamed"]
+    assert [(r["event"], r["outcome"]) for r in streamed] == [("execution", "ok")]
 
 
 async def test_network_requests_and_bytes_are_counted() -> None:

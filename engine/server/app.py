@@ -74,5 +74,5 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_middleware(Authenticate, auth=state.auth, public=public, refused=metrics.auth_failures)
     app.add_middleware(Observe, fastapi=app, metrics=metrics)  # added last: the outermost layer
     add_routes(app)
-    add_metrics_route(app, metrics)
+    add_metrics_route(app, metrics, settings.config.server.metrics_public)
     return app

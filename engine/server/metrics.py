@@ -1,8 +1,8 @@
 """`/metrics` of `isol8 serve` and the layer that measures and traces every request (Observe).
 
 The app has its own registry (HTTP requests, auth failures, and at scrape time the pools and the
-sessions); the reply adds the engine's (engine/metrics.py). `/metrics` needs a key like every other
-route unless the operator sets `server.metricsPublic`. Labels stay bounded: a route's template (never
+sessions); the reply adds the engine's (engine/metrics.py). `/metrics` needs the master key unless the
+operator sets `server.metricsPublic`. Labels stay bounded: a route's template (never
 its raw path), a known method, a status code, an image, a container state.
 """
 
@@ -20,7 +20,9 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import tracing
+from engine.errors import Forbidden
 from engine.metrics import ENGINE_REGISTRY
+from engine.server.deps import principal_of
 
 if TYPE_CHECKING:
     from engine.server.state import ServerState
@@ -134,8 +136,12 @@ class Observe:
                 self.metrics.request_seconds.labels(route).observe(time.monotonic() - started)
 
 
-def add_metrics_route(app: FastAPI, metrics: ServerMetrics) -> None:
+def add_metrics_route(app: FastAPI, metrics: ServerMetrics, public: bool) -> None:
     @app.get("/metrics", include_in_schema=False)
     async def scrape(request: Request) -> Response:
-        """Prometheus' text format: behind a key unless `server.metricsPublic` (engine/server/middleware.py)."""
+        """Prometheus' text format. The master key only (a tenant's key would see the whole server's
+        activity), unless `server.metricsPublic` opens it to everyone (Authenticate lets it through)."""
+        principal = principal_of(request)
+        if not public and (principal is None or not principal.is_master):
+            raise Forbidden("Master key required for this operation")
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -64,7 +64,7 @@ def add_routes(app: FastAPI) -> None:
 
         async def work() -> ExecutionResult:
             async with state.engine_for(principal, body.session_id, plan) as engine:
-                with _audited_as(principal):
+                with _audited_as(principal, body.session_id):
                     return await engine.execute(plan.request)
 
         finished, result = await unless_disconnected(request.receive, work())
@@ -90,7 +90,7 @@ def add_routes(app: FastAPI) -> None:
         if not entered or engine is None:
             await resources.aclose()
             return Response(status_code=499)
-        with _audited_as(principal):
+        with _audited_as(principal, body.session_id):
             events = engine.execute_stream(plan.request)
         return EventStream(events, resources)
 
@@ -219,7 +219,7 @@ async def _ws_execute(websocket: WebSocket, state: ServerState, principal: Princ
         body = WsExecute.model_validate(message)
         plan = state.policy.plan(body.request, body.options)
         async with state.engine_for(principal, body.session_id, plan) as engine:
-            with _audited_as(principal):
+            with _audited_as(principal, body.session_id):
                 events = engine.execute_stream(plan.request)
             return await ws_pump(websocket, events)
     except Exception as exc:
@@ -231,9 +231,10 @@ async def _ws_execute(websocket: WebSocket, state: ServerState, principal: Princ
         return True
 
 
-def _audited_as(principal: Principal) -> contextlib.AbstractContextManager[None]:
-    """Executions started inside are the principal's in the audit log (the master key's id is `master`)."""
-    return acting_for(principal.tenant_id, principal.key_id or "master")
+def _audited_as(principal: Principal, session_id: str | None) -> contextlib.AbstractContextManager[None]:
+    """Executions started inside are the principal's in the audit log (the master key's id is `master`),
+    in `session_id` for the logs and traces."""
+    return acting_for(principal.tenant_id, principal.key_id or "master", session_id)
 
 
 async def _optional_json(request: Request) -> Any:

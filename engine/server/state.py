@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from starlette.exceptions import HTTPException
 
 from engine import Engine, PoolState
-from engine.audit import in_session
 from engine.config import Isol8Config
 from engine.server.auth import Authenticator, KeyStore, Principal, open_store
 from engine.server.engines import SharedEngines
@@ -90,8 +89,7 @@ class ServerState:
                 yield engine
         else:
             async with self.sessions.use(principal.tenant_id, session_id, plan.session_options()) as session:
-                with in_session(session_id):
-                    yield session.engine
+                yield session.engine
 
     def pool_state(self) -> list[PoolState]:
         """Warm containers per image over every engine (shared and sessions'): `/health` and `/metrics`."""
