@@ -23,7 +23,7 @@ from engine.docker import DockerClient
 from engine.engine import DockerIsol8
 from engine.errors import ConfigError, Isol8Error
 from engine.images import image_ready
-from engine.models import ExecutionRequest, Isol8Options, Model, NetworkFilter
+from engine.models import ExecutionRequest, Model, NetworkFilter
 from engine.runtimes import RUNTIMES, get_runtime
 from engine.seccomp import seccomp_security_opt
 
@@ -260,10 +260,13 @@ def stop_probe(docker: DockerClient, probe: ProbeServer) -> None:
     docker.remove_network(probe.network)
 
 
-async def check_network(docker: DockerClient, loaded: LoadedConfig | None) -> Check:
+async def check_network(docker: DockerClient, loaded: LoadedConfig) -> Check:
     """A filtered sandbox reaches the whitelisted probe server (ALLOW) and is refused another host (BLOCK)."""
     name = "filtered network"
-    probe = await asyncio.to_thread(start_probe, docker)
+    try:
+        probe = await asyncio.to_thread(start_probe, docker)
+    except Exception as exc:  # docker-py's own errors: the daemon refused a network or a container
+        return bad(name, "failure", f"the doctor's probe server did not start: {exc}", NETWORK_REMEDY)
     try:
         settings: dict[str, Any] = {
             "network": "filtered",
@@ -273,7 +276,7 @@ async def check_network(docker: DockerClient, loaded: LoadedConfig | None) -> Ch
             "prewarm": [],
         }
         # The config in force (its seccomp profile, its OCI runtime), with the probe's network.
-        engine = DockerIsol8(loaded.config.engine_options(**settings) if loaded else Isol8Options(**settings))
+        engine = DockerIsol8(loaded.config.engine_options(**settings))
         allowed, blocked = f"http://{probe.name}:{PROBE_PORT}/", f"http://{BLOCKED_HOST}/"
         async with engine:
             code = f"import sys\nsys.argv[1:] = {[allowed, blocked]!r}\n{PROBE_CLIENT}"
@@ -385,8 +388,8 @@ async def run_checks(
     add(config)
     add(check_seccomp(loaded))
     # Every isol8 command refuses a broken config, so no sandbox is tried without a valid one.
-    sandboxes = docker_up and loaded is not None and checks[-3].status == "ok" and checks[-1].status != "failure"
-    if sandboxes:
+    sandboxes = docker_up and checks[-3].status == "ok" and checks[-1].status != "failure"
+    if sandboxes and loaded is not None:
         add(await check_network(docker, loaded))
         add(await check_gvisor(docker, info, loaded))
     else:
