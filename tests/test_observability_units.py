@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,25 @@ def test_route_labels_are_templates_never_raw_paths(method: str, path: str, rout
 def test_nothing_is_exported_without_an_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(tracing.ENDPOINT_ENV, raising=False)
     assert tracing.configure(None) is None
+
+
+def test_an_endpoint_without_the_extra_is_a_one_line_error() -> None:
+    code = (
+        "import sys\nsys.modules['opentelemetry'] = None\n"
+        "from engine import tracing\nfrom engine.errors import ConfigError\n"
+        "try:\n    tracing.configure('http://127.0.0.1:4318')\nexcept ConfigError as exc:\n    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == (
+        "Traces are configured (http://127.0.0.1:4318) but OpenTelemetry is not installed: pip install 'isol8[otel]'.\n"
+    )
+
+
+def test_a_configured_endpoint_installs_an_otlp_exporter() -> None:
+    code = (
+        "from opentelemetry import trace\nfrom engine import tracing\n"
+        "print(tracing.configure('http://127.0.0.1:9/'))\n"
+        "print(type(trace.get_tracer_provider()).__module__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.splitlines() == ["http://127.0.0.1:9/", "opentelemetry.sdk.trace"]
