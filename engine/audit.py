@@ -45,16 +45,17 @@ class Caller:
 
     tenant_id: str
     key_id: str
+    session_id: str | None = None  # the server session it runs in (the logs and traces show it)
 
 
 _CALLER: ContextVar[Caller | None] = ContextVar("isol8_audit_caller", default=None)
 
 
 @contextlib.contextmanager
-def acting_for(tenant_id: str, key_id: str) -> Iterator[None]:
+def acting_for(tenant_id: str, key_id: str, session_id: str | None = None) -> Iterator[None]:
     """Executions started (execute called, execute_stream's generator created) inside this block are
     recorded as the given tenant's and key's."""
-    token = _CALLER.set(Caller(tenant_id, key_id))
+    token = _CALLER.set(Caller(tenant_id, key_id, session_id))
     try:
         yield
     finally:

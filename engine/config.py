@@ -165,6 +165,9 @@ class ServerPolicy(_Model):
     # Files and stdin travel base64 in JSON (4/3 of their size), so this leaves room for 64 MiB of
     # stdin plus files; a larger body is refused with 413 before it is read.
     max_body_bytes: int = Field(256 << 20, gt=0)
+    # Operating the server (README "Operating isol8"): `/metrics` without a key, and where traces go.
+    metrics_public: bool = False
+    otlp_endpoint: str | None = Field(None, pattern=r"^https?://\S+$")
 
 
 TUI_ACTIONS: tuple[str, ...] = (

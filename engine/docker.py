@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,32 @@ class DockerClient:
         except docker_errors.APIError as exc:
             if exc.status_code != 409:  # removal already in progress (auto-remove)
                 raise
+
+    # --- the doctor's probe (engine/doctor.py): a network and a server container on it -----------
+    def create_network(self, name: str) -> None:
+        self.api.create_network(name, driver="bridge", labels={MANAGED_LABEL: "true"})
+
+    def remove_network(self, name: str) -> None:
+        """Remove `name`, waiting up to 10 s for containers still leaving it."""
+        for _ in range(50):
+            try:
+                self.api.remove_network(name)
+                return
+            except docker_errors.NotFound:
+                return
+            except docker_errors.APIError:
+                time.sleep(0.2)
+        self.api.remove_network(name)
+
+    def run_service(self, image: str, entrypoint: list[str], name: str, network: str) -> str:
+        """Start a labelled helper container (not a sandbox) named `name` on `network`; its id."""
+        host_config = self.api.create_host_config(network_mode=network)
+        labels = {MANAGED_LABEL: "true"}
+        container = self.api.create_container(
+            image, entrypoint=entrypoint, name=name, labels=labels, host_config=host_config
+        )
+        self.api.start(container["Id"])
+        return str(container["Id"])
 
     def state(self, container_id: str) -> dict[str, Any]:
         try:

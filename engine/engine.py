@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
+from engine import metrics, tracing
 from engine.audit import AuditLogger, AuditRecord, Caller, current_caller, new_record
 from engine.docker import DockerClient
 from engine.errors import (
@@ -194,7 +195,8 @@ class DockerIsol8:
         network: list[NetworkLogEntry] = []
         outcome = Outcome(exit_code=1)
         execution_id = str(uuid.uuid4())
-        async with contextlib.aclosing(self._audited(request, execution_id, current_caller())) as events:
+        observed = self._observed(request, execution_id, current_caller(), tracing.current())
+        async with contextlib.aclosing(observed) as events:
             async for item in events:
                 if isinstance(item, Outcome):
                     outcome = item
@@ -238,13 +240,13 @@ class DockerIsol8:
         (engine/terminal.py). Leaving the loop early (break, cancellation) kills the run and frees
         its container. The audit log's caller is the one current when this is called.
         """
-        return self._stream(request, current_caller(), terminal)
+        return self._stream(request, current_caller(), tracing.current(), terminal)
 
     async def _stream(
-        self, request: ExecutionRequest, caller: Caller | None, terminal: Terminal | None
+        self, request: ExecutionRequest, caller: Caller | None, parent: tracing.Span, terminal: Terminal | None
     ) -> AsyncGenerator[StreamEvent, None]:
-        events = self._audited(request, str(uuid.uuid4()), caller, terminal)
-        async with contextlib.aclosing(events) as events:
+        observed = self._observed(request, str(uuid.uuid4()), caller, parent, terminal)
+        async with contextlib.aclosing(observed) as events:
             async for item in events:
                 if isinstance(item, Outcome):
                     for event in _closing_events(item):
@@ -269,14 +271,22 @@ class DockerIsol8:
         """Write a file into the persistent sandbox (binary-safe; parents created). A failed write
         leaves nothing behind; only regular files (or new paths) can be written."""
         target = _sandbox_path(path)
+        with tracing.current().child("isol8.files", op="put"):
+            await self._put_file(target, _bytes(content))
+
+    async def _put_file(self, target: str, content: bytes) -> None:
         async with self._session_lock:
             sandbox = await self._file_session()
             async with self._session_guard(sandbox):
-                await sandbox.put_file(target, _bytes(content))
+                await sandbox.put_file(target, content)
 
     async def get_file(self, path: str) -> bytes:
         """Read a regular file from the persistent sandbox, at most `max_file_size` bytes."""
         target = _sandbox_path(path)
+        with tracing.current().child("isol8.files", op="get"):
+            return await self._get_file(target)
+
+    async def _get_file(self, target: str) -> bytes:
         async with self._session_lock:
             sandbox = await self._file_session()
             async with self._session_guard(sandbox):
@@ -364,13 +374,84 @@ class DockerIsol8:
         return steps
 
     # --- running ----------------------------------------------------------------------------------
+    async def _observed(
+        self,
+        request: ExecutionRequest,
+        execution_id: str,
+        caller: Caller | None,
+        parent: tracing.Span,
+        terminal: Terminal | None = None,
+    ) -> AsyncGenerator[StreamEvent | Outcome, None]:
+        """`_audited`, counted in the metrics, logged as one `execution` event and traced as one span
+        (with a child span per phase), however the run ends."""
+        tenant = caller.tenant_id if caller else None
+        session = caller.session_id if caller else None
+        span = tracing.start(
+            "isol8.execution",
+            parent,
+            execution_id=execution_id,
+            runtime=request.runtime,
+            tenant=tenant,
+            session=session,
+        )
+        started = time.monotonic()
+        outcome: Outcome | None = None
+        error: str | None = None
+        try:
+            async with contextlib.aclosing(self._audited(request, execution_id, caller, span, terminal)) as events:
+                async for item in events:
+                    if isinstance(item, Outcome):
+                        outcome = item
+                    elif item.entry is not None:
+                        metrics.record_network(item.entry)
+                    yield item
+        except BaseException as exc:
+            abandoned = isinstance(exc, (GeneratorExit, asyncio.CancelledError))
+            error = ABANDONED if abandoned else str(exc) or type(exc).__name__
+            raise
+        finally:
+            seconds = time.monotonic() - started
+            if outcome is not None and error is None:
+                result = metrics.outcome_of(
+                    0 if outcome.failed is None and outcome.exit_code == 0 else 1, outcome.timed_out, outcome.oom_killed
+                )
+                error = outcome.failed or outcome.error
+            else:
+                result = "error"
+            metrics.record_execution(request.runtime, result, seconds)
+            span.set(outcome=result, exit_code=outcome.exit_code if outcome else None)
+            if error:
+                span.fail(error)
+            span.end()
+            log.info(
+                "execution %s %s: %s in %.0f ms",
+                execution_id,
+                request.runtime,
+                result,
+                seconds * 1000,
+                extra={
+                    "event": "execution",
+                    "execution_id": execution_id,
+                    "tenant": tenant,
+                    "session": session,
+                    "runtime": request.runtime,
+                    "outcome": result,
+                    "duration_ms": round(seconds * 1000),
+                },
+            )
+
     async def _audited(
-        self, request: ExecutionRequest, execution_id: str, caller: Caller | None, terminal: Terminal | None = None
+        self,
+        request: ExecutionRequest,
+        execution_id: str,
+        caller: Caller | None,
+        span: tracing.Span,
+        terminal: Terminal | None = None,
     ) -> AsyncGenerator[StreamEvent | Outcome, None]:
         """`_events`, recorded in the audit log however the run ends (refused, failed, abandoned).
         Without an audit log nothing is built for it: this is every execution's path."""
         if not self._audit.enabled:
-            async with contextlib.aclosing(self._events(await self._fetched(request), terminal)) as events:
+            async with contextlib.aclosing(self._events(await self._fetched(request), span, terminal)) as events:
                 async for item in events:
                     yield item
             return
@@ -385,7 +466,7 @@ class DockerIsol8:
                 request = await self._fetched(request)
                 code = request.code or ""
                 record.code, record.code_hash = code, hashlib.sha256(code.encode()).hexdigest()
-            async with contextlib.aclosing(self._events(request, terminal)) as events:
+            async with contextlib.aclosing(self._events(request, span, terminal)) as events:
                 async for item in events:
                     if isinstance(item, Outcome):
                         _close_record(record, item)
@@ -416,7 +497,7 @@ class DockerIsol8:
         return request.model_copy(update={"code": code})
 
     async def _events(
-        self, request: ExecutionRequest, terminal: Terminal | None = None
+        self, request: ExecutionRequest, span: tracing.Span, terminal: Terminal | None = None
     ) -> AsyncGenerator[StreamEvent | Outcome, None]:
         """Masked, decoded output events of every step, then the Outcome of the last one run."""
         options = self._options_for(request)
@@ -442,18 +523,24 @@ class DockerIsol8:
         if self.options.mode == "persistent":  # a later run may print an earlier secret from a file
             self._session_secrets.update(secrets)
             secrets = sorted(self._session_secrets)
-        async with self._sandbox(options, image, spec.name) as sandbox:
+        span.set(image=image)
+        async with self._sandbox(options, image, spec.name, span) as sandbox:
             # One budget for every step, counted from when the sandbox is ready.
             deadline = time.monotonic() + (request.timeout_ms or options.timeout_ms) / 1000
             for step in steps:
                 step.job.timeout_ms = max(1, round((deadline - time.monotonic()) * 1000))
                 outcome = Outcome(exit_code=1)
-                async with contextlib.aclosing(self._step_events(sandbox, step, options, secrets)) as events:
-                    async for item in events:
-                        if isinstance(item, Outcome):
-                            outcome = item
-                        else:
-                            yield item
+                name = "install" if step.failure == "Package install failed" else step.phase
+                phase_span = span.child(f"isol8.{name}", files=len(step.job.files))
+                with phase_span:
+                    events = self._step_events(sandbox, step, options, secrets)
+                    async with contextlib.aclosing(events):
+                        async for item in events:
+                            if isinstance(item, Outcome):
+                                outcome = item
+                                phase_span.set(exit_code=item.exit_code, timed_out=item.timed_out)
+                            else:
+                                yield item
                 if step.phase == "setup" and (outcome.exit_code != 0 or outcome.timed_out or outcome.oom_killed):
                     if not (outcome.timed_out or outcome.oom_killed):
                         outcome.failed = step.failure
@@ -518,31 +605,48 @@ class DockerIsol8:
             raise
 
     @contextlib.asynccontextmanager
-    async def _sandbox(self, options: Isol8Options, image: str, runtime: str) -> AsyncIterator[Sandbox]:
+    async def _sandbox(
+        self, options: Isol8Options, image: str, runtime: str, span: tracing.Span
+    ) -> AsyncIterator[Sandbox]:
+        """The execution's sandbox, once a slot (or the session) is free: phases `queue`, `sandbox`."""
+        queue = span.child("isol8.queue")
+        queued = time.monotonic()
         if self.options.mode == "persistent":
-            async with self._session_lock:
-                if self._session is not None and not self._session.alive:
-                    self._forget_session(
-                        "The persistent container stopped (the Docker daemon restarted, or it was removed); "
-                        "its files are gone. Run again to start a new one."
-                    )
-                self._tell_session_notice()
-                if self._session is None:
-                    self._session = await self._launch(options, image, runtime)
-                    self._session_runtime = runtime
-                yield self._session
+            with queue:  # ended once the session is free; on the way out if the wait failed
+                async with self._session_lock:
+                    metrics.QUEUE_SECONDS.labels(runtime).observe(time.monotonic() - queued)
+                    queue.end()
+                    yield await self._session_sandbox(options, image, runtime, span)
             return
-        async with self._slots:
-            config = container_config(options, image, runtime)
-            if options.persist:
-                sandbox = await Sandbox.launch(self.docker, config)
-            else:
-                sandbox = await self._pool.acquire(config)
-            self._live.add(sandbox)
-            try:
-                yield sandbox
-            finally:
-                self._release(sandbox, sandbox.reusable)
+        with queue:
+            async with self._slots:
+                metrics.QUEUE_SECONDS.labels(runtime).observe(time.monotonic() - queued)
+                queue.end()
+                config = container_config(options, image, runtime)
+                with span.child("isol8.sandbox", image=image):
+                    if options.persist:
+                        sandbox = await Sandbox.launch(self.docker, config)
+                    else:
+                        sandbox = await self._pool.acquire(config)
+                self._live.add(sandbox)
+                try:
+                    yield sandbox
+                finally:
+                    self._release(sandbox, sandbox.reusable)
+
+    async def _session_sandbox(self, options: Isol8Options, image: str, runtime: str, span: tracing.Span) -> Sandbox:
+        """The session's container (started if there is none yet); the caller holds the session lock."""
+        if self._session is not None and not self._session.alive:
+            self._forget_session(
+                "The persistent container stopped (the Docker daemon restarted, or it was removed); "
+                "its files are gone. Run again to start a new one."
+            )
+        self._tell_session_notice()
+        if self._session is None:
+            with span.child("isol8.sandbox", image=image):
+                self._session = await self._launch(options, image, runtime)
+            self._session_runtime = runtime
+        return self._session
 
     async def _file_session(self) -> Sandbox:
         if self.options.mode != "persistent" or (self._session is None and self._session_runtime is None):

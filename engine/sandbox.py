@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import logging
 import struct
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine import metrics
 from engine.agent import protocol as P
 from engine.docker import DockerClient
 from engine.errors import (
@@ -133,6 +135,7 @@ class Sandbox:
         Cancellable at any point without waiting: a container that exists (or will, once Docker
         answers the create) is removed in the background, so a caller that no longer wants it (a
         pool being closed) is not held up by it."""
+        started = time.monotonic()
         creating = asyncio.ensure_future(asyncio.to_thread(docker.create_container, config))
         try:
             container_id = await asyncio.shield(creating)
@@ -159,11 +162,14 @@ class Sandbox:
                 "filtered: proxy and iptables rules in place" if filtered else config["host_config"]["network_mode"]
             )
             log.debug("container %s started from %s, network %s", container_id[:12], config["image"], network)
+            metrics.CONTAINER_STARTS.labels(config["image"], "ok").inc()
+            metrics.CONTAINER_START_SECONDS.labels(config["image"]).observe(time.monotonic() - started)
             return sandbox
         except asyncio.CancelledError:
             _remove_later(docker, creating)
             raise
         except BaseException:
+            metrics.CONTAINER_STARTS.labels(config["image"], "failed").inc()
             await asyncio.shield(asyncio.to_thread(docker.remove, container_id))
             raise
 

@@ -30,6 +30,7 @@ def test_run_debug_logs_every_step_and_nothing_without_it(tmp_path: Path) -> Non
         rf"isol8\.engine: code job to {CONTAINER}: python3, files \['/sandbox/main\.py'\]",
         r"isol8\.engine: code job exited 0 in \d+ ms",
         rf"isol8\.engine: sandbox {CONTAINER} released \(persist: False, pooled: True\)",
+        r"isol8\.engine: execution [0-9a-f-]{36} python: ok in \d+ ms",  # the `execution` event
         rf"isol8\.sandbox: container {CONTAINER} removed",
     ]
     assert len(lines) == len(expected), result.stderr

@@ -10,7 +10,8 @@ OpenAPI document says exactly what is accepted and answered, so a fuzzer
 (tests/security/test_server_fuzz.py) can hold the server to it.
 
 Where each concern lives, in engine/server/: wire (request and response models), errors (failures as
-replies), middleware (Authenticate, BodyLimit), deps (the caller, the state), streaming (SSE,
+replies), metrics (Observe, the outermost layer: request metrics and spans; `/metrics`), middleware
+(Authenticate, BodyLimit), deps (the caller, the state), streaming (SSE,
 WebSocket, the disconnect race), openapi (the tightened document), state (engines, sessions, keys)
 and routes.
 """
@@ -29,7 +30,8 @@ from starlette.exceptions import HTTPException
 from engine import Isol8Error, __version__
 from engine.server.deps import known_query
 from engine.server.errors import on_crash, on_error
-from engine.server.middleware import Authenticate, BodyLimit
+from engine.server.metrics import Observe, ServerMetrics, add_metrics_route
+from engine.server.middleware import PUBLIC, Authenticate, BodyLimit
 from engine.server.openapi import TightApi
 from engine.server.routes import add_routes
 from engine.server.state import ServerSettings, ServerState
@@ -67,6 +69,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         app.add_exception_handler(exc_type, on_error)
     app.add_exception_handler(Exception, on_crash)
     app.add_middleware(BodyLimit, max_bytes=settings.config.server.max_body_bytes)
-    app.add_middleware(Authenticate, auth=state.auth)  # added last: the outermost layer
+    metrics = ServerMetrics(state)
+    public = PUBLIC | {"/metrics"} if settings.config.server.metrics_public else PUBLIC
+    app.add_middleware(Authenticate, auth=state.auth, public=public, refused=metrics.auth_failures)
+    app.add_middleware(Observe, fastapi=app, metrics=metrics)  # added last: the outermost layer
     add_routes(app)
+    add_metrics_route(app, metrics, settings.config.server.metrics_public)
     return app

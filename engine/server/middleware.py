@@ -1,4 +1,5 @@
-"""The ASGI layers in front of every route: Authenticate (outermost), then BodyLimit.
+"""The ASGI layers in front of every route: Authenticate (outermost but for engine/server/metrics.py's
+Observe, which only measures), then BodyLimit.
 
 They work on the raw scope, before FastAPI parses anything, so a caller without a key learns nothing
 of how the server parses and routes, and a body over the limit is never held in memory.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from prometheus_client import Counter
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -114,21 +116,27 @@ class Authenticate:
     caller is left in the scope for the `caller` dependency: one check per request.
     """
 
-    def __init__(self, app: ASGIApp, auth: Authenticator) -> None:
+    def __init__(
+        self, app: ASGIApp, auth: Authenticator, public: frozenset[str] = PUBLIC, refused: Counter | None = None
+    ) -> None:
         self.app = app
         self.auth = auth
+        self.public = public  # PUBLIC, plus `/metrics` with `server.metricsPublic`
+        self.refused = refused  # counts refusals by status (engine/server/metrics.py)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        public = scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in PUBLIC
+        public = scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in self.public
         try:
             scope[PRINCIPAL] = await self.auth.authenticate(_header(scope, b"authorization"))
         except Exception as exc:
             if public:  # the key only adds detail here; a bad one, or a failing key store, costs it
                 scope[PRINCIPAL] = None
             else:
+                if self.refused is not None and isinstance(exc, AuthError):
+                    self.refused.labels(str(exc.status)).inc()
                 await self._refuse(scope, receive, send, exc)
                 return
         tenant = scope[PRINCIPAL].tenant_id if scope[PRINCIPAL] else "(none)"

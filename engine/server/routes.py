@@ -17,7 +17,7 @@ from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from engine import ExecutionResult, NetworkFilter, PoolState, __version__
+from engine import ExecutionResult, NetworkFilter, __version__
 from engine.audit import acting_for
 from engine.server.auth import CreatedKey, Principal
 from engine.server.deps import Caller, Master, caller, principal_of, state_of
@@ -55,16 +55,7 @@ def add_routes(app: FastAPI) -> None:
         state = state_of(request)
         if principal_of(request) is None:
             return Health(version=__version__)
-        pool: dict[str, PoolState] = {}
-        for item in (*state.engines.pool_state(), *state.sessions.pool_state()):
-            total = pool.setdefault(item.image, PoolState(image=item.image))
-            total.ready, total.busy, total.starting = (
-                total.ready + item.ready,
-                total.busy + item.busy,
-                total.starting + item.starting,
-            )
-        ordered = sorted(pool.values(), key=lambda s: s.image)
-        return Health(version=__version__, pool=ordered, sessions=len(state.sessions))
+        return Health(version=__version__, pool=state.pool_state(), sessions=len(state.sessions))
 
     @app.post("/execute", tags=["execute"], response_model=ExecutionResult, responses=RUNS)
     async def execute(body: ExecuteBody, request: Request, principal: Caller) -> Response:
@@ -74,7 +65,7 @@ def add_routes(app: FastAPI) -> None:
 
         async def work() -> ExecutionResult:
             async with state.engine_for(principal, body.session_id, plan) as engine:
-                with _audited_as(principal):
+                with _audited_as(principal, body.session_id):
                     return await engine.execute(plan.request)
 
         finished, result = await unless_disconnected(request.receive, work())
@@ -100,7 +91,7 @@ def add_routes(app: FastAPI) -> None:
         if not entered or engine is None:
             await resources.aclose()
             return Response(status_code=499)
-        with _audited_as(principal):
+        with _audited_as(principal, body.session_id):
             events = engine.execute_stream(plan.request)
         return EventStream(events, resources)
 
@@ -241,7 +232,7 @@ async def _ws_execute(websocket: WebSocket, state: ServerState, principal: Princ
         plan = state.policy.plan(body.request, body.options)
         terminal = Terminal(body.tty.rows, body.tty.cols) if body.tty else None
         async with state.engine_for(principal, body.session_id, plan) as engine:
-            with _audited_as(principal):
+            with _audited_as(principal, body.session_id):
                 events = engine.execute_stream(plan.request, terminal)
             return await ws_pump(websocket, events, terminal)
     except Exception as exc:
@@ -253,9 +244,10 @@ async def _ws_execute(websocket: WebSocket, state: ServerState, principal: Princ
         return True
 
 
-def _audited_as(principal: Principal) -> contextlib.AbstractContextManager[None]:
-    """Executions started inside are the principal's in the audit log (the master key's id is `master`)."""
-    return acting_for(principal.tenant_id, principal.key_id or "master")
+def _audited_as(principal: Principal, session_id: str | None) -> contextlib.AbstractContextManager[None]:
+    """Executions started inside are the principal's in the audit log (the master key's id is `master`),
+    in `session_id` for the logs and traces."""
+    return acting_for(principal.tenant_id, principal.key_id or "master", session_id)
 
 
 async def _optional_json(request: Request) -> Any:

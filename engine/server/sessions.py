@@ -101,6 +101,13 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def per_tenant(self) -> list[int]:
+        """How many sessions each tenant with any has open (no tenant ids: for the metrics)."""
+        counts: dict[str, int] = {}
+        for tenant, _ in self._sessions:
+            counts[tenant] = counts.get(tenant, 0) + 1
+        return list(counts.values())
+
     def pool_state(self) -> list[PoolState]:
         return [state for session in self._sessions.values() for state in session.engine.pool_state()]
 

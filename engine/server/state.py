@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
 
-from engine import Engine
+from engine import Engine, PoolState
 from engine.config import Isol8Config
 from engine.server.auth import Authenticator, KeyStore, Principal, open_store
 from engine.server.engines import SharedEngines
@@ -90,6 +90,16 @@ class ServerState:
         else:
             async with self.sessions.use(principal.tenant_id, session_id, plan.session_options()) as session:
                 yield session.engine
+
+    def pool_state(self) -> list[PoolState]:
+        """Warm containers per image over every engine (shared and sessions'): `/health` and `/metrics`."""
+        pool: dict[str, PoolState] = {}
+        for item in (*self.engines.pool_state(), *self.sessions.pool_state()):
+            total = pool.setdefault(item.image, PoolState(image=item.image))
+            total.ready += item.ready
+            total.busy += item.busy
+            total.starting += item.starting
+        return sorted(pool.values(), key=lambda s: s.image)
 
     def store_or_refuse(self) -> KeyStore:
         if self.store is None:

@@ -18,9 +18,10 @@ from typing import ClassVar
 
 import click
 
-from engine import __version__, readiness
+from engine import __version__, readiness, tracing
 from engine.config import load_config
 from engine.errors import Isol8Error
+from engine.logs import JsonFormatter
 from engine.runtimes import RUNTIMES
 from isol8_tui.commands.setup import build_progress
 from isol8_tui.output import err, info, setup_logging, user_errors, warn
@@ -130,13 +131,22 @@ class _Tagged(logging.Formatter):
         return super().format(record)
 
 
-def _server_logging(debug: bool) -> None:
+def _server_logging(debug: bool, log_format: str) -> None:
+    """Text: `[INFO] ...` lines from the server. JSON: one object per line (engine/logs.py) from every
+    isol8 logger, the engine's `execution` events included, and from uvicorn."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Tagged("[%(tag)s] %(message)s"))
-    logger = logging.getLogger("isol8.server")
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    logger.propagate = False
+    level = logging.DEBUG if debug else logging.INFO
+    names = ["isol8.server"]
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+        names = ["isol8", "uvicorn"]
+    else:
+        handler.setFormatter(_Tagged("[%(tag)s] %(message)s"))
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -149,9 +159,22 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 @click.option("--auth-db", metavar="PATH|URL", help="Database-backed API keys: a SQLite file or a postgresql:// URL.")
 @click.option("--bind", metavar="ADDRESS", help="Address to listen on (default: the config's server.bind, 127.0.0.1).")
 @click.option("--debug", is_flag=True, help="Log requests and what the engine does to stderr.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line on stderr (time, level, event, execution id, tenant, session, ...).",
+)
 @click.option("--update", is_flag=True, help="Accepted for the reference's CLI: this server has no binary to update.")
 def command(
-    port_flag: str | None, key: str | None, auth_db: str | None, bind: str | None, debug: bool, update: bool
+    port_flag: str | None,
+    key: str | None,
+    auth_db: str | None,
+    bind: str | None,
+    debug: bool,
+    log_format: str,
+    update: bool,
 ) -> None:
     """Serve the HTTP API: execute, stream (SSE and WebSocket), sessions, files, API keys."""
     if update:
@@ -163,8 +186,10 @@ def command(
     port = resolve_port(port_flag)
     with user_errors():
         loaded = load_config()
-        setup_logging(debug or loaded.config.debug)
-        _server_logging(debug)
+        if log_format == "text":
+            setup_logging(debug or loaded.config.debug)
+        _server_logging(debug, log_format)
+        traces = tracing.configure(loaded.config.server.otlp_endpoint)
         with build_progress() as progress:
             readiness.prepare(list(RUNTIMES), progress)
         from engine.server.app import ServerSettings, create_app
@@ -176,14 +201,23 @@ def command(
     import uvicorn  # here, like the app: other commands should not pay for importing the server stack
 
     shown = f"[{host}]" if ":" in host else host
-    info(f"isol8 server v{__version__} listening on http://{shown}:{sock.getsockname()[1]}")
-    click.echo("       Auth: Bearer token required", err=True)
+    banner = [f"isol8 server v{__version__} listening on http://{shown}:{sock.getsockname()[1]}"]
+    banner.append("Auth: Bearer token required")
     if auth_db or loaded.config.server.auth_db:
-        click.echo(f"       Auth DB: {redact(auth_db or loaded.config.server.auth_db or '')}", err=True)
+        banner.append(f"Auth DB: {redact(auth_db or loaded.config.server.auth_db or '')}")
+    if traces:
+        banner.append(f"Traces: OTLP to {redact(traces)}")
+    if log_format == "json":  # every line on stderr is then one JSON object
+        logging.getLogger("isol8.server").info("; ".join(banner), extra={"event": "listening"})
+    else:
+        info(banner[0])
+        for line in banner[1:]:
+            click.echo(f"       {line}", err=True)
     config = uvicorn.Config(
         app,
         log_level="info" if debug else "warning",
         access_log=debug,
+        log_config=None if log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         lifespan="on",
         ws_max_size=WS_MAX_BYTES,
         timeout_graceful_shutdown=10,
@@ -200,4 +234,7 @@ def command(
     if not server.started:
         err("The server failed to start; see the messages above.")
         raise SystemExit(1)
-    info("Server cleanup complete")
+    if log_format == "json":
+        logging.getLogger("isol8.server").info("Server cleanup complete", extra={"event": "stopped"})
+    else:
+        info("Server cleanup complete")
