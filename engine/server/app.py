@@ -20,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
 from engine import Isol8Error, __version__
 from engine.server.deps import known_query
@@ -33,6 +35,9 @@ from engine.server.middleware import Authenticate, BodyLimit
 from engine.server.openapi import TightApi
 from engine.server.routes import add_routes
 from engine.server.state import ServerSettings, ServerState
+
+if TYPE_CHECKING:
+    from engine.mcp.server import McpEndpoint
 
 __all__ = ["ServerSettings", "create_app"]
 
@@ -43,12 +48,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
     """The app for one server process. Opening the key store happens here, so a bad `--auth-db`
     fails before the server listens."""
     state = ServerState(settings)
+    mcp = _mcp_endpoint(state)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.start()
         try:
-            yield
+            async with mcp.run() if mcp is not None else contextlib.nullcontext():
+                yield
         finally:
             log.info("Shutting down isol8 server...")
             await state.stop()
@@ -69,4 +76,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.config.server.max_body_bytes)
     app.add_middleware(Authenticate, auth=state.auth)  # added last: the outermost layer
     add_routes(app)
+    if mcp is not None:  # behind Authenticate and BodyLimit like every route
+        app.router.routes.append(Route("/mcp", mcp))
     return app
+
+
+def _mcp_endpoint(state: ServerState) -> McpEndpoint | None:
+    """The MCP endpoint (engine/mcp/server.py), or None without the `mcp` extra."""
+    try:
+        from engine.mcp.server import McpEndpoint
+    except ImportError:
+        log.info("MCP endpoint off: install the `mcp` extra (pip install 'isol8[mcp]') to serve /mcp")
+        return None
+    return McpEndpoint(state)
