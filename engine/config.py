@@ -106,6 +106,8 @@ class Defaults(_Model):
     max_output_size: int = Field(_engine_default("max_output_size"), gt=0)
     max_file_size: int = Field(_engine_default("max_file_size"), gt=0)
     """The most bytes read back from a sandbox: one get_file, or one execution's outputPaths together."""
+    docker_network: str | None = _engine_default("docker_network")
+    """Filtered mode: the Docker network sandboxes join (default: Docker's `bridge`)."""
 
 
 class Cleanup(_Model):

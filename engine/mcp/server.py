@@ -19,14 +19,16 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
+from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from engine import __version__
 from engine.config import McpTool
-from engine.errors import AuthError
+from engine.errors import AuthError, one_line
 from engine.mcp.tools import Call, Toolbox
 from engine.server.auth import Principal
 from engine.server.middleware import PRINCIPAL
@@ -72,11 +74,33 @@ def _annotations(open_world: bool) -> dict[McpTool, ToolAnnotations]:
     }
 
 
+class Isol8Server(MCPServer[Any]):
+    """MCPServer whose tool errors are the bare one line: the SDK would prefix "Error executing tool
+    <name>: " and spell a bad argument as pydantic's multi-line report."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            raise  # a bug: the SDK logs it and answers without its details
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ValidationError):  # the arguments do not match the tool's schema
+                message = one_line(cause)
+            elif isinstance(cause, ToolError):  # a tool's own failure (engine/mcp/tools.py)
+                message = str(cause)
+            else:
+                message = str(exc)  # e.g. "Unknown tool: ..."
+            return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+
+
 def build_server(state: ServerState, transport: Literal["stdio", "http"]) -> MCPServer[Any]:
     """The MCP server with the tools the config's `mcp.tools` exposes."""
     config = state.config
     toolbox = Toolbox(state, config.mcp, _stdio_caller if transport == "stdio" else _http_caller)
-    server: MCPServer[Any] = MCPServer("isol8", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
+    server = Isol8Server("isol8", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
     networks = {config.defaults.network, config.mcp.network, *config.server.allowed_networks}
     annotations = _annotations(open_world=networks != {"none"})
     for name in config.mcp.tools:
