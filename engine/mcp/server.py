@@ -5,17 +5,15 @@ Both run the tools of engine/mcp/tools.py over a ServerState, so both apply the 
 sits behind the app's Authenticate layer like every route: the caller is the principal it left in the
 request's scope (no second way in), every POST is authenticated on its own, and the transport is
 stateless (isol8 sessions are explicit tool arguments, owned by the caller's tenant). A client that
-goes away mid-call has its run killed: the endpoint sets the call's `gone` event when the request
-ends, whether the reply was sent or the connection dropped. Over stdio the caller is the local user
-(the `default` tenant); when the client closes stdin, every run and container goes with the process.
+goes away mid-call has its run killed: the call ends with its request. Over stdio the caller is the
+local user (the `default` tenant); when the client closes stdin, every run and container goes with
+the process.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -29,15 +27,13 @@ from starlette.types import Receive, Scope, Send
 from engine import __version__
 from engine.config import McpTool
 from engine.errors import AuthError, one_line
-from engine.mcp.tools import Call, Toolbox
+from engine.mcp.tools import Toolbox
 from engine.server.auth import Principal
 from engine.server.middleware import PRINCIPAL
 from engine.server.state import ServerState
 
 log = logging.getLogger("isol8.mcp")
 
-GONE = "isol8.mcp.gone"
-"""The scope key of the asyncio.Event set once an HTTP request to `/mcp` has ended."""
 LOCAL = Principal("master")
 """The caller over stdio: the user who started `isol8 mcp`, in the `default` tenant."""
 
@@ -108,23 +104,25 @@ def build_server(state: ServerState, transport: Literal["stdio", "http"]) -> MCP
     return server
 
 
-def _stdio_caller(_: Context) -> Call:
-    return Call(LOCAL)
+def _stdio_caller(_: Context) -> Principal:
+    return LOCAL
 
 
-def _http_caller(ctx: Context) -> Call:
-    """The principal Authenticate found for this POST, and the event its end sets."""
-    request = ctx.request_context.request
-    scope = getattr(request, "scope", None)
+def _http_caller(ctx: Context) -> Principal:
+    """The principal Authenticate found for this call's POST."""
+    scope = getattr(ctx.request_context.request, "scope", None)
     principal = scope.get(PRINCIPAL) if scope is not None else None
     if not isinstance(principal, Principal):  # never served without a key: refuse, as a route would
         raise AuthError("Missing Authorization header")
-    gone = scope.get(GONE) if scope is not None else None
-    return Call(principal, gone if isinstance(gone, asyncio.Event) else None)
+    return principal
 
 
 class McpEndpoint:
-    """The ASGI app mounted at `/mcp`, and its session manager (run it for the app's life)."""
+    """The ASGI app mounted at `/mcp`, and its session manager (run it for the app's life).
+
+    Stateless: each POST is one transport, ended when its request ends, so a call whose client has
+    gone (the connection dropped mid-run) is cancelled, which kills its run.
+    """
 
     def __init__(self, state: ServerState) -> None:
         server = build_server(state, "http")
@@ -141,27 +139,4 @@ class McpEndpoint:
         return self.manager.run()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gone = asyncio.Event()
-        scope[GONE] = gone
-        try:
-            await self.manager.handle_request(scope, receive, send)
-        finally:
-            gone.set()  # a call still running has nobody left to answer: its run is killed
-
-
-async def serve_stdio(state: ServerState, on_ready: Callable[[], None] | None = None) -> None:
-    """Serve over this process's stdin and stdout until the client closes stdin (or we are cancelled);
-    every run and container this server started is gone when this returns."""
-    server = build_server(state, "stdio")
-    await state.start()
-    try:
-        if on_ready is not None:
-            on_ready()
-        await server.run_stdio_async()
-    finally:
-        await asyncio.shield(_stop(state))
-
-
-async def _stop(state: ServerState) -> None:
-    log.info("Stopping the isol8 MCP server...")
-    await state.stop()
+        await self.manager.handle_request(scope, receive, send)

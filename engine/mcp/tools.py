@@ -10,7 +10,6 @@ one is refused instead of creating it. Failures become tool errors with the CLI'
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import codecs
 import contextlib
@@ -18,8 +17,7 @@ import logging
 import posixpath
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Literal, TypeVar
 
 from mcp.server.mcpserver import Context
@@ -45,14 +43,6 @@ PROGRESS_MESSAGE_CHARS = 200
 """A progress notification carries the tail of the output chunk that caused it, at most this long."""
 LIST_DEPTH = 4
 """How deep `list_files` descends below the directory it lists."""
-
-
-@dataclass(frozen=True)
-class Call:
-    """Who makes a tool call, and (over HTTP) an event set once that call's client has gone away."""
-
-    principal: Principal
-    gone: asyncio.Event | None = None
 
 
 # --- outputs -------------------------------------------------------------------------------------------
@@ -152,25 +142,6 @@ def tool_errors() -> Iterator[None]:
         raise ToolError("Internal error in the isol8 MCP server; its log has the details") from None
 
 
-async def unless_gone(gone: asyncio.Event | None, work: Awaitable[T]) -> T:
-    """`work`, cancelled (which kills its run) if the call's client goes away first."""
-    if gone is None:
-        return await work
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(gone.wait())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        raise ToolError("The client went away: the run was killed")
-    return task.result()
-
-
 def _summary(entries: list[NetworkLogEntry]) -> NetworkSummary:
     blocked = [entry for entry in entries if entry.action == "BLOCK"]
     return NetworkSummary(
@@ -195,7 +166,7 @@ _KINDS: dict[str, Literal["file", "directory", "symlink"]] = {"f": "file", "d": 
 class Toolbox:
     """The tools of one MCP server, over `state` (the same state `isol8 serve` keeps for REST)."""
 
-    def __init__(self, state: ServerState, settings: McpSettings, identify: Callable[[Context], Call]) -> None:
+    def __init__(self, state: ServerState, settings: McpSettings, identify: Callable[[Context], Principal]) -> None:
         self.state = state
         self.settings = settings
         self.identify = identify
@@ -260,7 +231,7 @@ class Toolbox:
         allow: list[str],
         deny: list[str],
     ) -> RunResult:
-        call = self.identify(ctx)
+        caller = self.identify(ctx)
         settings = self.settings
         limits = {"timeout_ms": timeout_ms or settings.timeout_ms, "max_output_size": settings.max_output_size}
         if session_id is not None:
@@ -270,19 +241,18 @@ class Toolbox:
                     "pass them to create_session, or leave session_id out for a fresh sandbox"
                 )
             plan = self.state.policy.plan(request.model_copy(update=limits), None)
-            async with self._session(call, session_id) as session:
+            async with self._session(caller, session_id) as session:
                 filtered = session.engine.options.network == "filtered"
-                work = self._stream(ctx, call, session.engine, plan.request, filtered)
-                result, entries = await unless_gone(call.gone, work)
+                result, entries = await self._stream(ctx, caller, session.engine, plan.request, filtered)
                 if filtered:
-                    self._network[(call.principal.tenant_id, session_id)] = entries
+                    self._network[(caller.tenant_id, session_id)] = entries
             result.session_id = session_id
             return result
         options = self._options(network, allow, deny, memory_limit)
         plan = self.state.policy.plan(request.model_copy(update=limits), options)
         filtered = plan.engine_options.network == "filtered"
         async with self.state.engines.use(plan.engine_options) as engine:
-            result, _ = await unless_gone(call.gone, self._stream(ctx, call, engine, plan.request, filtered))
+            result, _ = await self._stream(ctx, caller, engine, plan.request, filtered)
             return result
 
     def _options(
@@ -300,7 +270,7 @@ class Toolbox:
         )
 
     async def _stream(
-        self, ctx: Context, call: Call, engine: Engine, request: ExecutionRequest, filtered: bool
+        self, ctx: Context, caller: Principal, engine: Engine, request: ExecutionRequest, filtered: bool
     ) -> tuple[RunResult, list[NetworkLogEntry]]:
         """Run `request` on `engine`, reporting progress as output streams: the result and the requests it made."""
         output: dict[str, list[str]] = {"stdout": [], "stderr": []}
@@ -308,7 +278,7 @@ class Toolbox:
         exit_event = None
         streamed = 0
         started = time.monotonic()
-        with acting_for(call.principal.tenant_id, call.principal.key_id or "master"):
+        with acting_for(caller.tenant_id, caller.key_id or "master"):
             events = engine.execute_stream(request)
         async with contextlib.aclosing(events) as stream:
             async for event in stream:
@@ -352,41 +322,41 @@ class Toolbox:
         """Start a persistent sandbox: files and state carry over between the runs that name its id.
         Closed by close_session, or once idle for the server's idle time."""
         with tool_errors():
-            call = self.identify(ctx)
+            caller = self.identify(ctx)
             chosen = runtime or self.settings.runtime
             options = self._options(network, allow, deny, memory_limit)
             probe = ExecutionRequest(cmd="true", runtime=chosen, timeout_ms=self.settings.timeout_ms)
             plan = self.state.policy.plan(probe, options)
             session_id = secrets.token_urlsafe(16)
             create = plan.session_options()
-            async with self.state.sessions.use(call.principal.tenant_id, session_id, create) as session:
-                try:  # checks Docker and the image now, not at the first run
-                    await unless_gone(call.gone, session.engine.start())
+            async with self.state.sessions.use(caller.tenant_id, session_id, create) as session:
+                try:  # checks Docker now, not at the first run
+                    await session.engine.start()
                 except BaseException:
                     with contextlib.suppress(Exception):
-                        await self.state.sessions.delete(call.principal.tenant_id, session_id)
+                        await self.state.sessions.delete(caller.tenant_id, session_id)
                     raise
             return SessionCreated(session_id=session_id, runtime=chosen, network=create.network)
 
     async def close_session(self, ctx: Context, session_id: SessionId) -> Closed:
         """Stop a session and remove its container and files (no error if it is already gone)."""
         with tool_errors():
-            tenant = self.identify(ctx).principal.tenant_id
+            tenant = self.identify(ctx).tenant_id
             self._network.pop((tenant, session_id), None)
             return Closed(session_id=session_id, closed=await self.state.sessions.delete(tenant, session_id))
 
     async def list_sessions(self, ctx: Context) -> SessionList:
         """The caller's sessions (another tenant's are never listed)."""
         with tool_errors():
-            return SessionList(sessions=self.state.sessions.list_for(self.identify(ctx).principal.tenant_id))
+            return SessionList(sessions=self.state.sessions.list_for(self.identify(ctx).tenant_id))
 
     @contextlib.asynccontextmanager
-    async def _session(self, call: Call, session_id: str) -> AsyncIterator[Session]:
+    async def _session(self, caller: Principal, session_id: str) -> AsyncIterator[Session]:
         try:
-            async with self.state.sessions.use(call.principal.tenant_id, session_id) as session:
+            async with self.state.sessions.use(caller.tenant_id, session_id) as session:
                 yield session
         except SessionNotFound:
-            self._network.pop((call.principal.tenant_id, session_id), None)
+            self._network.pop((caller.tenant_id, session_id), None)
             idle = self.state.config.cleanup.max_container_age_ms // 1000
             raise SessionNotFound(
                 f'Session "{session_id}" not found (closed, or idle for over {idle} s): '
@@ -404,10 +374,10 @@ class Toolbox:
     ) -> Written:
         """Write a file into a session (parents are created; an existing file is replaced)."""
         with tool_errors():
-            call = self.identify(ctx)
+            caller = self.identify(ctx)
             data = _decode(content, encoding)
-            async with self._session(call, session_id) as session:
-                await unless_gone(call.gone, session.engine.put_file(path, data))
+            async with self._session(caller, session_id) as session:
+                await session.engine.put_file(path, data)
             return Written(path=path, bytes=len(data))
 
     async def read_file(
@@ -419,9 +389,9 @@ class Toolbox:
     ) -> FileRead:
         """Read a file of a session, at most mcp.maxReadBytes of it."""
         with tool_errors():
-            call = self.identify(ctx)
-            async with self._session(call, session_id) as session:
-                data = await unless_gone(call.gone, session.engine.get_file(path))
+            caller = self.identify(ctx)
+            async with self._session(caller, session_id) as session:
+                data = await session.engine.get_file(path)
             limit = self.settings.max_read_bytes
             truncated = len(data) > limit
             data = data[:limit]
@@ -444,7 +414,7 @@ class Toolbox:
     ) -> FileList:
         """List a session's files below a directory (four levels deep, at most mcp.maxListEntries)."""
         with tool_errors():
-            call = self.identify(ctx)
+            caller = self.identify(ctx)
             directory = _directory(path)
             limit = self.settings.max_list_entries
             # The directory travels in the environment, never in the command line.
@@ -454,9 +424,9 @@ class Toolbox:
                 env={"ISOL8_LIST": directory},
                 timeout_ms=self.settings.timeout_ms,
             )
-            async with self._session(call, session_id) as session:
-                with acting_for(call.principal.tenant_id, call.principal.key_id or "master"):
-                    result = await unless_gone(call.gone, session.engine.execute(listing))
+            async with self._session(caller, session_id) as session:
+                with acting_for(caller.tenant_id, caller.key_id or "master"):
+                    result = await session.engine.execute(listing)
             if result.exit_code != 0:
                 raise Isol8Error(f"Cannot list {directory}: {result.stderr.strip() or 'find failed'}")
             records = [record.split("\t", 2) for record in result.stdout.split("\0") if record]
@@ -468,9 +438,9 @@ class Toolbox:
     async def network_log(self, ctx: Context, session_id: SessionId) -> NetworkLog:
         """The requests a filtered session's last run made, allowed and blocked, with the rule that decided."""
         with tool_errors():
-            call = self.identify(ctx)
-            key = (call.principal.tenant_id, session_id)
-            async with self._session(call, session_id) as session:
+            caller = self.identify(ctx)
+            key = (caller.tenant_id, session_id)
+            async with self._session(caller, session_id) as session:
                 if session.engine.options.network != "filtered":
                     raise Isol8Error(
                         f'Session "{session_id}" has network "{session.engine.options.network}": only a '

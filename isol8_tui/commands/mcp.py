@@ -24,21 +24,28 @@ from isol8_tui.output import info, setup_logging, user_errors
 
 
 async def _serve(config: Isol8Config) -> None:
-    from engine.mcp.server import serve_stdio
+    """Serve until the client closes stdin or SIGTERM comes, then stop every container. A signal
+    during the cleanup cannot cut it short: it only cancels the serving task, which is done by then."""
+    from engine.mcp.server import build_server
     from engine.server.state import ServerSettings, ServerState
 
     # The stdio server has no listener and so no keys: its one caller is the local user. The master key
     # is a random value nobody holds, and no key store is opened.
     local = config.model_copy(update={"server": config.server.model_copy(update={"auth_db": None})})
     state = ServerState(ServerSettings(local, master_key=secrets.token_urlsafe(32)))
-    task = asyncio.current_task()
-    assert task is not None
+    server = build_server(state, "stdio")
+    await state.start()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    serving = asyncio.ensure_future(server.run_stdio_async())
+    loop.add_signal_handler(signal.SIGTERM, serving.cancel)
+    info("isol8 MCP server ready on stdio")
     try:
-        await serve_stdio(state, on_ready=lambda: info("isol8 MCP server ready on stdio"))
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
     finally:
+        await state.stop()
         loop.remove_signal_handler(signal.SIGTERM)
+    info("isol8 MCP server stopped; its containers are removed")
 
 
 @click.command("mcp")
@@ -54,5 +61,5 @@ def command(debug: bool) -> None:
         setup_logging(debug or loaded.config.debug)
         with build_progress() as progress:
             readiness.prepare(list(RUNTIMES), progress)
-        with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(loaded.config))
