@@ -72,7 +72,16 @@ def _annotations(open_world: bool) -> dict[McpTool, ToolAnnotations]:
 
 class Isol8Server(MCPServer[Any]):
     """MCPServer whose tool errors are the bare one line: the SDK would prefix "Error executing tool
-    <name>: " and spell a bad argument as pydantic's multi-line report."""
+    <name>: " and spell a bad argument as pydantic's multi-line report. It leaves the process's
+    logging alone: the SDK's constructor would put a rich handler on the root logger (of `isol8
+    serve` too), doubling every engine line `--debug` prints."""
+
+    def __init__(self) -> None:
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
+        super().__init__("isol8", version=__version__, instructions=INSTRUCTIONS)
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
@@ -96,7 +105,7 @@ def build_server(state: ServerState, transport: Literal["stdio", "http"]) -> MCP
     """The MCP server with the tools the config's `mcp.tools` exposes."""
     config = state.config
     toolbox = Toolbox(state, config.mcp, _stdio_caller if transport == "stdio" else _http_caller)
-    server = Isol8Server("isol8", version=__version__, instructions=INSTRUCTIONS, log_level="WARNING")
+    server = Isol8Server()
     networks = {config.defaults.network, config.mcp.network, *config.server.allowed_networks}
     annotations = _annotations(open_world=networks != {"none"})
     for name in config.mcp.tools:
