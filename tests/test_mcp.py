@@ -452,7 +452,8 @@ async def test_a_stdio_client_that_goes_away_mid_run_leaves_no_container(workdir
 # --- idle sessions and exposed tools ----------------------------------------------------------------------
 async def test_idle_sessions_are_closed_and_only_configured_tools_exist(tmp_path: Path, network: str) -> None:
     config = config_for(network, tools=["run_code", "create_session", "list_sessions"])
-    config["cleanup"] = {"maxContainerAgeMs": 1000}
+    config["cleanup"] = {"maxContainerAgeMs": 3000}
+    config["server"]["maxSessionsPerTenant"] = 1
     (tmp_path / "isol8.config.json").write_text(json.dumps(config))
     async with over_stdio(tmp_path) as session:
         names = sorted(tool.name for tool in (await session.list_tools()).tools)
@@ -461,6 +462,10 @@ async def test_idle_sessions_are_closed_and_only_configured_tools_exist(tmp_path
         assert isinstance(result, CallToolResult) and result.is_error
         sid = (await call(session, "create_session"))["sessionId"]
         await call(session, "run_code", code="print(1)", session_id=sid)
+        assert await refused(session, "create_session") == (
+            "Too many sessions: this server keeps at most 100 (server.maxSessions), 1 per tenant "
+            "(server.maxSessionsPerTenant); close one with close_session"
+        )
         for _ in range(300):
             if not (await call(session, "list_sessions"))["sessions"]:
                 break
@@ -468,5 +473,6 @@ async def test_idle_sessions_are_closed_and_only_configured_tools_exist(tmp_path
         assert (await call(session, "list_sessions"))["sessions"] == []
         message = await refused(session, "run_code", code="print(1)", session_id=sid)
         assert message == (
-            f'Session "{sid}" not found (closed, or idle for over 1 s): create one with create_session and use its id'
+            f'Session "{sid}" not found (closed, or idle for over 3 s): create one with create_session and use its id'
         )
+        await call(session, "create_session")  # the idle one's slot is free again

@@ -32,8 +32,6 @@ from engine.server.auth import Principal
 from engine.server.middleware import PRINCIPAL
 from engine.server.state import ServerState
 
-log = logging.getLogger("isol8.mcp")
-
 LOCAL = Principal("master")
 """The caller over stdio: the user who started `isol8 mcp`, in the `default` tenant."""
 
@@ -49,7 +47,9 @@ def _annotations(open_world: bool) -> dict[McpTool, ToolAnnotations]:
     """Honest hints: runs may change a session's files and, where the policy allows a network, reach
     the outside world; the file and session reads change nothing."""
 
-    def hints(read_only: bool, destructive: bool = False, idempotent: bool = False, world: bool = False) -> Any:
+    def hints(
+        read_only: bool, destructive: bool = False, idempotent: bool = False, world: bool = False
+    ) -> ToolAnnotations:
         return ToolAnnotations(
             read_only_hint=read_only,
             destructive_hint=None if read_only else destructive,

@@ -26,9 +26,9 @@ from pydantic import Field, ValidationError
 
 from engine.audit import acting_for
 from engine.config import McpSettings
-from engine.errors import Isol8Error, SessionNotFound, one_line
+from engine.errors import Isol8Error, SessionNotFound, TooManySessions, one_line
 from engine.interface import Engine
-from engine.models import ExecutionRequest, Model, NetworkFilter, NetworkLogEntry, NetworkMode, Pattern
+from engine.models import ExecutionRequest, Isol8Options, Model, NetworkFilter, NetworkLogEntry, NetworkMode, Pattern
 from engine.runtimes import RuntimeName
 from engine.server.auth import Principal
 from engine.server.policy import ClientOptions
@@ -275,6 +275,7 @@ class Toolbox:
         """Run `request` on `engine`, reporting progress as output streams: the result and the requests it made."""
         output: dict[str, list[str]] = {"stdout": [], "stderr": []}
         network: list[NetworkLogEntry] = []
+        errors: list[str] = []
         exit_event = None
         streamed = 0
         started = time.monotonic()
@@ -291,15 +292,18 @@ class Toolbox:
                     )
                     streamed += len(event.data)
                     await ctx.report_progress(streamed, message=event.data[-PROGRESS_MESSAGE_CHARS:])
-                elif event.type == "error":
-                    output["stderr"].append(f"\n{event.data}\n" if output["stderr"] else f"{event.data}\n")
+                elif event.type == "error":  # a timeout, an OOM kill, a failed install: after stderr
+                    errors.append(event.data)
                 elif event.type == "exit":
                     exit_event = event
         if exit_event is None:  # the engine promises one `exit`; never report a made-up success
             raise Isol8Error("The run ended without an exit status; run it again")
+        stderr = "".join(output["stderr"])
+        for line in errors:
+            stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + line + "\n"
         result = RunResult(
             stdout="".join(output["stdout"]),
-            stderr="".join(output["stderr"]),
+            stderr=stderr,
             exit_code=int(exit_event.data),
             duration_ms=round((time.monotonic() - started) * 1000),
             timed_out=bool(exit_event.timed_out),
@@ -329,7 +333,7 @@ class Toolbox:
             plan = self.state.policy.plan(probe, options)
             session_id = secrets.token_urlsafe(16)
             create = plan.session_options()
-            async with self.state.sessions.use(caller.tenant_id, session_id, create) as session:
+            async with self._new_session(caller, session_id, create) as session:
                 try:  # checks Docker now, not at the first run
                     await session.engine.start()
                 except BaseException:
@@ -337,6 +341,20 @@ class Toolbox:
                         await self.state.sessions.delete(caller.tenant_id, session_id)
                     raise
             return SessionCreated(session_id=session_id, runtime=chosen, network=create.network)
+
+    @contextlib.asynccontextmanager
+    async def _new_session(self, caller: Principal, session_id: str, create: Isol8Options) -> AsyncIterator[Session]:
+        """The registry's new session, its caps said in MCP's terms (the registry names the REST route)."""
+        try:
+            async with self.state.sessions.use(caller.tenant_id, session_id, create) as session:
+                yield session
+        except TooManySessions:
+            server = self.state.config.server
+            raise TooManySessions(
+                f"Too many sessions: this server keeps at most {server.max_sessions} (server.maxSessions), "
+                f"{server.max_sessions_per_tenant} per tenant (server.maxSessionsPerTenant); "
+                "close one with close_session"
+            ) from None
 
     async def close_session(self, ctx: Context, session_id: SessionId) -> Closed:
         """Stop a session and remove its container and files (no error if it is already gone)."""

@@ -178,6 +178,8 @@ def command(
     shown = f"[{host}]" if ":" in host else host
     info(f"isol8 server v{__version__} listening on http://{shown}:{sock.getsockname()[1]}")
     click.echo("       Auth: Bearer token required", err=True)
+    if any(getattr(route, "path", None) == "/mcp" for route in app.routes):
+        click.echo(f"       MCP: http://{shown}:{sock.getsockname()[1]}/mcp (streamable HTTP)", err=True)
     if auth_db or loaded.config.server.auth_db:
         click.echo(f"       Auth DB: {redact(auth_db or loaded.config.server.auth_db or '')}", err=True)
     config = uvicorn.Config(
