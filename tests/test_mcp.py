@@ -223,6 +223,13 @@ async def test_a_session_keeps_state_and_files_across_calls(connect: Connect) ->
         # Over mcp.maxReadBytes (64): the start of the file, and it says so.
         assert (base64.b64decode(binary["content"]), binary["truncated"]) == (blob[:64], True)
         assert "not UTF-8 text" in await refused(session, "read_file", session_id=sid, path="/sandbox/b.bin")
+        for outside in ("/etc/passwd", "/sandbox/../etc/passwd", "sandbox/a.txt"):
+            assert (await refused(session, "read_file", session_id=sid, path=outside)).startswith(
+                "File path must be a file inside /sandbox or /tmp"
+            )
+            assert (await refused(session, "write_file", session_id=sid, path=outside, content="x")).startswith(
+                "File path must be a file inside /sandbox or /tmp"
+            )
         listing = await call(session, "list_files", session_id=sid)
         entries = {entry["path"]: (entry["type"], entry["size"]) for entry in listing["entries"]}
         assert entries["/sandbox/a.txt"] == ("file", 4) and entries["/sandbox/dir"][0] == "directory"
