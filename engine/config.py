@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -50,6 +50,7 @@ __all__ = [
     "Defaults",
     "Isol8Config",
     "LoadedConfig",
+    "McpSettings",
     "NetworkFilter",
     "PrebuiltImage",
     "ServerPolicy",
@@ -105,6 +106,8 @@ class Defaults(_Model):
     max_output_size: int = Field(_engine_default("max_output_size"), gt=0)
     max_file_size: int = Field(_engine_default("max_file_size"), gt=0)
     """The most bytes read back from a sandbox: one get_file, or one execution's outputPaths together."""
+    docker_network: str | None = _engine_default("docker_network")
+    """Filtered mode: the Docker network sandboxes join (default: Docker's `bridge`)."""
 
 
 class Cleanup(_Model):
@@ -168,6 +171,42 @@ class ServerPolicy(_Model):
     # Operating the server (README "Operating isol8"): `/metrics` without a key, and where traces go.
     metrics_public: bool = False
     otlp_endpoint: str | None = Field(None, pattern=r"^https?://\S+$")
+
+
+McpTool = Literal[
+    "run_code",
+    "run_command",
+    "create_session",
+    "close_session",
+    "list_sessions",
+    "write_file",
+    "read_file",
+    "list_files",
+    "network_log",
+]
+"""The MCP server's tools (engine/mcp/tools.py registers one function per name)."""
+MCP_TOOLS: tuple[McpTool, ...] = get_args(McpTool)
+
+
+class McpSettings(_Model):
+    """The MCP server (`isol8 mcp` over stdio, `/mcp` in `isol8 serve`): what a tool call gets when it
+    leaves an argument out, how much a file tool returns, and which tools exist at all.
+
+    Tool arguments go through the `server` section's policy exactly like a REST client's options, and
+    so do these defaults: a default above the policy's ceiling is refused at the call.
+    """
+
+    runtime: RuntimeName = "python"
+    network: NetworkMode = _engine_default("network")
+    timeout_ms: int = Field(_engine_default("timeout_ms"), gt=0)
+    memory_limit: SizeStr = _engine_default("memory_limit")
+    max_output_size: int = Field(_engine_default("max_output_size"), gt=0)
+    max_read_bytes: int = Field(1 << 20, gt=0)
+    """The most bytes `read_file` returns (a larger file is cut, and says so)."""
+    max_list_entries: int = Field(1000, gt=0)
+    """The most entries `list_files` returns."""
+    tools: list[McpTool] = Field(default_factory=lambda: list(MCP_TOOLS))
+    """The tools the server exposes; leave one out and clients never see it."""
 
 
 TUI_ACTIONS: tuple[str, ...] = (
@@ -245,6 +284,7 @@ class Isol8Config(_Model):
     prebuilt_images: list[PrebuiltImage] = Field(default_factory=list)
     server: ServerPolicy = Field(default_factory=ServerPolicy)  # `isol8 serve`
     tui: TuiSettings = Field(default_factory=TuiSettings)  # the workbench, `isol8 tui`
+    mcp: McpSettings = Field(default_factory=McpSettings)  # `isol8 mcp` and `/mcp` in `isol8 serve`
 
     def engine_options(self, **overrides: Any) -> Isol8Options:
         """Engine options from this config; `overrides` (e.g. CLI flags) win over the file."""

@@ -41,6 +41,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+from pydantic import ValidationError
+
 
 class Isol8Error(Exception):
     """Base of every error the engine raises on purpose."""
@@ -227,3 +229,17 @@ class Forbidden(AuthError):
 
     status = 403
     code = "forbidden"
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as the one line the CLI, the workbench and the MCP tools show: a validation error's
+    first problem (`where: what`), else the first line of its message, else its type's name."""
+    if isinstance(exc, ValidationError) and exc.errors():
+        first = exc.errors()[0]
+        message = str(first.get("msg", exc))
+        if message.startswith("Value error, "):  # our own validators' messages stand alone
+            return message.removeprefix("Value error, ")
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return f"{where}: {message}" if where else message
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

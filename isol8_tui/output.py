@@ -10,9 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import click
-from pydantic import ValidationError
 
-from engine.errors import Isol8Error
+from engine.errors import Isol8Error, one_line
 
 
 def err(message: str) -> None:
@@ -42,20 +41,6 @@ def user_errors() -> Iterator[None]:
     except ValueError as exc:  # pydantic validation of flags, e.g. an invalid size
         err(one_line(exc))
         raise SystemExit(1) from None
-
-
-def one_line(exc: BaseException) -> str:
-    """An error as one line: a validation error's first problem (`where: what`), else the first line
-    of its message, else its type's name."""
-    if isinstance(exc, ValidationError) and exc.errors():
-        first = exc.errors()[0]
-        message = str(first.get("msg", exc))
-        if message.startswith("Value error, "):  # our own validators' messages stand alone
-            return message.removeprefix("Value error, ")
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        return f"{where}: {message}" if where else message
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def setup_logging(debug: bool, path: Path | None = None) -> None:

@@ -9,20 +9,35 @@ from pathlib import Path
 ENGINE = Path(__file__).resolve().parent.parent / "engine"
 
 
+def _ui_packages_loaded(modules: list[str], ui: tuple[str, ...]) -> str:
+    code = (
+        f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
+        f"bad = sorted(m for m in {ui!r} if m in sys.modules)\n"
+        "print(','.join(bad))"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
 def test_engine_never_imports_ui_packages() -> None:
     modules = sorted(
         ".".join(path.relative_to(ENGINE.parent).with_suffix("").parts)
         for path in ENGINE.rglob("*.py")
-        if path.name != "__init__.py" and "agent" not in path.parts
+        if path.name != "__init__.py" and "agent" not in path.parts and "mcp" not in path.parts
     )
-    code = (
-        f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
-        "bad = sorted(m for m in ('textual', 'click', 'rich') if m in sys.modules)\n"
-        "print(','.join(bad))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert len(modules) > 8
-    assert result.stdout.strip() == "", f"engine imported UI packages: {result.stdout}"
+    loaded = _ui_packages_loaded(modules, ("textual", "click", "rich"))
+    assert loaded == "", f"engine imported UI packages: {loaded}"
+
+
+def test_the_mcp_server_imports_no_ui_package_of_its_own() -> None:
+    """The MCP SDK's HTTP transport imports uvicorn (through sse-starlette), which imports click: that
+    is the server stack's, not a UI. Textual and rich stay out."""
+    modules = sorted(
+        ".".join(path.relative_to(ENGINE.parent).with_suffix("").parts) for path in (ENGINE / "mcp").glob("*.py")
+    )
+    assert "engine.mcp.server" in modules
+    loaded = _ui_packages_loaded(modules, ("textual", "rich"))
+    assert loaded == "", f"engine.mcp imported UI packages: {loaded}"
 
 
 def test_only_docker_module_imports_docker_py() -> None:

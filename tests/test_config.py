@@ -289,6 +289,7 @@ def test_camel_case_round_trip(project: Path) -> None:
         "prebuiltImages",
         "server",
         "tui",
+        "mcp",
     }
     assert dump["defaults"]["cpuLimit"] == 0.5
     assert dump["cleanup"] == {"autoPrune": False, "maxContainerAgeMs": 3600000}

@@ -21,11 +21,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
 from engine import Isol8Error, __version__
 from engine.server.deps import known_query
@@ -36,6 +38,9 @@ from engine.server.openapi import TightApi
 from engine.server.routes import add_routes
 from engine.server.state import ServerSettings, ServerState
 
+if TYPE_CHECKING:
+    from engine.mcp.server import McpEndpoint
+
 __all__ = ["ServerSettings", "create_app"]
 
 log = logging.getLogger("isol8.server")
@@ -45,12 +50,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
     """The app for one server process. Opening the key store happens here, so a bad `--auth-db`
     fails before the server listens."""
     state = ServerState(settings)
+    mcp = _mcp_endpoint(state)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.start()
         try:
-            yield
+            async with mcp.run() if mcp is not None else contextlib.nullcontext():
+                yield
         finally:
             log.info("Shutting down isol8 server...")
             await state.stop()
@@ -75,4 +82,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_middleware(Observe, fastapi=app, metrics=metrics)  # added last: the outermost layer
     add_routes(app)
     add_metrics_route(app, metrics, settings.config.server.metrics_public)
+    if mcp is not None:  # behind Authenticate and BodyLimit like every route
+        app.router.routes.append(Route("/mcp", mcp))
     return app
+
+
+def _mcp_endpoint(state: ServerState) -> McpEndpoint | None:
+    """The MCP endpoint (engine/mcp/server.py), or None without the `mcp` extra."""
+    try:
+        from engine.mcp.server import McpEndpoint
+    except ImportError:
+        log.info("MCP endpoint off: install the `mcp` extra (pip install 'isol8[mcp]') to serve /mcp")
+        return None
+    return McpEndpoint(state)

@@ -27,6 +27,7 @@ _SECTIONS: tuple[tuple[str, str | None], ...] = (
     ("Audit log", "audit"),
     ("Server (isol8 serve)", "server"),
     ("Workbench (isol8 tui)", "tui"),
+    ("MCP server (isol8 mcp, /mcp)", "mcp"),
 )
 """Report sections: title and the nested key they show (None = top-level scalars and lists)."""
 

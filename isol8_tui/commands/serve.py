@@ -203,6 +203,8 @@ def command(
     shown = f"[{host}]" if ":" in host else host
     banner = [f"isol8 server v{__version__} listening on http://{shown}:{sock.getsockname()[1]}"]
     banner.append("Auth: Bearer token required")
+    if any(getattr(route, "path", None) == "/mcp" for route in app.routes):
+        banner.append(f"MCP: http://{shown}:{sock.getsockname()[1]}/mcp (streamable HTTP)")
     if auth_db or loaded.config.server.auth_db:
         banner.append(f"Auth DB: {redact(auth_db or loaded.config.server.auth_db or '')}")
     if traces:
