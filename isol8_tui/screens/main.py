@@ -9,13 +9,16 @@ the current one are ignored, so a run cancelled by a newer one cannot write into
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Container, Horizontal
+from textual.geometry import Offset
 from textual.reactive import var
 from textual.screen import Screen
 from textual.theme import Theme
@@ -23,10 +26,10 @@ from textual.widget import Widget
 from textual.widgets import Footer, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
-from engine import ExecutionRequest
+from engine import ExecutionRequest, NetworkLogEntry
 from engine.config import TuiSettings
 from engine.models import NetworkMode
-from isol8_tui import keys, sessions
+from isol8_tui import har, keys, sessions
 from isol8_tui.bridge import (
     DockerChecked,
     EngineBridge,
@@ -55,16 +58,31 @@ from isol8_tui.screens.dialogs import (
     Transfer,
     TransferScreen,
 )
+from isol8_tui.screens.jump import JumpScreen, JumpTarget
 from isol8_tui.sessions import Session, SessionSpec
+from isol8_tui.transcript import Transcript
 from isol8_tui.widgets.bars import RunBar, RunStatus, TopBar
 from isol8_tui.widgets.editor import CodeEditor, EditorPane, display_path
 from isol8_tui.widgets.files import FilesPane, FileTable, Listing
 from isol8_tui.widgets.network import NetworkInspector, NetworkTable
-from isol8_tui.widgets.output import OutputPane, OutputPanes
+from isol8_tui.widgets.output import OutputPane, OutputPanes, clean, new_transcript
 from isol8_tui.widgets.sessions import SessionList, SessionSidebar
 
 DOCKER_RETRY_SECONDS = 5.0
 DOCKER_CHECK_SECONDS = 30.0
+STATUS_TICK_SECONDS = 0.1
+
+
+@dataclass
+class SessionView:
+    """What the panes show for one session: its run in flight, the last run's status, its output and
+    its requests. Switching sessions shows another session's view; each session's runs fill its own."""
+
+    stdout: Transcript
+    stderr: Transcript
+    requests: list[NetworkLogEntry] = field(default_factory=list)
+    status: RunStatus = field(default_factory=RunStatus)
+    run: int | None = None  # the run in flight
 
 
 class MainScreen(Screen[None]):
@@ -75,9 +93,11 @@ class MainScreen(Screen[None]):
     # ClassVar annotation here would not type-check.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-medium"), (140, "-wide")]  # noqa: RUF012
     BINDINGS: ClassVar = keys.bindings(
+        "jump",
         "run",
         "stop",
         "save",
+        "save-as",
         "open",
         "new-session",
         "toggle-sidebar",
@@ -134,7 +154,8 @@ class MainScreen(Screen[None]):
         self._cursor_blink = cursor_blink
         self._check_docker = check_docker
         self.run_id = 0
-        self.current_run: int | None = None
+        self.views: dict[str, SessionView] = {}
+        self.run_sessions: dict[int, str] = {}  # run id -> its session's id
         self.missing_images: list[str] = []
         self._docker_retry = False
         self.images_dialog: ImagesScreen | None = None
@@ -217,8 +238,10 @@ class MainScreen(Screen[None]):
         self.scratch = self.bridge.create_scratch()
         self.selected = self.bridge.create_session(SessionSpec(self.runtime, "none"))
         self.editor_pane.new_file = self._new_file
+        self._show_view(self.view_of(self.selected))
         self._refresh_sessions()
         self.set_interval(1.0, self._tick)
+        self.set_interval(STATUS_TICK_SECONDS, self._tick_status)
         if self._check_docker:
             self.check_docker()
         if self.watch_enabled and self.path is not None:
@@ -236,7 +259,8 @@ class MainScreen(Screen[None]):
         self.start_run(self.editor_pane.text, "key")
 
     def start_run(self, code: str, trigger: str) -> None:
-        """Start a run of `code` in the selected session; a run in flight is cancelled first."""
+        """Start a run of `code` in the selected session; that session's run in flight is cancelled first.
+        Other sessions' runs go on: each session runs on its own."""
         session = self.selected
         if session is None:
             return
@@ -253,26 +277,65 @@ class MainScreen(Screen[None]):
             self.notify(one_line(exc), title="Cannot run", severity="error")
             return
         self.run_id += 1
-        self.current_run = self.run_id
+        view = self.view_of(session)
+        view.run = self.run_id
+        self.run_sessions[self.run_id] = session.id
         self.outputs.flush()
         if self.keep_output:
-            self.outputs.separator(self.run_id, session.name, self.runtime)
+            for transcript in (view.stdout, view.stderr):
+                if len(transcript):
+                    transcript.mark(f"── run {self.run_id} · {session.name} · {self.runtime} ──")
         else:
-            self.outputs.reset()
-            self.network.clear()
+            view.stdout = new_transcript(self.settings.scrollback_lines)
+            view.stderr = new_transcript(self.settings.scrollback_lines)
+            view.requests = []
+        self._show_view(view)
         self.run_worker(
             self.bridge.run(session, request, self.run_id, trigger),
             name=f"run {self.run_id}",
-            group="run",
+            group=f"run {session.id}",
             exclusive=True,
             exit_on_error=False,
         )
 
+    @property
+    def current_run(self) -> int | None:
+        """The selected session's run in flight."""
+        return self.view_of(self.selected).run if self.selected is not None else None
+
+    def view_of(self, session: Session) -> SessionView:
+        view = self.views.get(session.id)
+        if view is None:
+            lines = self.settings.scrollback_lines
+            view = self.views[session.id] = SessionView(new_transcript(lines), new_transcript(lines))
+        return view
+
+    def _run_view(self, run_id: int) -> tuple[SessionView, bool] | None:
+        """The view of the session a message's run belongs to, and whether it is on screen; None when the
+        run is not that session's current one (a newer run replaced it, or the session is gone)."""
+        session_id = self.run_sessions.get(run_id)
+        view = self.views.get(session_id or "")
+        if view is None or view.run != run_id:
+            return None
+        return view, self.selected is not None and self.selected.id == session_id
+
+    def _show_view(self, view: SessionView) -> None:
+        """The panes and the status line show this session's run."""
+        self.outputs.show(view.stdout, view.stderr)
+        self.network.show(view.requests)
+        self.run_status = view.status.at(self.bridge.backend.clock()) if view.run is not None else view.status
+
+    def _set_status(self, view: SessionView, status: RunStatus, shown: bool) -> None:
+        view.status = status
+        if shown:
+            self.run_status = status
+
     def action_stop(self) -> None:
-        if self.current_run is None:
-            self.notify("Nothing is running.", timeout=2)
+        session = self.selected
+        if session is None or self.current_run is None:
+            self.notify(f"Nothing is running in {session.name if session else 'this session'}.", timeout=2)
             return
-        self.workers.cancel_group(self, "run")
+        self.workers.cancel_group(self, f"run {session.id}")
 
     @on(RunBar.RunPressed)
     def _run_pressed(self) -> None:
@@ -284,51 +347,77 @@ class MainScreen(Screen[None]):
 
     @on(RunStarted)
     def show_run_started(self, message: RunStarted) -> None:
-        if message.run_id != self.current_run:
+        found = self._run_view(message.run_id)
+        if found is None:
             return
+        view, shown = found
         session = self.bridge.sessions.get(message.session_id)
-        self.run_status = RunStatus.running(session.name if session else "", message.started_at)
-        self._show_running()
+        status = RunStatus.running(session.name if session else "", message.started_at)
+        self._set_status(view, status.at(self.bridge.backend.clock()), shown)
 
     @on(OutputReceived)
     def append_output(self, message: OutputReceived) -> None:
-        if message.run_id == self.current_run:
+        found = self._run_view(message.run_id)
+        if found is None:
+            return
+        view, shown = found
+        if shown:
             self.outputs.pane(message.stream).append(message.text)
+        else:
+            (view.stderr if message.stream == "stderr" else view.stdout).write(clean(message.text))
 
     @on(RunNoticed)
     def show_notice(self, message: RunNoticed) -> None:
-        if message.run_id == self.current_run:
+        found = self._run_view(message.run_id)
+        if found is None:
+            return
+        view, shown = found
+        if shown:
             self.outputs.notice(message.text)
+        else:
+            view.stderr.mark(f"--- {message.text} ---")
 
     @on(NetworkRequestCaptured)
     def add_request(self, message: NetworkRequestCaptured) -> None:
-        if message.run_id == self.current_run:
+        found = self._run_view(message.run_id)
+        if found is None:
+            return
+        view, shown = found
+        view.requests.append(message.entry)
+        if shown:
             self.network.add(message.entry)
 
     @on(RunFinished)
     def show_run_result(self, message: RunFinished) -> None:
-        if message.run_id != self.current_run:
+        found = self._run_view(message.run_id)
+        if found is None:
             return
-        self.current_run = None
-        self.outputs.flush()
-        self.run_status = RunStatus.finished(message)
+        view, shown = found
+        view.run = None
+        if shown:
+            self.outputs.flush()
+        self._set_status(view, RunStatus.finished(message), shown)
         if message.error:
-            self.outputs.failed(message.error)
+            if shown:
+                self.outputs.failed(message.error)
+            else:
+                view.stderr.mark(f"✗ {message.error}")
             if not message.docker_down:
-                self.notify(message.error, title="Run failed", severity="error", timeout=8)
+                session = self.bridge.sessions.get(message.session_id)
+                title = f"Run in {session.name} failed" if session else "Run failed"
+                self.notify(message.error, title=title, severity="error", timeout=8)
             if message.image_missing:
                 self.check_docker()
-        if self.results.active == "tab-files":
+        if shown and self.results.active == "tab-files":
             self.refresh_files()
 
     # --- status ------------------------------------------------------------------------------------------------
-    def _show_running(self) -> None:
-        """The elapsed time of the run in flight, as of now."""
-        self.run_status = self.run_status.at(self.bridge.backend.clock())
+    def _tick_status(self) -> None:
+        """The elapsed time of the selected session's run in flight, as of now."""
+        if self.current_run is not None and self.run_status.state == "running":
+            self.run_status = self.run_status.at(self.bridge.backend.clock())
 
     def _tick(self) -> None:
-        if self.current_run is not None and self.run_status.state == "running":
-            self._show_running()
         self.topbar.pool = self.bridge.pool_states()
         self._refresh_sessions()
 
@@ -341,7 +430,9 @@ class MainScreen(Screen[None]):
             self.sidebar.show(self.sessions_in_order(), self.selected.id, self.bridge.backend.clock())
 
     def select_session(self, session: Session) -> None:
+        self.outputs.flush()
         self.selected = session
+        self._show_view(self.view_of(session))
         if session.runtime is not None:
             self.runtime = session.runtime
         self._refresh_sessions()
@@ -390,8 +481,13 @@ class MainScreen(Screen[None]):
         self.notify("Output is kept between runs." if self.keep_output else "Output is cleared for each run.")
 
     def action_clear_output(self) -> None:
-        self.outputs.reset()
-        self.network.clear()
+        if self.selected is None:
+            return
+        view = self.view_of(self.selected)
+        view.stdout = new_transcript(self.settings.scrollback_lines)
+        view.stderr = new_transcript(self.settings.scrollback_lines)
+        view.requests = []
+        self._show_view(view)
 
     @on(SessionSidebar.Selected)
     def _session_picked(self, message: SessionSidebar.Selected) -> None:
@@ -454,8 +550,8 @@ class MainScreen(Screen[None]):
         self.app.push_screen(ConfirmScreen("Delete session", question, "Delete"), answered)
 
     def _remove_session(self, session: Session) -> None:
-        if session.active_run is not None and session.active_run == self.current_run:
-            self.workers.cancel_group(self, "run")
+        self.workers.cancel_group(self, f"run {session.id}")
+        self.views.pop(session.id, None)
         self.bridge.sessions.pop(session.id, None)
         self.run_worker(self.bridge.delete_session(session), group="sessions", exit_on_error=False)
         if self.selected is session and self.scratch is not None:
@@ -578,6 +674,49 @@ class MainScreen(Screen[None]):
         self.action_focus_pane("network")
         self.network.set_filters(host="" if action == "all" else None, action=action)
 
+    @on(NetworkInspector.ExportRequested)
+    def export_har(self) -> None:
+        """The selected session's requests (of its last run, or every kept run) as a HAR file."""
+        session = self.selected
+        if session is None:
+            return
+        requests = list(self.view_of(session).requests)
+        if not requests:
+            self.notify(f"{session.name} has no requests to export yet.", severity="warning", timeout=3)
+            return
+
+        def chosen(path: object) -> None:
+            if isinstance(path, Path):
+                text = json.dumps(har.har(requests), indent=2)
+                if self._write_host_file(path, text, "Export failed"):
+                    self.notify(f"Exported {len(requests)} requests to {display_path(path)}.", timeout=3)
+
+        name = f"{session.name}-requests.har"
+        self.app.push_screen(PathScreen("Export requests as HAR", "Export", name, must_exist=False), chosen)
+
+    @on(OutputPane.SaveRequested)
+    def save_output(self, message: OutputPane.SaveRequested) -> None:
+        """The pane's stream of the run, whole (also the lines a flood's cut hides), to a file."""
+        transcript = message.pane.transcript
+        stream = message.pane.stream
+        session = self.selected.name if self.selected else "run"
+
+        def chosen(path: object) -> None:
+            if isinstance(path, Path) and self._write_host_file(path, transcript.full_text(), "Save failed"):
+                cut = "" if transcript.full_complete else " (its first 64 MiB)"
+                self.notify(f"Saved {stream}{cut} to {display_path(path)}.", timeout=3)
+
+        name = f"{session}-{stream}.txt"
+        self.app.push_screen(PathScreen(f"Save {stream} to a file", "Save", name, must_exist=False), chosen)
+
+    def _write_host_file(self, path: Path, text: str, title: str) -> bool:
+        try:
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            self.notify(f"Cannot write {path}: {exc.strerror or exc}", title=title, severity="error")
+            return False
+        return True
+
     @on(NetworkInspector.DetailRequested)
     def show_request(self, message: NetworkInspector.DetailRequested) -> None:
         self.app.push_screen(RequestScreen(message.entry))
@@ -670,9 +809,16 @@ class MainScreen(Screen[None]):
             return
         self.save_to(self.path)
 
+    def action_save_as(self) -> None:
+        current = display_path(self.path) if self.path else ""
+        self.app.push_screen(PathScreen("Save as", "Save", current, must_exist=False), self._save_as)
+
     def _save_as(self, path: object) -> None:
         if isinstance(path, Path):
+            untitled = self.path is None
             self.save_to(path)
+            if untitled and self.path == path:  # the first save of an untitled buffer runs it, as a save does
+                self.start_run(self.editor_pane.text, "save")
 
     def save_to(self, path: Path) -> None:
         text = self.editor_pane.text
@@ -789,6 +935,43 @@ class MainScreen(Screen[None]):
         elif self.focused is None or self.sidebar in self.focused.ancestors_with_self:
             self.query_one(CodeEditor).focus()
 
+    JUMP_PANES: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("s", "sessions"),
+        ("e", "editor"),
+        ("o", "output"),
+        ("r", "stderr"),
+        ("n", "network"),
+        ("f", "files"),
+        ("b", "run bar"),
+    )
+    """Jump mode's letter for each pane."""
+
+    def action_jump(self) -> None:
+        """A letter over each pane (over its tab when it is hidden behind another); the letter focuses it."""
+        where: dict[str, Widget] = {
+            "sessions": self.sidebar if self.sidebar.region.width else self.query_one("#work"),
+            "editor": self.editor_pane,
+            "output": self.outputs.stdout
+            if self.results.active == "tab-output"
+            else self.results.get_tab("tab-output"),
+            "stderr": self.outputs.stderr
+            if self.results.active == "tab-output"
+            else self.results.get_tab("tab-output"),
+            "network": self.network if self.results.active == "tab-network" else self.results.get_tab("tab-network"),
+            "files": self.files if self.results.active == "tab-files" else self.results.get_tab("tab-files"),
+            "run bar": self.runbar.query_one("#runtime"),
+        }
+        targets = [
+            JumpTarget(letter, name, where[name].region.offset + Offset(0 if name == "run bar" else 1, 0))
+            for letter, name in self.JUMP_PANES
+        ]
+
+        def chosen(name: object) -> None:
+            if isinstance(name, str):
+                self.action_focus_pane(name)
+
+        self.app.push_screen(JumpScreen(targets), chosen)
+
     def action_focus_pane(self, pane: str) -> None:
         if pane == "sessions":
             if not self.has_class("-wide"):
@@ -798,9 +981,11 @@ class MainScreen(Screen[None]):
             self.query_one(SessionList).focus()
         elif pane == "editor":
             self.query_one(CodeEditor).focus()
-        elif pane == "output":
+        elif pane in ("output", "stderr"):
             self.results.active = "tab-output"
-            self.query_one("#stdout", OutputPane).focus()
+            self.query_one("#stdout" if pane == "output" else "#stderr", OutputPane).focus()
+        elif pane == "run bar":
+            self.runbar.query_one("#runtime").focus()
         elif pane == "network":
             self.results.active = "tab-network"
             self.query_one(NetworkTable).focus()

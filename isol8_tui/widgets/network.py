@@ -17,7 +17,7 @@ from textual.reactive import var
 from textual.widgets import DataTable, Input, Select, Static
 
 from engine import NetworkLogEntry
-from isol8_tui.keys import key_labels
+from isol8_tui.keys import bindings, key_labels
 from isol8_tui.sessions import Session
 
 ACTION_FILTERS = (("All", "all"), ("Allowed", "ALLOW"), ("Blocked", "BLOCK"))
@@ -60,7 +60,7 @@ class NetworkTable(DataTable[Text]):
     HELP: ClassVar[str] = (
         "Every request the program made through the filtered network's proxy, live. Blocked requests "
         "are red. Show a request's details with {select_cursor}, filter by host with {focus_filter}, and "
-        "cycle all/allowed/blocked with {cycle_action}."
+        "cycle all/allowed/blocked with {cycle_action}; {export_har} exports the run's requests as HAR."
     )
 
 
@@ -71,6 +71,7 @@ class NetworkInspector(Vertical):
     BINDINGS: ClassVar = [
         Binding("slash", "focus_filter", "Filter host", show=True),
         Binding("a", "cycle_action", "All/allowed/blocked", show=True),
+        *bindings("export-har"),
     ]
 
     session: var[Session | None] = var(None, init=False)
@@ -79,6 +80,9 @@ class NetworkInspector(Vertical):
     @dataclass
     class DetailRequested(Message):
         entry: NetworkLogEntry
+
+    class ExportRequested(Message):
+        """The HAR export key: the screen asks where to write the run's requests."""
 
     @dataclass
     class Counted(Message):
@@ -112,9 +116,17 @@ class NetworkInspector(Vertical):
         self._show_hint()
 
     def clear(self) -> None:
-        self.entries.clear()
+        self.show([])
+
+    def show(self, entries: list[NetworkLogEntry]) -> None:
+        """Show these requests (the selected session's) instead of the ones shown."""
+        self.entries = list(entries)
         self._refresh_rows()
+        self._update_count()
         self._counted()
+
+    def action_export_har(self) -> None:
+        self.post_message(self.ExportRequested())
 
     def add(self, entry: NetworkLogEntry) -> None:
         self.entries.append(entry)

@@ -142,7 +142,7 @@ async def running(pilot: Pilot[Any]) -> None:
     await pilot.press("ctrl+r")
     engine = screen.selected.engine if screen.selected else None
     await settle(pilot, lambda: bool(getattr(engine, "holding", False)))
-    screen._show_running()  # the elapsed time as of now (the run waits in its loop: the clock stands still)
+    screen._tick_status()  # the elapsed time as of now (the run waits in its loop: the clock stands still)
     await pilot.pause()
 
 
