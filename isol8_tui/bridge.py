@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 from textual.message import Message
 from textual.message_pump import MessagePump
 
-from engine import ExecutionRequest, Isol8Options, NetworkFilter, NetworkLogEntry, PoolState
+from engine import ExecutionRequest, Isol8Options, NetworkFilter, NetworkLogEntry
 from engine.config import Isol8Config
 from engine.errors import DockerUnavailable, ImageMissing, Isol8Error, SandboxLost
 from engine.interface import Engine
@@ -108,6 +108,16 @@ class RealBackend:
         from engine import readiness
 
         readiness.build(runtimes, progress)
+
+
+@dataclass
+class PoolFigures:
+    """What the top bar says about containers."""
+
+    ready: int = 0
+    busy: int = 0
+    starting: int = 0
+    sessions: int = 0  # held by persistent sessions
 
 
 # --- the /sandbox listing ---------------------------------------------------------------------------------
@@ -326,20 +336,23 @@ class EngineBridge:
             if isinstance(result, BaseException):
                 log.warning("stopping %s failed: %s", session.name, result)
 
-    def pool_states(self) -> list[PoolState]:
-        """Containers per image over every session (in-memory; no Docker call)."""
-        merged: dict[str, PoolState] = {}
+    def pool_figures(self) -> PoolFigures:
+        """The scratch engine's warm pool and the sessions' own containers (in-memory; no Docker call).
+        A persistent engine counts its container as busy; here it is a session's, busy or not."""
+        figures = PoolFigures()
         for session in self.sessions.values():
             try:
                 states = session.engine.pool_state()
             except Exception:
                 continue
             for state in states:
-                total = merged.setdefault(state.image, PoolState(image=state.image))
-                total.ready += state.ready
-                total.busy += state.busy
-                total.starting += state.starting
-        return sorted(merged.values(), key=lambda s: s.image)
+                if session.scratch:
+                    figures.ready += state.ready
+                    figures.busy += state.busy
+                    figures.starting += state.starting
+                else:
+                    figures.sessions += state.ready + state.busy + state.starting
+        return figures
 
     def _set_state(self, session: Session, state: SessionState, detail: str = "") -> None:
         session.state = state

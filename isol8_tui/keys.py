@@ -52,7 +52,7 @@ ACTIONS: dict[str, Action] = {
         # same key (TextArea binds f6, f7, ctrl+u, ctrl+d, ...), so a keymap may rebind them to any key.
         # The defaults are function keys and ctrl combinations every terminal delivers; none is an alt key
         # (many terminals turn alt+letter into a typed character) and none is a printable key.
-        Action("quit", "ctrl+q", "quit", "Quit", tooltip="Quit (stops every session)"),
+        Action("quit", "ctrl+q", "quit", "Quit", tooltip="Quit (stops every session)", show=False),
         Action("help", "f1", "help", "Help", tooltip="The keys of the focused pane"),
         Action("jump", "ctrl+g", "jump", "Jump", tooltip="Show a letter on each pane; the letter focuses it"),
         Action("run", "ctrl+r,f5", "run", "Run", tooltip="Run the buffer in the selected session"),
@@ -60,7 +60,7 @@ ACTIONS: dict[str, Action] = {
         Action("save", "ctrl+s", "save", "Save", tooltip="Save the buffer (re-runs it when watched)"),
         Action("save-as", "f12", "save_as", "Save as", show=False),
         Action("open", "ctrl+o", "open", "Open", show=False),
-        Action("new-session", "ctrl+n", "new_session", "New session"),
+        Action("new-session", "ctrl+n", "new_session", "New", tooltip="New session"),
         Action("toggle-sidebar", "f2", "toggle_sidebar", "Sessions"),
         Action("scratch", "ctrl+f", "scratch", "Scratch session", show=False),
         Action("clear-output", "ctrl+l", "clear_output", "Clear output", show=False),
@@ -82,7 +82,7 @@ ACTIONS: dict[str, Action] = {
         Action(
             "save-output", "s", "save_output", "Save output", tooltip="Save the run's full output to a file", pane=True
         ),
-        Action("export-har", "h", "export_har", "Export HAR", tooltip="Export the run's requests as HAR", pane=True),
+        Action("export-har", "h", "export_har", "HAR", tooltip="Export the run's requests as HAR", pane=True),
     )
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -55,6 +56,7 @@ from isol8_tui.screens.dialogs import (
     NewSessionScreen,
     PathScreen,
     RequestScreen,
+    RuntimeScreen,
     Transfer,
     TransferScreen,
 )
@@ -190,7 +192,7 @@ class MainScreen(Screen[None]):
                         yield NetworkInspector().data_bind(session=MainScreen.selected)
                     with TabPane("Files", id="tab-files"):
                         yield FilesPane().data_bind(session=MainScreen.selected)
-        yield Footer()
+        yield Footer(compact=True)
 
     @property
     def editor_pane(self) -> EditorPane:
@@ -330,6 +332,14 @@ class MainScreen(Screen[None]):
         if shown:
             self.run_status = status
 
+    def watch_run_status(self) -> None:
+        self.refresh_bindings()  # Stop shows in the footer only while the selected session runs
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop":
+            return self.current_run is not None
+        return True
+
     def action_stop(self) -> None:
         session = self.selected
         if session is None or self.current_run is None:
@@ -418,7 +428,7 @@ class MainScreen(Screen[None]):
             self.run_status = self.run_status.at(self.bridge.backend.clock())
 
     def _tick(self) -> None:
-        self.topbar.pool = self.bridge.pool_states()
+        self.topbar.pool = self.bridge.pool_figures()
         self._refresh_sessions()
 
     # --- sessions ----------------------------------------------------------------------------------------------
@@ -562,7 +572,7 @@ class MainScreen(Screen[None]):
     @on(SessionChanged)
     def _session_changed(self, message: SessionChanged) -> None:
         self._refresh_sessions()
-        self.topbar.pool = self.bridge.pool_states()
+        self.topbar.pool = self.bridge.pool_figures()
         session = self.bridge.sessions.get(message.session_id)
         if session is None or session is not self.selected or self.current_run is not None:
             return
@@ -814,11 +824,31 @@ class MainScreen(Screen[None]):
         self.app.push_screen(PathScreen("Save as", "Save", current, must_exist=False), self._save_as)
 
     def _save_as(self, path: object) -> None:
-        if isinstance(path, Path):
-            untitled = self.path is None
-            self.save_to(path)
-            if untitled and self.path == path:  # the first save of an untitled buffer runs it, as a save does
-                self.start_run(self.editor_pane.text, "save")
+        if not isinstance(path, Path):
+            return
+        untitled = self.path is None
+        self.save_to(path)
+        if not (untitled and self.path == path):
+            return
+        # the first save of an untitled buffer runs it, as a save does; in the runtime its name says
+        self.with_runtime_of(path, lambda: self.start_run(self.editor_pane.text, "save"))
+
+    def with_runtime_of(self, path: Path, then: Callable[[], object]) -> None:
+        """Switch to the runtime `path`'s extension selects, then `then()`; an extension no runtime
+        claims asks which one (nothing runs when the question is cancelled)."""
+        runtime = runtime_for_path(path)
+        if runtime is not None:
+            if runtime != self.runtime:
+                self.pick_runtime(runtime)
+            then()
+            return
+
+        def chosen(picked: object) -> None:
+            if isinstance(picked, str):
+                self.pick_runtime(picked)
+                then()
+
+        self.app.push_screen(RuntimeScreen(path.name, self.runtime), chosen)
 
     def save_to(self, path: Path) -> None:
         text = self.editor_pane.text
@@ -859,9 +889,7 @@ class MainScreen(Screen[None]):
             return
         self.path = path
         self.editor_pane.load(text, path=path, keep_cursor=False)
-        runtime = runtime_for_path(path)
-        if runtime is not None and runtime != self.runtime:
-            self.pick_runtime(runtime)
+        self.with_runtime_of(path, lambda: None)
         if self.watch_enabled:
             self.start_watching(path)
 

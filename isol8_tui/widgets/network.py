@@ -21,7 +21,8 @@ from isol8_tui.keys import bindings, key_labels
 from isol8_tui.sessions import Session
 
 ACTION_FILTERS = (("All", "all"), ("Allowed", "ALLOW"), ("Blocked", "BLOCK"))
-COLUMNS = ("time", "action", "method", "host", "path", "rule", "status", "bytes", "ms")
+COLUMNS = ("action", "status", "method", "host", "bytes", "ms", "path", "rule", "time")
+"""The short columns first, so the verdict, status, size and duration fit however narrow the pane."""
 
 
 def clock_time(timestamp: str) -> str:
@@ -69,8 +70,8 @@ class NetworkInspector(Vertical):
 
     HELP: ClassVar[str] = NetworkTable.HELP
     BINDINGS: ClassVar = [
-        Binding("slash", "focus_filter", "Filter host", show=True),
-        Binding("a", "cycle_action", "All/allowed/blocked", show=True),
+        Binding("slash", "focus_filter", "Filter", show=True, tooltip="Filter the requests by host"),
+        Binding("a", "cycle_action", "Verdict", show=True, tooltip="Show all, allowed or blocked requests"),
         *bindings("export-har"),
     ]
 
@@ -219,18 +220,18 @@ class NetworkInspector(Vertical):
         if len(path) > 28:
             path = path[:27] + "…"
         cells = (
-            clock_time(entry.timestamp),
             "✗ BLOCK" if blocked else "✓ ALLOW",
+            str(entry.status) if entry.status is not None else "—",
             entry.method,
             entry.host,
-            path,
-            entry.rule or "—",
-            str(entry.status) if entry.status is not None else "—",
             human_bytes(entry.bytes_in + entry.bytes_out),
             f"{entry.duration_ms:.0f}",
+            path,
+            entry.rule or "—",
+            clock_time(entry.timestamp),
         )
         row = [Text(cell, style=style) for cell in cells]
-        row[1] = Text(cells[1], style=verdict)
+        row[0] = Text(cells[0], style=verdict)
         table.add_row(*row, key=str(index))
         if table.row_count == 1:
             self._show_detail()

@@ -179,7 +179,7 @@ async def test_network_table_fills_and_filters(fake_app) -> None:
         table = inspector.query_one(NetworkTable)
         blocked_row = table.get_row_at(2)
         blocked_style = table.get_component_rich_style("network-table--blocked", partial=True)
-        assert "BLOCK" in str(blocked_row[1]) and blocked_row[1].style == blocked_style and blocked_style.bold
+        assert "BLOCK" in str(blocked_row[0]) and blocked_row[0].style == blocked_style and blocked_style.bold
         assert "✗2" in str(screen.results.get_tab("tab-network").label)
         await pilot.press("a", "a")  # all -> allowed -> blocked
         assert inspector.action_filter == "BLOCK" and inspector.visible_rows == 2
@@ -239,7 +239,7 @@ async def test_help_lists_the_focused_panes_keys(fake_app) -> None:
         assert isinstance(help_screen, HelpScreen)
         global_keys = {row.description: row.keys for row in help_screen.global_keys}
         assert global_keys["Run the buffer in the selected session"] == "^r f5"
-        assert "Stop the selected session's run" in global_keys
+        assert "Stop the selected session's run" not in global_keys  # in force (and shown) only while a run is
         await pilot.press("escape")
         await pilot.press("f8")
         main_screen(app).create_session(FILTERED)
@@ -249,7 +249,10 @@ async def test_help_lists_the_focused_panes_keys(fake_app) -> None:
         help_screen = app.screen
         assert isinstance(help_screen, HelpScreen)
         pane_keys = {row.description: row.keys for row in help_screen.pane_keys}
-        assert pane_keys["Filter host"] == "/" and pane_keys["All/allowed/blocked"] == "a"
+        assert (
+            pane_keys["Filter the requests by host"] == "/"
+            and pane_keys["Show all, allowed or blocked requests"] == "a"
+        )
 
 
 async def test_palette_offers_every_action(fake_app) -> None:
@@ -452,9 +455,9 @@ async def test_colours_follow_the_theme(fake_app) -> None:
         screen.create_session(FILTERED)
         await run_and_wait(pilot)
         table = screen.network.query_one(NetworkTable)
-        before = table.get_row_at(2)[1].style
+        before = table.get_row_at(2)[0].style
         app.theme = "textual-light"
         await pilot.pause()
         await pilot.pause()
-        after = table.get_row_at(2)[1].style
+        after = table.get_row_at(2)[0].style
         assert after != before and after == table.get_component_rich_style("network-table--blocked", partial=True)

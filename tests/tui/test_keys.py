@@ -164,3 +164,65 @@ async def test_jump_mode_reaches_each_pane_in_two_keys(fake_app, letter: str, fo
         assert screen.editor_pane.text == 'print("hi")\n'
         if letter == "r":
             assert app.focused is screen.outputs.stderr
+
+
+@pytest.mark.parametrize("pane", ["editor", "output", "network", "files", "sessions"])
+async def test_help_lists_every_binding_of_the_focused_pane_once(fake_app, pane: str) -> None:
+    from isol8_tui.app import HELP_SKIPPED, HELP_SKIPPED_PREFIXES
+
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = main_screen(app)
+        await wait_for(pilot, lambda: screen.started)
+        screen.action_focus_pane(pane)
+        await pilot.pause()
+        expected = {
+            binding.tooltip or binding.description
+            for active in screen.active_bindings.values()
+            if (binding := active.binding).description or binding.tooltip
+            if not binding.system
+            if binding.id in ACTIONS
+            or not (binding.action.startswith(HELP_SKIPPED_PREFIXES) or binding.action in HELP_SKIPPED)
+        }
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        help_screen = app.screen
+        assert isinstance(help_screen, HelpScreen)
+        listed = [row.description for row in help_screen.pane_keys + help_screen.global_keys]
+        assert len(listed) == len(set(listed))  # none twice
+        assert expected <= set(listed)  # none missing
+        shown_keys = {row.description: row.keys for row in help_screen.pane_keys + help_screen.global_keys}
+        for active in screen.active_bindings.values():  # every registry action in force, with its key
+            action = ACTIONS.get(active.binding.id or "")
+            if action is not None:
+                assert shown_keys[action.tooltip or action.description], action.id
+
+
+async def test_a_dialogs_footer_and_help_show_its_own_keys(fake_app) -> None:
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = main_screen(app)
+        await wait_for(pilot, lambda: screen.started)
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewSessionScreen))
+        dialog = app.screen
+        actions = {active.binding.action for active in dialog.active_bindings.values()}
+        assert "create" in actions and "run" not in actions and "new_session" not in actions
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        help_screen = app.screen
+        assert isinstance(help_screen, HelpScreen)
+        assert "New session" in str(help_screen.query_one("#help-dialog").border_title)
+        descriptions = {row.description for row in help_screen.pane_keys + help_screen.global_keys}
+        assert "Create" in descriptions and "Run the buffer in the selected session" not in descriptions
+
+
+async def test_the_palettes_screenshot_works_without_a_downloads_folder(fake_app, workdir) -> None:
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: main_screen(app).started)
+        [command] = [c for c in app.get_system_commands(app.screen) if c.title == "Screenshot"]
+        command.callback()
+        await wait_for(pilot, lambda: any(workdir.glob("*.svg")))
+        [svg] = workdir.glob("*.svg")
+        assert "isol8" in svg.read_text()
