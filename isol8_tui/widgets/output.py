@@ -27,6 +27,8 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 FLUSH_SECONDS = 1 / 20
 """How often a pane takes in what arrived: at most ~20 repaints a second, however fast the program prints."""
+FLUSH_CHARACTERS = 256 * 1024
+"""The most a pane takes in at once; the rest waits for the next turn, so keys are handled in between."""
 
 
 def clean(text: str) -> str:
@@ -103,7 +105,10 @@ class OutputPane(ScrollView, can_focus=True):
             return
         self._pending.append(text)
         if self._timer is None:
-            self._timer = self.set_timer(FLUSH_SECONDS, self.flush)
+            self._timer = self.set_timer(FLUSH_SECONDS, self._flush_slice)
+
+    def _flush_slice(self) -> None:
+        self.flush(everything=False)
 
     def append_marker(self, text: str) -> None:
         """A line of our own (run separators, notices), on a line of its own."""
@@ -112,12 +117,20 @@ class OutputPane(ScrollView, can_focus=True):
         self._width = max(self._width, cell_len(text))
         self._resized(follow=True)
 
-    def flush(self) -> None:
+    def flush(self, everything: bool = True) -> None:
+        """Take in what arrived: everything (a run ended, a marker follows), or on the timer a slice of at
+        most FLUSH_CHARACTERS, the rest on the next turn."""
         self._timer = None
         if not self._pending:
             return
-        data = clean("".join(self._pending))
+        data = "".join(self._pending)
         self._pending.clear()
+        if not everything and len(data) > FLUSH_CHARACTERS:
+            cut = data.rfind("\n", 0, FLUSH_CHARACTERS) + 1 or FLUSH_CHARACTERS
+            data, rest = data[:cut], data[cut:]
+            self._pending.append(rest)
+            self._timer = self.set_timer(0.001, self._flush_slice)
+        data = clean(data)
         following = self.is_vertical_scroll_end or self.max_scroll_y == 0
         self.transcript.write(data)
         self._width = max(self._width, max(cell_len(line) for line in data.split("\n")))
