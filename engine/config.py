@@ -196,6 +196,7 @@ TUI_ACTIONS: tuple[str, ...] = (
     "next-error",
     "save-output",
     "export-har",
+    "session-settings",
 )
 """Binding ids of the workbench (`isol8 tui`) that `tui.keymap` may rebind; the app's tests keep them in sync."""
 

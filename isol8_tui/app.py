@@ -218,6 +218,19 @@ class WorkbenchApp(keys.KeymapApp, inherit_bindings=False):
         yield command(
             "Session: delete the selected one", "{delete-session} · removes its container", main.action_delete_session
         )
+        yield command(
+            "Session: run settings…",
+            "{session-settings} · timeout, memory, CPU, env, stdin, packages (saved in the project file)",
+            main.action_session_settings,
+        )
+        yield command("File: save as…", "{save-as}", main.action_save_as)
+        yield command(
+            "Output: search",
+            "{search-output} in the output pane · n / N step",
+            partial(main.action_focus_pane, "output"),
+        )
+        yield command("Network: export the requests as HAR…", "{export-har} in the inspector", main.export_har)
+        yield command("View: jump to a pane", "{jump} · then the pane's letter", main.action_jump)
         for session in main.sessions_in_order():
             detail = "fresh container per run" if session.scratch else f"{session.runtime} · {session.network}"
             yield command(f"Session: switch to {session.name}", detail, partial(main.select_session, session))

@@ -29,7 +29,7 @@ from engine.errors import DockerUnavailable, ImageMissing, Isol8Error, SandboxLo
 from engine.interface import Engine
 from engine.runtimes import RUNTIME_NAMES, RUNTIMES, detect_runtime
 from isol8_tui.output import one_line
-from isol8_tui.sessions import Session, SessionSpec, SessionState
+from isol8_tui.sessions import RunSettings, Session, SessionSpec, SessionState
 
 log = logging.getLogger("isol8.tui")
 
@@ -251,6 +251,7 @@ class EngineBridge:
         self.target: MessagePump | None = None
         self._next_id = 0
         self._names: dict[str, int] = {}
+        self._options: dict[str, Isol8Options] = {}  # each session's engine options, by session id
 
     def post(self, message: Message) -> None:
         if self.target is not None:
@@ -277,11 +278,32 @@ class EngineBridge:
             network=spec.network,
             network_filter=network_filter,
             log_network=True,
-            **self.session_overrides,
+            **{**self.session_overrides, **spec.settings.container_limits()},
         )
         count = self._names.get(spec.runtime, 0) + 1
         self._names[spec.runtime] = count
-        return self._add(f"{spec.runtime}-{count}", spec.runtime, options)
+        session = self._add(f"{spec.runtime}-{count}", spec.runtime, options)
+        session.settings = spec.settings
+        return session
+
+    async def configure(self, session: Session, settings: RunSettings) -> None:
+        """New run settings; new memory or CPU limits take a new container (the old one, with its files,
+        is stopped)."""
+        before = session.settings
+        session.settings = settings
+        if session.scratch or settings.container_limits() == before.container_limits():
+            return
+        old = session.engine
+        limits = {
+            name: value if value is not None else getattr(self.config.defaults, name)
+            for name, value in settings.container_limits().items()
+        }
+        options = self._options[session.id].model_copy(update=limits)
+        self._options[session.id] = options
+        session.engine = self.backend.create_engine(options)
+        self._set_state(session, "new")
+        with contextlib.suppress(Exception):
+            await old.stop()
 
     def _add(self, name: str, runtime: str | None, options: Isol8Options) -> Session:
         self._next_id += 1
@@ -298,6 +320,7 @@ class EngineBridge:
             created_at=self.backend.clock(),
         )
         self.sessions[session.id] = session
+        self._options[session.id] = options
         return session
 
     async def warm_up(self, session: Session) -> None:

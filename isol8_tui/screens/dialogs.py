@@ -23,7 +23,8 @@ from engine import NetworkLogEntry
 from engine.models import NetworkMode
 from engine.runtimes import RUNTIME_NAMES
 from isol8_tui.keys import key_labels
-from isol8_tui.sessions import NETWORK_POLICIES, SessionSpec
+from isol8_tui.output import one_line
+from isol8_tui.sessions import NETWORK_POLICIES, RunSettings, SessionSpec
 from isol8_tui.widgets.network import describe
 
 
@@ -330,6 +331,95 @@ class RuntimeScreen(Dialog):
         self.dismiss(value if isinstance(value, str) else None)
 
     @on(Button.Pressed, "#rt-cancel")
+    def _cancel(self) -> None:
+        self.dismiss(None)
+
+
+class SessionSettingsScreen(Dialog):
+    """A session's run settings: timeout, memory, CPU, env, stdin file, packages (saved in the project file)."""
+
+    BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "apply", "Apply", show=True)]
+    HELP: ClassVar[str] = (
+        "The selected session's run settings, kept in the project file beside the code. Empty means the "
+        "engine's default. New memory or CPU limits start a new container (its /sandbox files go). "
+        "{apply} applies."
+    )
+    FIELDS: ClassVar[tuple[tuple[str, str, str], ...]] = (
+        ("timeout", "Timeout", "ms, e.g. 10000"),
+        ("memory", "Memory", "e.g. 512m, 1g"),
+        ("cpu", "CPU", "cores, e.g. 1.5"),
+        ("env", "Env", "KEY=value KEY2=value2"),
+        ("stdin", "Stdin file", "a file fed to each run's stdin"),
+        ("packages", "Packages", "installed before each run, e.g. rich httpx"),
+    )
+
+    def __init__(self, session_name: str, settings: RunSettings) -> None:
+        super().__init__()
+        self._name = session_name
+        self._settings = settings
+
+    def compose(self) -> ComposeResult:
+        current = self._settings
+        values = {
+            "timeout": str(current.timeout_ms or ""),
+            "memory": current.memory_limit or "",
+            "cpu": str(current.cpu_limit or ""),
+            "env": " ".join(f"{key}={value}" for key, value in current.env.items()),
+            "stdin": current.stdin_file or "",
+            "packages": " ".join(current.packages),
+        }
+        with Vertical(classes="dialog", id="settings-dialog") as box:
+            box.border_title = f"Run settings · {self._name}"
+            for name, label, placeholder in self.FIELDS:
+                with Horizontal(classes="field"):
+                    yield Label(label, classes="label")
+                    if name == "stdin":
+                        yield PathInput(values[name], placeholder=placeholder, id=f"set-{name}")
+                    else:
+                        yield Input(values[name], placeholder=placeholder, id=f"set-{name}", compact=True)
+            yield Static("", id="set-note", classes="note")
+            with Horizontal(classes="buttons"):
+                yield Button("Apply", variant="primary", id="set-apply", compact=True)
+                yield Button("Cancel", id="set-cancel", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#set-timeout", Input).focus()
+
+    def _value(self, name: str) -> str:
+        return self.query_one(f"#set-{name}", Input).value.strip()
+
+    def settings(self) -> RunSettings | None:
+        """The dialog's values, or None with the reason shown."""
+        note = self.query_one("#set-note", Static)
+        env: dict[str, str] = {}
+        for pair in self._value("env").split():
+            key, equals, value = pair.partition("=")
+            if not equals or not key:
+                note.update(f'[$error]"{pair}" is not KEY=value.[/]')
+                return None
+            env[key] = value
+        timeout, cpu = self._value("timeout"), self._value("cpu")
+        try:
+            return RunSettings(
+                timeout_ms=int(timeout) if timeout else None,
+                memory_limit=self._value("memory") or None,
+                cpu_limit=float(cpu) if cpu else None,
+                env=env,
+                stdin_file=self._value("stdin") or None,
+                packages=self._value("packages").split(),
+            )
+        except ValueError as exc:  # int()/float() and pydantic's ValidationError
+            note.update(f"[$error]{one_line(exc)}[/]")
+            return None
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#set-apply")
+    def action_apply(self) -> None:
+        settings = self.settings()
+        if settings is not None:
+            self.dismiss(settings)
+
+    @on(Button.Pressed, "#set-cancel")
     def _cancel(self) -> None:
         self.dismiss(None)
 

@@ -30,7 +30,7 @@ from textual.worker import Worker, WorkerState
 from engine import ExecutionRequest, NetworkLogEntry
 from engine.config import TuiSettings
 from engine.models import NetworkMode
-from isol8_tui import har, keys, sessions
+from isol8_tui import har, keys, project, sessions
 from isol8_tui.bridge import (
     DockerChecked,
     EngineBridge,
@@ -57,11 +57,12 @@ from isol8_tui.screens.dialogs import (
     PathScreen,
     RequestScreen,
     RuntimeScreen,
+    SessionSettingsScreen,
     Transfer,
     TransferScreen,
 )
 from isol8_tui.screens.jump import JumpScreen, JumpTarget
-from isol8_tui.sessions import Session, SessionSpec
+from isol8_tui.sessions import RunSettings, Session, SessionSpec
 from isol8_tui.transcript import Transcript
 from isol8_tui.widgets.bars import RunBar, RunStatus, TopBar
 from isol8_tui.widgets.editor import CodeEditor, EditorPane, display_path
@@ -103,6 +104,7 @@ class MainScreen(Screen[None]):
         "open",
         "new-session",
         "toggle-sidebar",
+        "session-settings",
         "scratch",
         "clear-output",
         "toggle-keep-output",
@@ -163,6 +165,7 @@ class MainScreen(Screen[None]):
         self.images_dialog: ImagesScreen | None = None
         self.scratch: Session | None = None
         self.started = False
+        self._project_broken = False  # the project file could not be read: never overwrite it
 
     # --- layout -------------------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -238,7 +241,7 @@ class MainScreen(Screen[None]):
         self.started = True
         self.bridge.target = self
         self.scratch = self.bridge.create_scratch()
-        self.selected = self.bridge.create_session(SessionSpec(self.runtime, "none"))
+        self.selected = self._restore_sessions() or self.bridge.create_session(SessionSpec(self.runtime, "none"))
         self.editor_pane.new_file = self._new_file
         self._show_view(self.view_of(self.selected))
         self._refresh_sessions()
@@ -251,6 +254,60 @@ class MainScreen(Screen[None]):
         self.app.theme_changed_signal.subscribe(self, self._theme_changed)
         self._theme_changed(self.app.current_theme)
         self.query_one(CodeEditor).focus()
+
+    # --- the project file -----------------------------------------------------------------------------------
+    @property
+    def project_file(self) -> Path:
+        return project.project_path(self.path)
+
+    def _restore_sessions(self) -> Session | None:
+        """The project file's sessions, created again (new containers); the one to select: the newest of
+        the buffer's runtime, else the first. None when there is no project file (or it is invalid)."""
+        try:
+            saved = project.load(self.project_file)
+        except project.ProjectFileInvalid as exc:
+            self.notify(str(exc), title="Project file not used", severity="warning", timeout=10)
+            self._project_broken = True
+            return None
+        if saved is None or not saved.sessions:
+            return None
+        restored = []
+        for entry in saved.sessions:
+            try:
+                restored.append(self.bridge.create_session(entry.spec()))
+            except ValueError as exc:
+                self.notify(one_line(exc), title=f"A saved {entry.runtime} session was skipped", severity="warning")
+        same = [s for s in restored if s.runtime == self.runtime]
+        if same:
+            return same[-1]
+        return restored[0] if restored else None
+
+    def save_project(self) -> None:
+        """Every persistent session with its settings, beside the code (not over a file it could not read)."""
+        if self._project_broken:
+            return
+        specs = [spec for s in self.sessions_in_order() if (spec := s.spec()) is not None]
+        try:
+            project.save(self.project_file, specs)
+        except OSError as exc:
+            self.notify(f"Cannot write {self.project_file}: {exc.strerror or exc}", severity="warning", timeout=6)
+
+    def action_session_settings(self) -> None:
+        session = self.selected
+        if session is None:
+            return
+
+        def chosen(settings: object) -> None:
+            if isinstance(settings, RunSettings):
+                self.run_worker(self._apply_settings(session, settings), group="sessions", exit_on_error=False)
+
+        self.app.push_screen(SessionSettingsScreen(session.name, session.settings), chosen)
+
+    async def _apply_settings(self, session: Session, settings: RunSettings) -> None:
+        await self.bridge.configure(session, settings)
+        self.save_project()
+        self.notify(f"Run settings of {session.name} saved in {display_path(self.project_file)}.", timeout=3)
+        self._warm_up_if_ready(session)
 
     def _theme_changed(self, theme: Theme) -> None:
         """Syntax colours made for dark backgrounds are unreadable on light ones."""
@@ -271,10 +328,24 @@ class MainScreen(Screen[None]):
             session = self.selected
             if session is None:
                 return
+        settings = session.settings
         try:
+            stdin = None
+            if settings.stdin_file:
+                stdin = (self.project_file.parent / os.path.expanduser(settings.stdin_file)).read_bytes()
             request = ExecutionRequest(
-                code=code, runtime=self.runtime, file_extension=request_extension(self.runtime, self.path)
+                code=code,
+                runtime=self.runtime,
+                file_extension=request_extension(self.runtime, self.path),
+                timeout_ms=settings.timeout_ms,
+                env=settings.env,
+                stdin=stdin,
+                install_packages=settings.packages,
             )
+        except OSError as exc:
+            message = f"Cannot read the stdin file {settings.stdin_file}: {exc.strerror or exc}; fix it with"
+            self.notify(f"{message} {keys.key_labels(self)['session-settings']}.", title="Cannot run", severity="error")
+            return
         except ValueError as exc:
             self.notify(one_line(exc), title="Cannot run", severity="error")
             return
@@ -460,6 +531,9 @@ class MainScreen(Screen[None]):
         if session is None:
             session = self.bridge.create_session(SessionSpec(runtime, self.new_session_network))
             self.notify(f"Created session {session.name} ({runtime}, network {session.network}).", timeout=3)
+            self.select_session(session)
+            self.save_project()
+            return
         self.select_session(session)
 
     @on(RunBar.RuntimePicked)
@@ -520,6 +594,7 @@ class MainScreen(Screen[None]):
             self.notify(one_line(exc), title="Cannot create the session", severity="error")
             return None
         self.select_session(session)
+        self.save_project()
         self.notify(f"Session {session.name} created ({session.runtime}, network {session.network}).", timeout=3)
         return session
 
@@ -567,6 +642,7 @@ class MainScreen(Screen[None]):
         if self.selected is session and self.scratch is not None:
             self.select_session(sessions.after_removal(self.bridge.sessions.values(), self.runtime, self.scratch))
         self._refresh_sessions()
+        self.save_project()
         self.notify(f"Session {session.name} deleted.", timeout=3)
 
     @on(SessionChanged)
