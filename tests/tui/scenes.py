@@ -262,17 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args[0]).resolve() if args else SCREENSHOTS
     output.mkdir(parents=True, exist_ok=True)
     here = Path.cwd()
-    with tempfile.TemporaryDirectory(prefix="isol8-screens-") as tmp:
-        os.chdir(tmp)
-        try:
-            for scene in SCENES:
-                if not scene.screenshot:
-                    continue
+    for scene in SCENES:
+        if not scene.screenshot:
+            continue
+        with tempfile.TemporaryDirectory(prefix="isol8-screens-") as tmp:  # a folder each: no project file shared
+            os.chdir(tmp)
+            try:
                 svg = asyncio.run(capture(scene, Path(tmp)))
-                (output / f"{scene.name}.svg").write_text(svg, encoding="utf-8")
-                print(f"{output / scene.name}.svg  {scene.title}")
-        finally:
-            os.chdir(here)
+            finally:
+                os.chdir(here)
+        (output / f"{scene.name}.svg").write_text(svg, encoding="utf-8")
+        print(f"{output / scene.name}.svg  {scene.title}")
     return 0
 
 

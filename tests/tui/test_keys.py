@@ -226,3 +226,14 @@ async def test_the_palettes_screenshot_works_without_a_downloads_folder(fake_app
         await wait_for(pilot, lambda: any(workdir.glob("*.svg")))
         [svg] = workdir.glob("*.svg")
         assert "isol8" in svg.read_text()
+
+
+def test_the_readmes_keys_table_is_the_registry() -> None:
+    """The README's table lists every action with its default keys (one source of truth: the registry)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([a-z-]+)` \| ([^|]+) \|", readme, flags=re.MULTILINE))
+    expected = {a.id: ", ".join(key_label(k) for k in a.keys.split(",")) for a in ACTIONS.values()}
+    assert {ident: keys.strip() for ident, keys in rows.items() if ident in expected} == expected
