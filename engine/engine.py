@@ -316,7 +316,7 @@ class DockerIsol8:
         if request.cmd is not None:
             argv = ["bash", "-c", request.cmd]
         else:
-            path = code_file(spec, request.file_extension)
+            path = code_file(spec, request.file_extension, request.file_name)
             files[path] = (request.code or "").encode()
             argv = spec.argv(path)
             warm_argv = spec.warm_argv(path, env)

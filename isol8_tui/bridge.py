@@ -51,6 +51,17 @@ def runtime_for_path(path: str | Path) -> str | None:
         return None
 
 
+def request_file_name(runtime: str, path: Path | None) -> str | None:
+    """The file's own name, so it runs as /sandbox/<name> and tracebacks name it: when its extension is one
+    of the runtime's and the engine takes the name (a plain file name)."""
+    if path is None or path.suffix.lower() not in RUNTIMES[runtime].extensions:
+        return None
+    try:
+        return ExecutionRequest(code="", file_name=path.name).file_name
+    except ValueError:
+        return None
+
+
 def request_extension(runtime: str, path: Path | None) -> str | None:
     """The file's own extension when it is one of the runtime's (`.cjs` makes Node use CommonJS)."""
     if path is not None and path.suffix.lower() in RUNTIMES[runtime].extensions:

@@ -47,6 +47,7 @@ from isol8_tui.bridge import (
     SessionChanged,
     WatchedFileChanged,
     request_extension,
+    request_file_name,
     runtime_for_path,
 )
 from isol8_tui.output import one_line
@@ -333,10 +334,12 @@ class MainScreen(Screen[None]):
             stdin = None
             if settings.stdin_file:
                 stdin = (self.project_file.parent / os.path.expanduser(settings.stdin_file)).read_bytes()
+            name = request_file_name(self.runtime, self.path)
             request = ExecutionRequest(
                 code=code,
                 runtime=self.runtime,
-                file_extension=request_extension(self.runtime, self.path),
+                file_name=name,
+                file_extension=None if name else request_extension(self.runtime, self.path),
                 timeout_ms=settings.timeout_ms,
                 env=settings.env,
                 stdin=stdin,

@@ -42,7 +42,7 @@ async def test_run_streams_output_and_shows_the_exit(fake_app, backend: FakeBack
         engine = session.engine
         assert isinstance(engine, FakeEngine)
         assert engine.requests[-1].code == app.screen.editor_pane.text
-        assert engine.requests[-1].file_extension == ".py"
+        assert (engine.requests[-1].file_name, engine.requests[-1].file_extension) == ("main.py", None)
 
 
 async def test_output_is_cleared_or_kept_per_run(fake_app) -> None:

@@ -178,3 +178,12 @@ async def test_search_next_error_and_save_of_the_full_output(fake_app, workdir: 
         await wait_for(pilot, saved.exists)
         text = saved.read_text()
         assert text.startswith("0\n1\n") and "2999\n" in text
+
+
+async def test_the_file_runs_under_its_own_name(fake_app) -> None:
+    app = fake_app('raise ValueError("bad input")\n', name="train.py")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await run_and_wait(pilot)
+        assert 'File "/sandbox/train.py", line 1' in "\n".join(screen.outputs.stderr.lines)
+        engine = screen.selected.engine if screen.selected else None
+        assert isinstance(engine, FakeEngine) and engine.requests[-1].file_name == "train.py"
