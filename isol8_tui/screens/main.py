@@ -783,6 +783,17 @@ class MainScreen(Screen[None]):
         name = f"{session.name}-requests.har"
         self.app.push_screen(PathScreen("Export requests as HAR", "Export", name, must_exist=False), chosen)
 
+    @on(OutputPane.SourceClicked)
+    def go_to_source(self, message: OutputPane.SourceClicked) -> None:
+        """A traceback line of the open file: the editor's cursor goes to that line."""
+        if self.path is None or message.name != request_file_name(self.runtime, self.path):
+            self.notify(f"/sandbox/{message.name} is not the open file.", timeout=3)
+            return
+        editor = self.query_one(CodeEditor)
+        row = max(0, min(message.line - 1, editor.document.line_count - 1))
+        editor.move_cursor((row, 0), center=True)
+        editor.focus()
+
     @on(OutputPane.SaveRequested)
     def save_output(self, message: OutputPane.SaveRequested) -> None:
         """The pane's stream of the run, whole (also the lines a flood's cut hides), to a file."""

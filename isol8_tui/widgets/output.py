@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from rich.cells import cell_len
 from rich.text import Text
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -41,6 +41,22 @@ def clean(text: str) -> str:
     return _CONTROL.sub("", text.replace("\t", "    "))
 
 
+_SOURCE = re.compile(
+    r'File "/sandbox/(?P<py>[^"/]+)", line (?P<pyline>\d+)|/sandbox/(?P<js>[^\s:/()]+):(?P<jsline>\d+)'
+)
+
+
+def source_line(text: str) -> tuple[str, int] | None:
+    """The file in /sandbox and the line a traceback line names (Python's `File "...", line N`, or the
+    JavaScript runtimes' `/sandbox/name:N`)."""
+    match = _SOURCE.search(text)
+    if match is None:
+        return None
+    if match["py"]:
+        return match["py"], int(match["pyline"])
+    return match["js"], int(match["jsline"])
+
+
 def new_transcript(scrollback_lines: int) -> Transcript:
     """A stream's transcript: a fifth of the scrollback for the head, the rest for the tail."""
     head = scrollback_lines // 5
@@ -54,7 +70,8 @@ class OutputPane(ScrollView, can_focus=True):
         "What the program prints, live. Scroll with the arrows, page keys or the mouse; it follows new "
         "output while you are at the end. A flood keeps its first and last lines (tui.scrollbackLines) and "
         "says how many were cut. {search} searches, {next_match} / {previous_match} step through the "
-        "matches, {next_error} goes to the next error line, {save_output} saves the run's full output."
+        "matches, {next_error} goes to the next error line, {save_output} saves the run's full output. "
+        "Clicking a traceback line that names the file moves the editor there."
     )
     COMPONENT_CLASSES: ClassVar[set[str]] = {"output--cursor", "output--match", "output--cut"}
     BINDINGS: ClassVar = [
@@ -66,6 +83,24 @@ class OutputPane(ScrollView, can_focus=True):
     @dataclass
     class SaveRequested(Message):
         pane: OutputPane
+
+    @dataclass
+    class SourceClicked(Message):
+        """A traceback line naming a file in /sandbox was clicked: the editor goes to that line."""
+
+        name: str
+        line: int
+
+    def on_click(self, event: events.Click) -> None:
+        offset = event.get_content_offset(self)
+        if offset is None:
+            return
+        index = self.scroll_offset.y + offset.y
+        if 0 <= index < len(self.transcript):
+            found = source_line(self.transcript[index])
+            if found is not None:
+                self._go(index)
+                self.post_message(self.SourceClicked(*found))
 
     def __init__(self, stream: str, scrollback_lines: int) -> None:
         super().__init__(id=stream, classes=f"output -{stream}")

@@ -187,3 +187,17 @@ async def test_the_file_runs_under_its_own_name(fake_app) -> None:
         assert 'File "/sandbox/train.py", line 1' in "\n".join(screen.outputs.stderr.lines)
         engine = screen.selected.engine if screen.selected else None
         assert isinstance(engine, FakeEngine) and engine.requests[-1].file_name == "train.py"
+
+
+async def test_clicking_a_traceback_line_moves_the_editor_there(fake_app) -> None:
+    code = 'import sys\nprint("one")\nprint("two")\nraise KeyError("late")\n'
+    app = fake_app(code, name="train.py")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await run_and_wait(pilot)
+        stderr = screen.outputs.stderr
+        index = next(i for i, line in enumerate(stderr.lines) if "line 4" in line)
+        stderr.scroll_home(animate=False, immediate=True)
+        await pilot.pause()
+        await pilot.click(stderr, offset=(3, index - stderr.scroll_offset.y + 1))  # +1: the title line
+        await wait_for(pilot, lambda: screen.query_one(TextArea).cursor_location == (3, 0))
+        assert screen.editor_pane.text == code
