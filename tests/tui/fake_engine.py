@@ -400,6 +400,6 @@ def _traceback(path: str, number: int, raw: str, failure: re.Match[str]) -> str:
             "Traceback (most recent call last):\n"
             f'  File "{path}", line {number}, in <module>\n'
             f"    {raw.strip()}\n"
-            f"{failure['py']}: {message}\n"
+            f"{failure['py']}: {repr(message) if failure['py'] == 'KeyError' else message}\n"  # as Python prints it
         )
     return f"file://{path}:{number}\n{raw.strip()}\n^\n\n{failure['js']}: {message}\n    at file://{path}:{number}:7\n"
