@@ -10,7 +10,7 @@ from tui_helpers import main_screen, wait_for
 
 from engine.config import TUI_ACTIONS, TuiSettings
 from isol8_tui.keys import ACTIONS, KeyLabels, key_label
-from isol8_tui.screens.dialogs import NewSessionScreen, TransferScreen
+from isol8_tui.screens.dialogs import NewSessionScreen, RuntimeScreen, SessionSettingsScreen, TransferScreen
 from isol8_tui.screens.help import HelpScreen
 from isol8_tui.screens.jump import JumpScreen
 from isol8_tui.screens.main import MainScreen
@@ -86,6 +86,9 @@ async def test_a_rebound_action_shows_its_new_key_everywhere(fake_app) -> None:
         (RunBar.HELP, (RunBar,)),
         (NewSessionScreen.HELP, (NewSessionScreen,)),
         (TransferScreen.HELP, (TransferScreen,)),
+        (SessionSettingsScreen.HELP, (SessionSettingsScreen,)),
+        (RuntimeScreen.HELP, (RuntimeScreen,)),
+        (JumpScreen.HELP, (JumpScreen,)),
     ],
 )
 def test_every_help_text_names_keys_that_are_bound(help_text: str, owners: tuple[type[DOMNode], ...]) -> None:
