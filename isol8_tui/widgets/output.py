@@ -27,7 +27,7 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 FLUSH_SECONDS = 1 / 20
 """How often a pane takes in what arrived: at most ~20 repaints a second, however fast the program prints."""
-FLUSH_CHARACTERS = 256 * 1024
+FLUSH_CHARACTERS = 128 * 1024
 """The most a pane takes in at once; the rest waits for the next turn, so keys are handled in between."""
 
 
