@@ -34,9 +34,8 @@ def format_duration(ms: float) -> str:
 
 def format_pool(figures: PoolFigures) -> str:
     """The warm pool's figures (the scratch engine's containers) and the sessions' own containers."""
-    pool = f"pool {figures.ready} ready · {figures.busy} busy · {figures.starting} starting"
-    held = figures.sessions
-    return f"{pool} · {held} session container{'s' if held != 1 else ''}"
+    pool = f"pool ready {figures.ready} · busy {figures.busy} · starting {figures.starting}"
+    return f"{pool} · sessions {figures.sessions}"
 
 
 def short(text: str, limit: int = 90) -> str:
