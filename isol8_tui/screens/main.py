@@ -1067,7 +1067,7 @@ class MainScreen(Screen[None]):
     def action_jump(self) -> None:
         """A letter over each pane (over its tab when it is hidden behind another); the letter focuses it."""
         where: dict[str, Widget] = {
-            "sessions": self.sidebar if self.sidebar.region.width else self.query_one("#work"),
+            "sessions": self.sidebar if self.sidebar.region.width else self.topbar.query_one("#target"),
             "editor": self.editor_pane,
             "output": self.outputs.stdout
             if self.results.active == "tab-output"

@@ -227,6 +227,7 @@ SCENES += [
         ("running", running, TRAINING),
         ("network", network, FETCHING),
         ("help", help_screen, HELLO),
+        ("jump", jump, HELLO),
     )
 ]
 

@@ -161,6 +161,8 @@ async def test_jump_mode_reaches_each_pane_in_two_keys(fake_app, letter: str, fo
         await wait_for(pilot, lambda: isinstance(app.screen, JumpScreen))
         labels = [str(label.render()) for label in app.screen.query(".jump-label")]
         assert len(labels) == len(set(labels)) == len(MainScreen.JUMP_PANES)
+        places = [label.region.offset for label in app.screen.query(".jump-label")]
+        assert len(set(places)) == len(places)  # no letter hides another
         await pilot.press(letter)
         await wait_for(pilot, lambda: app.screen is screen)
         assert isinstance(app.focused, focused)
