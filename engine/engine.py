@@ -318,15 +318,15 @@ class DockerIsol8:
         else:
             path = code_file(spec, request.file_extension, request.file_name)
             files[path] = (request.code or "").encode()
-            argv = spec.argv(path)
-            warm_argv = spec.warm_argv(path, env)
+            argv = [*spec.argv(path), *request.args]
+            warm_argv = spec.warm_argv(path, env) if not request.args else None  # the warm paths take no args
         code = job(
             argv,
             cwd=resolve_workdir(request.workdir),
             files=files,
             stdin=_bytes(request.stdin) if request.stdin is not None else None,
             output_paths=list(request.output_paths),
-            python_file=argv[-1] if spec.name == "python" and request.cmd is None else None,
+            python_file=argv[-1] if spec.name == "python" and request.cmd is None and not request.args else None,
             warm_argv=warm_argv,
             # A session runs its next execution on this uid; a pool's scrub starts it for the next one.
             prestart=self.options.mode == "persistent",

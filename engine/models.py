@@ -128,6 +128,7 @@ class ExecutionRequest(RequestLimits):
     env: dict[str, str] = Field(default_factory=dict)
     file_extension: str | None = None
     file_name: str | None = None  # the code's own name in /sandbox (tracebacks name it); else main<ext>
+    args: list[str] = Field(default_factory=list, max_length=256)  # after the code file: sys.argv[1:]
     stdin: str | bytes | None = Field(default=None, max_length=MAX_STDIN_BYTES)
     workdir: str | None = None
     install_packages: list[str] = Field(default_factory=list)
@@ -165,6 +166,8 @@ class ExecutionRequest(RequestLimits):
             )
         if given == 0:
             raise ValueError("ExecutionRequest must include exactly one of: code, codeUrl, or cmd.")
+        if self.args and self.cmd is not None:
+            raise ValueError("ExecutionRequest.args go to the code's file; a cmd carries its own.")
         if self.file_name is not None:
             if self.cmd is not None:
                 raise ValueError("ExecutionRequest.fileName names the code's file; a cmd has none.")
@@ -184,6 +187,15 @@ class ExecutionRequest(RequestLimits):
         if value is not None and "\0" in value:
             raise ValueError(f"{to_camel(info.field_name or '')} cannot contain a NUL byte")
         return value
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, args: list[str]) -> list[str]:
+        """Each argument a string of at most 4096 characters without a NUL (they are an argv, never a shell line)."""
+        for arg in args:
+            if "\0" in arg or len(arg) > 4096:
+                raise ValueError("Each of ExecutionRequest.args is at most 4096 characters, without a NUL byte.")
+        return args
 
     @field_validator("file_name")
     @classmethod

@@ -32,6 +32,7 @@ class RunSettings(BaseModel):
     memory_limit: str | None = None  # the container's: changing it starts a new container
     cpu_limit: float | None = Field(default=None, gt=0)  # likewise
     env: dict[str, str] = Field(default_factory=dict)
+    args: list[str] = Field(default_factory=list)  # the program's arguments (sys.argv[1:])
     stdin_file: str | None = None  # a host file (relative to the project folder) fed to each run's stdin
     packages: list[str] = Field(default_factory=list)  # installed before each run
 

@@ -56,3 +56,33 @@ async def test_node_runs_the_named_file_with_its_own_module_kind(engine: DockerI
     code = "console.log(typeof require, __filename)\n"
     result = await engine.execute(ExecutionRequest(code=code, runtime="node", file_name="tool.cjs"))
     assert result.stdout == "function /sandbox/tool.cjs\n", result.stderr
+
+
+def test_args_are_an_argv_for_code_only() -> None:
+    assert ExecutionRequest(code="1", args=["--epochs", "3"]).args == ["--epochs", "3"]
+    with pytest.raises(ValidationError, match="a cmd carries its own"):
+        ExecutionRequest(cmd="ls", args=["-l"])
+    with pytest.raises(ValidationError, match="without a NUL byte"):
+        ExecutionRequest(code="1", args=["a\0b"])
+    with pytest.raises(ValidationError):
+        ExecutionRequest(code="1", args=["x"] * 257)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(
+    ("runtime", "code"),
+    [
+        ("python", "import sys; print(sys.argv[1:])"),
+        ("node", "console.log(JSON.stringify(process.argv.slice(2)).replaceAll('\"', \"'\").replaceAll(',', ', '))"),
+        ("bash", 'printf "[%s]\\n" "$(printf "%s, " "$@" | sed "s/, $//")"'),
+    ],
+)
+async def test_args_reach_the_program_as_given(engine: DockerIsol8, runtime: str, code: str) -> None:
+    """Arguments are an argv: spaces, quotes and shell characters arrive as they are, nothing runs."""
+    args = ["--name", "a b", "$(id)", "x;y"]
+    result = await engine.execute(ExecutionRequest(code=code, runtime=runtime, args=args))
+    assert result.exit_code == 0, result.stderr
+    if runtime == "bash":
+        assert result.stdout == "[--name, a b, $(id), x;y]\n"
+    else:
+        assert result.stdout == "['--name', 'a b', '$(id)', 'x;y']\n"

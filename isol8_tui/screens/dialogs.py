@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,7 +341,8 @@ class SessionSettingsScreen(Dialog):
 
     BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "apply", "Apply", show=True)]
     HELP: ClassVar[str] = (
-        "The selected session's run settings, kept in the project file beside the code. Empty means the "
+        "The selected session's run settings (timeout, memory, CPU, env, arguments, stdin file, packages), kept "
+        "in the project file beside the code. Empty means the "
         "engine's default. New memory or CPU limits start a new container (its /sandbox files go). "
         "{apply} applies."
     )
@@ -349,6 +351,7 @@ class SessionSettingsScreen(Dialog):
         ("memory", "Memory", "e.g. 512m, 1g"),
         ("cpu", "CPU", "cores, e.g. 1.5"),
         ("env", "Env", "KEY=value KEY2=value2"),
+        ("args", "Arguments", "the program's arguments, quoted as in a shell: --name 'a b'"),
         ("stdin", "Stdin file", "a file fed to each run's stdin"),
         ("packages", "Packages", "installed before each run, e.g. rich httpx"),
     )
@@ -365,6 +368,7 @@ class SessionSettingsScreen(Dialog):
             "memory": current.memory_limit or "",
             "cpu": str(current.cpu_limit or ""),
             "env": " ".join(f"{key}={value}" for key, value in current.env.items()),
+            "args": shlex.join(current.args),
             "stdin": current.stdin_file or "",
             "packages": " ".join(current.packages),
         }
@@ -400,11 +404,17 @@ class SessionSettingsScreen(Dialog):
             env[key] = value
         timeout, cpu = self._value("timeout"), self._value("cpu")
         try:
+            args = shlex.split(self._value("args"))  # split only: the arguments are an argv, never run by a shell
+        except ValueError as exc:
+            note.update(f"[$error]Arguments: {exc}.[/]")
+            return None
+        try:
             return RunSettings(
                 timeout_ms=int(timeout) if timeout else None,
                 memory_limit=self._value("memory") or None,
                 cpu_limit=float(cpu) if cpu else None,
                 env=env,
+                args=args,
                 stdin_file=self._value("stdin") or None,
                 packages=self._value("packages").split(),
             )

@@ -342,6 +342,7 @@ class MainScreen(Screen[None]):
                 file_extension=None if name else request_extension(self.runtime, self.path),
                 timeout_ms=settings.timeout_ms,
                 env=settings.env,
+                args=settings.args,
                 stdin=stdin,
                 install_packages=settings.packages,
             )

@@ -32,6 +32,7 @@ async def test_settings_are_saved_applied_and_restored(fake_app, workdir: Path) 
             "memory": "1g",
             "cpu": "1.5",
             "env": "MODE=dev TOKEN=a=b",
+            "args": "--name 'a b' '$(id)'",
             "stdin": "input.txt",
             "packages": "rich httpx",
         }
@@ -51,6 +52,7 @@ async def test_settings_are_saved_applied_and_restored(fake_app, workdir: Path) 
             b"typed in\n",
         )
         assert request.install_packages == ["rich", "httpx"]
+        assert request.args == ["--name", "a b", "$(id)"]
         saved = json.loads((workdir / PROJECT_FILE).read_text())
         assert [s["runtime"] for s in saved["sessions"]] == ["python", "python"]
         assert saved["sessions"][1]["whitelist"] == list(FILTERED.whitelist)
@@ -65,6 +67,7 @@ async def test_settings_are_saved_applied_and_restored(fake_app, workdir: Path) 
         restored = [s for s in screen.sessions_in_order() if not s.scratch]
         assert [(s.network, s.whitelist) for s in restored] == [("none", ()), ("filtered", FILTERED.whitelist)]
         assert restored[1].settings.timeout_ms == 4000 and restored[1].settings.packages == ["rich", "httpx"]
+        assert restored[1].settings.args == ["--name", "a b", "$(id)"]
         engine = restored[1].engine
         assert isinstance(engine, FakeEngine) and engine.options.memory_limit == "1g"
         assert screen.selected is restored[1]  # the newest session of the buffer's runtime
@@ -81,6 +84,7 @@ async def test_a_bad_setting_keeps_the_dialog_open_and_says_why(fake_app) -> Non
             ("timeout", "soon", "soon"),
             ("memory", "lots", "lots"),
             ("env", "NOEQUALS", "KEY=value"),
+            ("args", "'unclosed", "Arguments"),
         ):
             app.screen.query_one(f"#set-{field}", Input).value = value
             await pilot.press("ctrl+s")
