@@ -230,6 +230,15 @@ TUI_ACTIONS: tuple[str, ...] = (
     "focus-output",
     "focus-network",
     "focus-files",
+    "jump",
+    "save-as",
+    "search-output",
+    "next-match",
+    "previous-match",
+    "next-error",
+    "save-output",
+    "export-har",
+    "session-settings",
 )
 """Binding ids of the workbench (`isol8 tui`) that `tui.keymap` may rebind; the app's tests keep them in sync."""
 

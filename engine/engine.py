@@ -352,10 +352,10 @@ class DockerIsol8:
         if request.cmd is not None:
             argv = ["bash", "-c", request.cmd]
         else:
-            path = code_file(spec, request.file_extension)
+            path = code_file(spec, request.file_extension, request.file_name)
             files[path] = (request.code or "").encode()
-            argv = spec.argv(path)
-            warm_argv = spec.warm_argv(path, env)
+            argv = [*spec.argv(path), *request.args]
+            warm_argv = spec.warm_argv(path, env) if not request.args else None  # the warm paths take no args
         interactive = terminal is not None  # a new process on the terminal: no zygote, no warm start
         code = job(
             argv,
@@ -364,7 +364,9 @@ class DockerIsol8:
             files=files,
             stdin=_bytes(request.stdin) if request.stdin is not None else None,
             output_paths=list(request.output_paths),
-            python_file=argv[-1] if spec.name == "python" and request.cmd is None and not interactive else None,
+            python_file=argv[-1]
+            if spec.name == "python" and request.cmd is None and not request.args and not interactive
+            else None,
             warm_argv=None if interactive else warm_argv,
             terminal=terminal,
             # A session runs its next execution on this uid; a pool's scrub starts it for the next one.

@@ -35,6 +35,7 @@ MAX_FILE_SIZE = 64 << 20
 """Default `maxFileSize`: the most bytes read back from a sandbox by one `get_file`, or by one
 execution's `output_paths` together (counted as they are read, so the engine's memory is bounded)."""
 FILE_ROOTS = ("/sandbox", "/tmp")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def sandbox_path(path: str) -> str:
@@ -133,6 +134,8 @@ class ExecutionRequest(RequestLimits):
     timeout_ms: int | None = Field(default=None, gt=0)
     env: dict[str, str] = Field(default_factory=dict)
     file_extension: str | None = None
+    file_name: str | None = None  # the code's own name in /sandbox (tracebacks name it); else main<ext>
+    args: list[str] = Field(default_factory=list, max_length=256)  # after the code file: sys.argv[1:]
     stdin: str | bytes | None = Field(default=None, max_length=MAX_STDIN_BYTES)
     workdir: str | None = None
     install_packages: list[str] = Field(default_factory=list)
@@ -170,6 +173,13 @@ class ExecutionRequest(RequestLimits):
             )
         if given == 0:
             raise ValueError("ExecutionRequest must include exactly one of: code, codeUrl, or cmd.")
+        if self.args and self.cmd is not None:
+            raise ValueError("ExecutionRequest.args go to the code's file; a cmd carries its own.")
+        if self.file_name is not None:
+            if self.cmd is not None:
+                raise ValueError("ExecutionRequest.fileName names the code's file; a cmd has none.")
+            if self.file_extension is not None:
+                raise ValueError("ExecutionRequest.fileName carries its extension: leave fileExtension out.")
         return self
 
     @field_validator("env", "secrets")
@@ -184,6 +194,26 @@ class ExecutionRequest(RequestLimits):
         if value is not None and "\0" in value:
             raise ValueError(f"{to_camel(info.field_name or '')} cannot contain a NUL byte")
         return value
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, args: list[str]) -> list[str]:
+        """Each argument a string of at most 4096 characters without a NUL (they are an argv, never a shell line)."""
+        for arg in args:
+            if "\0" in arg or len(arg) > 4096:
+                raise ValueError("Each of ExecutionRequest.args is at most 4096 characters, without a NUL byte.")
+        return args
+
+    @field_validator("file_name")
+    @classmethod
+    def _file_name(cls, name: str | None) -> str | None:
+        """A plain file name (no folder, no leading dot, so never /sandbox's own dot files)."""
+        if name is not None and not _FILE_NAME.fullmatch(name):
+            raise ValueError(
+                f'Invalid file name: "{name}". Use letters, digits, ".", "_" and "-", starting with a letter or '
+                'digit, at most 128 characters (e.g. "train.py").'
+            )
+        return name
 
     @field_validator("file_extension")
     @classmethod

@@ -214,6 +214,8 @@ def detect_runtime(filename: str) -> RuntimeSpec:
     return spec
 
 
-def code_file(spec: RuntimeSpec, extension: str | None) -> str:
-    """Where the code is written: `/sandbox/main<ext>`."""
+def code_file(spec: RuntimeSpec, extension: str | None, name: str | None = None) -> str:
+    """Where the code is written: `/sandbox/<name>` when the request names it, else `/sandbox/main<ext>`."""
+    if name is not None:
+        return f"{CODE_DIR}/{name}"
     return f"{CODE_DIR}/main{extension or spec.extensions[0]}"

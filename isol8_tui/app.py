@@ -145,6 +145,16 @@ class WorkbenchApp(keys.KeymapApp, inherit_bindings=False):
             return
         self.exit()
 
+    def deliver_screenshot(
+        self, filename: str | None = None, path: str | None = None, time_format: str | None = None
+    ) -> str | None:
+        """The palette's Screenshot: into ~/Downloads when that folder exists, else the working directory
+        (Textual's default fails without a Downloads folder)."""
+        if path is None:
+            downloads = Path.home() / "Downloads"
+            path = str(downloads if downloads.is_dir() else Path.cwd())
+        return super().deliver_screenshot(filename, path, time_format)
+
     # --- help -------------------------------------------------------------------------------------------------------
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
@@ -152,24 +162,33 @@ class WorkbenchApp(keys.KeymapApp, inherit_bindings=False):
         screen = self.screen
         if isinstance(screen, MainScreen):
             pane, about = screen.focused_pane()
-        else:
-            pane, about = type(screen).__name__, self.key_labels.text(getattr(screen, "HELP", ""), type(screen))
-        pane_keys: dict[tuple[int, str], list[str]] = {}
-        global_keys: dict[tuple[int, str], list[str]] = {}
-        descriptions: dict[tuple[int, str], str] = {}
+        else:  # a dialog: its own keys (the main screen's are not in force under it)
+            box = next(iter(screen.query(".dialog")), None)
+            pane = str(box.border_title) if box is not None and box.border_title else type(screen).__name__
+            about = self.key_labels.text(getattr(screen, "HELP", ""), type(screen))
+        # One row per meaning (description): a pane's key and a screen-wide key for the same thing share it.
+        pane_keys: dict[str, list[str]] = {}
+        global_keys: dict[str, list[str]] = {}
+        order = {action.action: index for index, action in enumerate(keys.ACTIONS.values())}
+        rank: dict[str, int] = {}
         for key, active in screen.active_bindings.items():
             binding = active.binding
             if binding.system or not (binding.description or binding.tooltip):
                 continue
-            if binding.action.startswith(HELP_SKIPPED_PREFIXES) or binding.action in HELP_SKIPPED:
+            skipped = binding.action.startswith(HELP_SKIPPED_PREFIXES) or binding.action in HELP_SKIPPED
+            if skipped and binding.id not in keys.ACTIONS:  # the registry's actions are always listed
                 continue
-            ident = (id(active.node), binding.action)
+            description = binding.tooltip or binding.description
             bucket = global_keys if isinstance(active.node, (App, Screen)) else pane_keys
-            bucket.setdefault(ident, []).append(self.get_key_display(binding.with_key(key)))
-            descriptions[ident] = binding.tooltip or binding.description
+            bucket.setdefault(description, []).append(self.get_key_display(binding.with_key(key)))
+            rank.setdefault(description, order.get(binding.action, len(order)))
+        for description in [d for d in global_keys if d in pane_keys]:
+            pane_keys[description] += global_keys.pop(description)
 
-        def rows(bucket: dict[tuple[int, str], list[str]]) -> list[KeyHelp]:
-            return [KeyHelp(" ".join(dict.fromkeys(keys)), descriptions[ident]) for ident, keys in bucket.items()]
+        def rows(bucket: dict[str, list[str]]) -> list[KeyHelp]:
+            """In the registry's order (the others after it, as bound)."""
+            ordered = sorted(bucket, key=lambda description: rank[description])
+            return [KeyHelp(" ".join(dict.fromkeys(bucket[d])), d) for d in ordered]
 
         palette = keys.key_label(self.COMMAND_PALETTE_BINDING)
         global_rows = [*rows(global_keys), KeyHelp(palette, "Command palette: every action, searchable")]
@@ -199,6 +218,19 @@ class WorkbenchApp(keys.KeymapApp, inherit_bindings=False):
         yield command(
             "Session: delete the selected one", "{delete-session} · removes its container", main.action_delete_session
         )
+        yield command(
+            "Session: run settings…",
+            "{session-settings} · timeout, memory, CPU, env, stdin, packages (saved in the project file)",
+            main.action_session_settings,
+        )
+        yield command("File: save as…", "{save-as}", main.action_save_as)
+        yield command(
+            "Output: search",
+            "{search-output} in the output pane · n / N step",
+            partial(main.action_focus_pane, "output"),
+        )
+        yield command("Network: export the requests as HAR…", "{export-har} in the inspector", main.export_har)
+        yield command("View: jump to a pane", "{jump} · then the pane's letter", main.action_jump)
         for session in main.sessions_in_order():
             detail = "fresh container per run" if session.scratch else f"{session.runtime} · {session.network}"
             yield command(f"Session: switch to {session.name}", detail, partial(main.select_session, session))

@@ -23,13 +23,13 @@ from typing import Any, Literal, Protocol
 from textual.message import Message
 from textual.message_pump import MessagePump
 
-from engine import ExecutionRequest, Isol8Options, NetworkFilter, NetworkLogEntry, PoolState
+from engine import ExecutionRequest, Isol8Options, NetworkFilter, NetworkLogEntry
 from engine.config import Isol8Config
 from engine.errors import DockerUnavailable, ImageMissing, Isol8Error, SandboxLost
 from engine.interface import Engine
 from engine.runtimes import RUNTIME_NAMES, RUNTIMES, detect_runtime
 from isol8_tui.output import one_line
-from isol8_tui.sessions import Session, SessionSpec, SessionState
+from isol8_tui.sessions import RunSettings, Session, SessionSpec, SessionState
 
 log = logging.getLogger("isol8.tui")
 
@@ -48,6 +48,17 @@ def runtime_for_path(path: str | Path) -> str | None:
     try:
         return detect_runtime(str(path)).name
     except Isol8Error:
+        return None
+
+
+def request_file_name(runtime: str, path: Path | None) -> str | None:
+    """The file's own name, so it runs as /sandbox/<name> and tracebacks name it: when its extension is one
+    of the runtime's and the engine takes the name (a plain file name)."""
+    if path is None or path.suffix.lower() not in RUNTIMES[runtime].extensions:
+        return None
+    try:
+        return ExecutionRequest(code="", file_name=path.name).file_name
+    except ValueError:
         return None
 
 
@@ -108,6 +119,16 @@ class RealBackend:
         from engine import readiness
 
         readiness.build(runtimes, progress)
+
+
+@dataclass
+class PoolFigures:
+    """What the top bar says about containers."""
+
+    ready: int = 0
+    busy: int = 0
+    starting: int = 0
+    sessions: int = 0  # held by persistent sessions
 
 
 # --- the /sandbox listing ---------------------------------------------------------------------------------
@@ -241,6 +262,7 @@ class EngineBridge:
         self.target: MessagePump | None = None
         self._next_id = 0
         self._names: dict[str, int] = {}
+        self._options: dict[str, Isol8Options] = {}  # each session's engine options, by session id
 
     def post(self, message: Message) -> None:
         if self.target is not None:
@@ -267,11 +289,32 @@ class EngineBridge:
             network=spec.network,
             network_filter=network_filter,
             log_network=True,
-            **self.session_overrides,
+            **{**self.session_overrides, **spec.settings.container_limits()},
         )
         count = self._names.get(spec.runtime, 0) + 1
         self._names[spec.runtime] = count
-        return self._add(f"{spec.runtime}-{count}", spec.runtime, options)
+        session = self._add(f"{spec.runtime}-{count}", spec.runtime, options)
+        session.settings = spec.settings
+        return session
+
+    async def configure(self, session: Session, settings: RunSettings) -> None:
+        """New run settings; new memory or CPU limits take a new container (the old one, with its files,
+        is stopped)."""
+        before = session.settings
+        session.settings = settings
+        if session.scratch or settings.container_limits() == before.container_limits():
+            return
+        old = session.engine
+        limits = {
+            name: value if value is not None else getattr(self.config.defaults, name)
+            for name, value in settings.container_limits().items()
+        }
+        options = self._options[session.id].model_copy(update=limits)
+        self._options[session.id] = options
+        session.engine = self.backend.create_engine(options)
+        self._set_state(session, "new")
+        with contextlib.suppress(Exception):
+            await old.stop()
 
     def _add(self, name: str, runtime: str | None, options: Isol8Options) -> Session:
         self._next_id += 1
@@ -288,6 +331,7 @@ class EngineBridge:
             created_at=self.backend.clock(),
         )
         self.sessions[session.id] = session
+        self._options[session.id] = options
         return session
 
     async def warm_up(self, session: Session) -> None:
@@ -326,20 +370,23 @@ class EngineBridge:
             if isinstance(result, BaseException):
                 log.warning("stopping %s failed: %s", session.name, result)
 
-    def pool_states(self) -> list[PoolState]:
-        """Containers per image over every session (in-memory; no Docker call)."""
-        merged: dict[str, PoolState] = {}
+    def pool_figures(self) -> PoolFigures:
+        """The scratch engine's warm pool and the sessions' own containers (in-memory; no Docker call).
+        A persistent engine counts its container as busy; here it is a session's, busy or not."""
+        figures = PoolFigures()
         for session in self.sessions.values():
             try:
                 states = session.engine.pool_state()
             except Exception:
                 continue
             for state in states:
-                total = merged.setdefault(state.image, PoolState(image=state.image))
-                total.ready += state.ready
-                total.busy += state.busy
-                total.starting += state.starting
-        return sorted(merged.values(), key=lambda s: s.image)
+                if session.scratch:
+                    figures.ready += state.ready
+                    figures.busy += state.busy
+                    figures.starting += state.starting
+                else:
+                    figures.sessions += state.ready + state.busy + state.starting
+        return figures
 
     def _set_state(self, session: Session, state: SessionState, detail: str = "") -> None:
         session.state = state

@@ -29,7 +29,9 @@ class Action:
     description: str
     tooltip: str = ""
     show: bool = True
-    priority: bool = False
+    pane: bool = False
+    """Bound by its pane (which takes no text, so a printable key is safe there); the others are the
+    app's or the main screen's and are priority bindings."""
 
     def binding(self) -> Binding:
         return Binding(
@@ -37,7 +39,7 @@ class Action:
             self.action,
             self.description,
             show=self.show,
-            priority=self.priority,
+            priority=not self.pane,
             tooltip=self.tooltip,
             id=self.id,
         )
@@ -46,26 +48,49 @@ class Action:
 ACTIONS: dict[str, Action] = {
     action.id: action
     for action in (
-        Action("quit", "ctrl+q", "quit", "Quit", tooltip="Quit (stops every session)", priority=True),
+        # Screen-wide actions are priority bindings: they win over the focused widget's own binding of the
+        # same key (TextArea binds f6, f7, ctrl+u, ctrl+d, ...), so a keymap may rebind them to any key.
+        # The defaults are function keys and ctrl combinations every terminal delivers; none is an alt key
+        # (many terminals turn alt+letter into a typed character) and none is a printable key.
+        Action("quit", "ctrl+q", "quit", "Quit", tooltip="Quit (stops every session)", show=False),
         Action("help", "f1", "help", "Help", tooltip="The keys of the focused pane"),
+        Action("jump", "ctrl+g", "jump", "Jump", tooltip="Show a letter on each pane; the letter focuses it"),
         Action("run", "ctrl+r,f5", "run", "Run", tooltip="Run the buffer in the selected session"),
-        Action("stop", "ctrl+t", "stop", "Stop", tooltip="Stop the run in flight"),
+        Action("stop", "ctrl+t", "stop", "Stop", tooltip="Stop the selected session's run"),
         Action("save", "ctrl+s", "save", "Save", tooltip="Save the buffer (re-runs it when watched)"),
+        Action("save-as", "f12", "save_as", "Save as", show=False),
         Action("open", "ctrl+o", "open", "Open", show=False),
-        Action("new-session", "ctrl+n", "new_session", "New session"),
+        Action("new-session", "ctrl+n", "new_session", "New", tooltip="New session"),
         Action("toggle-sidebar", "f2", "toggle_sidebar", "Sessions"),
-        Action("scratch", "alt+s", "scratch", "Scratch session", show=False),
+        Action(
+            "session-settings",
+            "ctrl+k",
+            "session_settings",
+            "Settings",
+            tooltip="The session's run settings",
+            show=False,
+        ),
+        Action("scratch", "ctrl+f", "scratch", "Scratch session", show=False),
         Action("clear-output", "ctrl+l", "clear_output", "Clear output", show=False),
-        Action("toggle-keep-output", "alt+k", "toggle_keep", "Keep output between runs", show=False),
-        Action("upload", "alt+u", "upload", "Upload a file", show=False),
-        Action("download", "alt+d", "download", "Download a file", show=False),
-        Action("delete-session", "alt+x", "delete_session", "Delete session", show=False),
-        Action("focus-sessions", "alt+1", "focus_pane('sessions')", "Focus sessions", show=False),
-        Action("focus-editor", "f3,alt+2", "focus_pane('editor')", "Focus editor", show=False),
-        Action("focus-output", "f4,alt+3", "focus_pane('output')", "Focus output", show=False),
-        Action("focus-network", "f8,alt+4", "focus_pane('network')", "Focus network", show=False),
-        Action("focus-files", "f9,alt+5", "focus_pane('files')", "Focus files", show=False),
-        Action("refresh-files", "r", "refresh", "Refresh"),
+        Action("toggle-keep-output", "f7", "toggle_keep", "Keep output between runs", show=False),
+        Action("upload", "ctrl+u", "upload", "Upload a file", show=False),
+        Action("download", "ctrl+d", "download", "Download a file", show=False),
+        Action("delete-session", "f10", "delete_session", "Delete session", show=False),
+        Action("focus-sessions", "f6", "focus_pane('sessions')", "Focus sessions", show=False),
+        Action("focus-editor", "f3", "focus_pane('editor')", "Focus editor", show=False),
+        Action("focus-output", "f4", "focus_pane('output')", "Focus output", show=False),
+        Action("focus-network", "f8", "focus_pane('network')", "Focus network", show=False),
+        Action("focus-files", "f9", "focus_pane('files')", "Focus files", show=False),
+        # Pane actions: bound by their pane, which takes no text, so printable keys are safe.
+        Action("refresh-files", "r", "refresh", "Refresh", pane=True),
+        Action("search-output", "slash", "search", "Search", tooltip="Search the output", pane=True),
+        Action("next-match", "n", "next_match", "Next match", show=False, pane=True),
+        Action("previous-match", "N", "previous_match", "Previous match", show=False, pane=True),
+        Action("next-error", "e", "next_error", "Next error", tooltip="Jump to the next error line", pane=True),
+        Action(
+            "save-output", "s", "save_output", "Save output", tooltip="Save the run's full output to a file", pane=True
+        ),
+        Action("export-har", "h", "export_har", "HAR", tooltip="Export the run's requests as HAR", pane=True),
     )
 }
 

@@ -9,11 +9,13 @@ start a container ahead of the first run; the bridge creates and stops the engin
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from engine.interface import Engine
-from engine.models import NetworkMode
+from engine.models import NetworkMode, parse_size
 
 SessionState = Literal["new", "starting", "idle", "running", "error"]
 
@@ -21,15 +23,40 @@ NETWORK_POLICIES: tuple[NetworkMode, ...] = tuple(sorted(get_args(NetworkMode), 
 """The engine's network modes as the pickers list them: the one that opens this machine's network last."""
 
 
+class RunSettings(BaseModel):
+    """A session's run settings (the settings dialog; saved in the project file). None: the engine's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout_ms: int | None = Field(default=None, gt=0)
+    memory_limit: str | None = None  # the container's: changing it starts a new container
+    cpu_limit: float | None = Field(default=None, gt=0)  # likewise
+    env: dict[str, str] = Field(default_factory=dict)
+    args: list[str] = Field(default_factory=list)  # the program's arguments (sys.argv[1:])
+    stdin_file: str | None = None  # a host file (relative to the project folder) fed to each run's stdin
+    packages: list[str] = Field(default_factory=list)  # installed before each run
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_size(value)
+        return value
+
+    def container_limits(self) -> dict[str, object]:
+        return {"memory_limit": self.memory_limit, "cpu_limit": self.cpu_limit}
+
+
 @dataclass(frozen=True)
 class SessionSpec:
-    """What the new-session dialog asks for."""
+    """What the new-session dialog asks for (and the project file keeps)."""
 
     runtime: str
     network: NetworkMode = "none"
     whitelist: tuple[str, ...] = ()
     blacklist: tuple[str, ...] = ()
     ports: tuple[int, ...] = ()  # extra HTTPS (CONNECT) ports besides 443
+    settings: RunSettings = field(default_factory=RunSettings)
 
 
 @dataclass(eq=False)
@@ -46,6 +73,7 @@ class Session:
     whitelist: tuple[str, ...] = ()
     blacklist: tuple[str, ...] = ()
     ports: tuple[int, ...] = ()
+    settings: RunSettings = field(default_factory=RunSettings)
     state: SessionState = "new"
     detail: str = ""  # the last failure, shown in the sidebar and the status line
     runs: int = 0
@@ -62,6 +90,12 @@ class Session:
 
     def can_run(self, runtime: str) -> bool:
         return self.runtime is None or self.runtime == runtime
+
+    def spec(self) -> SessionSpec | None:
+        """What recreates this session (None for scratch, which is always there)."""
+        if self.runtime is None:
+            return None
+        return SessionSpec(self.runtime, self.network, self.whitelist, self.blacklist, self.ports, self.settings)
 
 
 def in_order(sessions: Iterable[Session]) -> list[Session]:

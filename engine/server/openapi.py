@@ -78,6 +78,7 @@ def tighten(document: dict[str, Any]) -> dict[str, Any]:
         properties["files"]["propertyNames"] = {"pattern": FILE_PATH_PATTERN}
         properties["outputPaths"]["items"]["pattern"] = FILE_PATH_PATTERN
         _set(properties["fileExtension"], "string", pattern=r"^\.?[A-Za-z0-9]+$")
+        _set(properties["fileName"], "string", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     upload = schemas.get("FileUpload")
     if upload is not None:
         upload["properties"]["path"]["pattern"] = FILE_PATH_PATTERN

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +17,15 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.suggester import Suggester, SuggestFromList
-from textual.widgets import Button, Input, Label, Log, RadioButton, RadioSet, Select, Static
+from textual.widgets import Button, Footer, Input, Label, Log, RadioButton, RadioSet, Select, Static
 from textual.widgets.button import ButtonVariant
 
 from engine import NetworkLogEntry
 from engine.models import NetworkMode
 from engine.runtimes import RUNTIME_NAMES
 from isol8_tui.keys import key_labels
-from isol8_tui.sessions import NETWORK_POLICIES, SessionSpec
+from isol8_tui.output import one_line
+from isol8_tui.sessions import NETWORK_POLICIES, RunSettings, SessionSpec
 from isol8_tui.widgets.network import describe
 
 
@@ -51,18 +53,43 @@ class PathSuggester(Suggester):
         return value[: len(value) - len(stem)] + name + suffix
 
 
+class PathInput(Input):
+    """A host path field: tab takes the completion shown (as → does) and keeps focus while there is one
+    or the path is unfinished (a folder, or a path that does not exist yet)."""
+
+    BINDINGS: ClassVar = [Binding("tab", "complete", "Complete the path", show=False)]
+
+    def __init__(self, value: str = "", **options: object) -> None:
+        super().__init__(value, suggester=PathSuggester(), compact=True, **options)  # type: ignore[arg-type]
+
+    def action_complete(self) -> None:
+        if self._suggestion and self._suggestion != self.value:
+            self.value = self._suggestion
+            self.cursor_position = len(self.value)
+            return
+        path = Path(os.path.expanduser(self.value)) if self.value else None
+        if path is None or (path.exists() and not path.is_dir()):
+            self.screen.focus_next()
+
+
 class Dialog(ModalScreen[object]):
     """Common look: a titled box in the middle; escape cancels."""
 
     BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel", show=True)]
     TITLE_TEXT = ""
 
+    def on_mount(self) -> None:
+        """The dialog's own footer: its keys, over the main screen's (which are not in force under it)."""
+        self.mount(Footer(compact=True, show_command_palette=False))
+
     def action_cancel(self) -> None:
         self.dismiss(None)
 
 
 def _split_patterns(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in re.split(r"[\s,]+", text) if part.strip())
+    """Patterns separated by spaces (a comma before the space is a separator too): a comma inside a
+    pattern, as in `a{1,3}`, is the pattern's."""
+    return tuple(part.removesuffix(",") for part in text.split() if part.removesuffix(","))
 
 
 def _parse_ports(text: str) -> tuple[int, ...]:
@@ -240,13 +267,12 @@ class PathScreen(Dialog):
         self._action = action
         self._value = value
         self._must_exist = must_exist
+        self._overwrite: Path | None = None  # the existing file a second press overwrites
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog -small") as box:
             box.border_title = self._title
-            yield Input(
-                self._value, placeholder="path/to/file.py", id="path-input", suggester=PathSuggester(), compact=True
-            )
+            yield PathInput(self._value, placeholder="path/to/file.py", id="path-input")
             yield Static("[dim]tab or → completes the path[/]", id="path-note", classes="note")
             with Horizontal(classes="buttons"):
                 yield Button(self._action, variant="primary", id="path-ok", compact=True)
@@ -267,10 +293,143 @@ class PathScreen(Dialog):
             note.update(f"[$error]No such file: {value}[/]")
         elif not self._must_exist and not path.parent.is_dir():
             note.update(f"[$error]No such folder: {path.parent}[/]")
+        elif not self._must_exist and path.is_dir():
+            note.update(f"[$error]{value} is a folder: add a file name.[/]")
+        elif not self._must_exist and path.exists() and self._overwrite != path:
+            self._overwrite = path  # never overwrite silently: the second press does
+            note.update(f"[$warning]{value} exists: {self._action} again to overwrite it.[/]")
         else:
             self.dismiss(path)
 
     @on(Button.Pressed, "#path-cancel")
+    def _cancel(self) -> None:
+        self.dismiss(None)
+
+
+class RuntimeScreen(Dialog):
+    """Which runtime runs a file whose extension names none (rather than guessing python)."""
+
+    BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "use", "Use", show=True)]
+    HELP: ClassVar[str] = "No runtime claims this file's extension: pick the one that runs it ({use} or enter)."
+
+    def __init__(self, name: str, current: str) -> None:
+        super().__init__()
+        self._name = name
+        self._current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog -small", id="runtime-dialog") as box:
+            box.border_title = f"Which runtime runs {self._name}?"
+            yield Select([(r, r) for r in RUNTIME_NAMES], value=self._current, allow_blank=False, id="rt-select")
+            yield Static("[dim]No runtime claims this extension.[/]", classes="note")
+            with Horizontal(classes="buttons"):
+                yield Button("Use", variant="primary", id="rt-ok", compact=True)
+                yield Button("Cancel", id="rt-cancel", compact=True)
+
+    @on(Button.Pressed, "#rt-ok")
+    def action_use(self) -> None:
+        value = self.query_one("#rt-select", Select).value
+        self.dismiss(value if isinstance(value, str) else None)
+
+    @on(Button.Pressed, "#rt-cancel")
+    def _cancel(self) -> None:
+        self.dismiss(None)
+
+
+class SessionSettingsScreen(Dialog):
+    """A session's run settings: timeout, memory, CPU, env, stdin file, packages (saved in the project file)."""
+
+    BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+s", "apply", "Apply", show=True)]
+    HELP: ClassVar[str] = (
+        "The selected session's run settings (timeout, memory, CPU, env, arguments, stdin file, packages), kept "
+        "in the project file beside the code. Empty means the "
+        "engine's default. New memory or CPU limits start a new container (its /sandbox files go). "
+        "{apply} applies."
+    )
+    FIELDS: ClassVar[tuple[tuple[str, str, str], ...]] = (
+        ("timeout", "Timeout", "ms, e.g. 10000"),
+        ("memory", "Memory", "e.g. 512m, 1g"),
+        ("cpu", "CPU", "cores, e.g. 1.5"),
+        ("env", "Env", "KEY=value KEY2=value2"),
+        ("args", "Arguments", "the program's arguments, quoted as in a shell: --name 'a b'"),
+        ("stdin", "Stdin file", "a file fed to each run's stdin"),
+        ("packages", "Packages", "installed before each run, e.g. rich httpx"),
+    )
+
+    def __init__(self, session_name: str, settings: RunSettings) -> None:
+        super().__init__()
+        self._name = session_name
+        self._settings = settings
+
+    def compose(self) -> ComposeResult:
+        current = self._settings
+        values = {
+            "timeout": str(current.timeout_ms or ""),
+            "memory": current.memory_limit or "",
+            "cpu": str(current.cpu_limit or ""),
+            "env": " ".join(f"{key}={value}" for key, value in current.env.items()),
+            "args": shlex.join(current.args),
+            "stdin": current.stdin_file or "",
+            "packages": " ".join(current.packages),
+        }
+        with Vertical(classes="dialog", id="settings-dialog") as box:
+            box.border_title = f"Run settings · {self._name}"
+            for name, label, placeholder in self.FIELDS:
+                with Horizontal(classes="field"):
+                    yield Label(label, classes="label")
+                    if name == "stdin":
+                        yield PathInput(values[name], placeholder=placeholder, id=f"set-{name}")
+                    else:
+                        yield Input(values[name], placeholder=placeholder, id=f"set-{name}", compact=True)
+            yield Static("", id="set-note", classes="note")
+            with Horizontal(classes="buttons"):
+                yield Button("Apply", variant="primary", id="set-apply", compact=True)
+                yield Button("Cancel", id="set-cancel", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#set-timeout", Input).focus()
+
+    def _value(self, name: str) -> str:
+        return self.query_one(f"#set-{name}", Input).value.strip()
+
+    def settings(self) -> RunSettings | None:
+        """The dialog's values, or None with the reason shown."""
+        note = self.query_one("#set-note", Static)
+        env: dict[str, str] = {}
+        for pair in self._value("env").split():
+            key, equals, value = pair.partition("=")
+            if not equals or not key:
+                note.update(f'[$error]"{pair}" is not KEY=value.[/]')
+                return None
+            env[key] = value
+        timeout, cpu = self._value("timeout"), self._value("cpu")
+        try:
+            args = shlex.split(self._value("args"))  # split only: the arguments are an argv, never run by a shell
+        except ValueError as exc:
+            note.update(f"[$error]Arguments: {exc}.[/]")
+            return None
+        try:
+            return RunSettings(
+                timeout_ms=int(timeout) if timeout else None,
+                memory_limit=self._value("memory") or None,
+                cpu_limit=float(cpu) if cpu else None,
+                env=env,
+                args=args,
+                stdin_file=self._value("stdin") or None,
+                packages=self._value("packages").split(),
+            )
+        except ValueError as exc:  # int()/float() and pydantic's ValidationError
+            note.update(f"[$error]{one_line(exc)}[/]")
+            return None
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#set-apply")
+    def action_apply(self) -> None:
+        settings = self.settings()
+        if settings is not None:
+            self.dismiss(settings)
+
+    @on(Button.Pressed, "#set-cancel")
     def _cancel(self) -> None:
         self.dismiss(None)
 
@@ -297,6 +456,7 @@ class TransferScreen(Dialog):
         self._sandbox_paths = list(sandbox_paths)
         self._initial = initial
         self._target_edited = False
+        self._overwrite: Path | None = None  # the existing host file a second press overwrites
 
     def compose(self) -> ComposeResult:
         upload = self.direction == "upload"
@@ -308,12 +468,11 @@ class TransferScreen(Dialog):
             compact=True,
         )
         host_default = "" if upload else self._host_default(self._initial)
-        host_input = Input(
-            host_default, placeholder="path on this machine", id="host-path", suggester=PathSuggester(), compact=True
-        )
+        host_input = PathInput(host_default, placeholder="path on this machine", id="host-path")
         with Vertical(classes="dialog", id="transfer-dialog") as box:
             box.border_title = f"Upload into {self._session}" if upload else f"Download from {self._session}"
-            first, second = (("From (host)", host_input), ("To (sandbox)", sandbox_input))
+            first: tuple[str, Input] = ("From (host)", host_input)
+            second: tuple[str, Input] = ("To (sandbox)", sandbox_input)
             if not upload:
                 first, second = ("From (sandbox)", sandbox_input), ("To (host)", host_input)
             for label, field in (first, second):
@@ -371,7 +530,7 @@ class TransferScreen(Dialog):
             problem = f"No such folder: {host.parent}"
         warning = ""
         if not problem and self.direction == "download" and host is not None and host.exists():
-            warning = f"[$warning]{host_text} exists and will be overwritten.[/]"
+            warning = f"[$warning]{host_text} exists: Download again to overwrite it.[/]"
         note.update(f"[$error]{problem}[/]" if problem and host_text and sandbox else warning)
         if problem or host is None:
             return None
@@ -385,6 +544,9 @@ class TransferScreen(Dialog):
             note = self.query_one("#transfer-note", Static)
             if not str(note.content):
                 note.update("[$error]Fill in both paths.[/]")
+            return
+        if transfer.direction == "download" and transfer.host.exists() and self._overwrite != transfer.host:
+            self._overwrite = transfer.host  # never overwrite silently: the second press does
             return
         self.dismiss(transfer)
 

@@ -9,13 +9,17 @@ the current one are ignored, so a run cancelled by a newer one cannot write into
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Container, Horizontal
+from textual.geometry import Offset
 from textual.reactive import var
 from textual.screen import Screen
 from textual.theme import Theme
@@ -23,10 +27,10 @@ from textual.widget import Widget
 from textual.widgets import Footer, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
-from engine import ExecutionRequest
+from engine import ExecutionRequest, NetworkLogEntry
 from engine.config import TuiSettings
 from engine.models import NetworkMode
-from isol8_tui import keys, sessions
+from isol8_tui import har, keys, project, sessions
 from isol8_tui.bridge import (
     DockerChecked,
     EngineBridge,
@@ -43,6 +47,7 @@ from isol8_tui.bridge import (
     SessionChanged,
     WatchedFileChanged,
     request_extension,
+    request_file_name,
     runtime_for_path,
 )
 from isol8_tui.output import one_line
@@ -52,19 +57,36 @@ from isol8_tui.screens.dialogs import (
     NewSessionScreen,
     PathScreen,
     RequestScreen,
+    RuntimeScreen,
+    SessionSettingsScreen,
     Transfer,
     TransferScreen,
 )
-from isol8_tui.sessions import Session, SessionSpec
+from isol8_tui.screens.jump import JumpScreen, JumpTarget
+from isol8_tui.sessions import RunSettings, Session, SessionSpec
+from isol8_tui.transcript import Transcript
 from isol8_tui.widgets.bars import RunBar, RunStatus, TopBar
 from isol8_tui.widgets.editor import CodeEditor, EditorPane, display_path
 from isol8_tui.widgets.files import FilesPane, FileTable, Listing
 from isol8_tui.widgets.network import NetworkInspector, NetworkTable
-from isol8_tui.widgets.output import OutputPane, OutputPanes
+from isol8_tui.widgets.output import OutputPane, OutputPanes, clean, new_transcript
 from isol8_tui.widgets.sessions import SessionList, SessionSidebar
 
 DOCKER_RETRY_SECONDS = 5.0
 DOCKER_CHECK_SECONDS = 30.0
+STATUS_TICK_SECONDS = 0.1
+
+
+@dataclass
+class SessionView:
+    """What the panes show for one session: its run in flight, the last run's status, its output and
+    its requests. Switching sessions shows another session's view; each session's runs fill its own."""
+
+    stdout: Transcript
+    stderr: Transcript
+    requests: list[NetworkLogEntry] = field(default_factory=list)
+    status: RunStatus = field(default_factory=RunStatus)
+    run: int | None = None  # the run in flight
 
 
 class MainScreen(Screen[None]):
@@ -75,12 +97,15 @@ class MainScreen(Screen[None]):
     # ClassVar annotation here would not type-check.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-medium"), (140, "-wide")]  # noqa: RUF012
     BINDINGS: ClassVar = keys.bindings(
+        "jump",
         "run",
         "stop",
         "save",
+        "save-as",
         "open",
         "new-session",
         "toggle-sidebar",
+        "session-settings",
         "scratch",
         "clear-output",
         "toggle-keep-output",
@@ -134,12 +159,14 @@ class MainScreen(Screen[None]):
         self._cursor_blink = cursor_blink
         self._check_docker = check_docker
         self.run_id = 0
-        self.current_run: int | None = None
+        self.views: dict[str, SessionView] = {}
+        self.run_sessions: dict[int, str] = {}  # run id -> its session's id
         self.missing_images: list[str] = []
         self._docker_retry = False
         self.images_dialog: ImagesScreen | None = None
         self.scratch: Session | None = None
         self.started = False
+        self._project_broken = False  # the project file could not be read: never overwrite it
 
     # --- layout -------------------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -169,7 +196,7 @@ class MainScreen(Screen[None]):
                         yield NetworkInspector().data_bind(session=MainScreen.selected)
                     with TabPane("Files", id="tab-files"):
                         yield FilesPane().data_bind(session=MainScreen.selected)
-        yield Footer()
+        yield Footer(compact=True)
 
     @property
     def editor_pane(self) -> EditorPane:
@@ -215,10 +242,12 @@ class MainScreen(Screen[None]):
         self.started = True
         self.bridge.target = self
         self.scratch = self.bridge.create_scratch()
-        self.selected = self.bridge.create_session(SessionSpec(self.runtime, "none"))
+        self.selected = self._restore_sessions() or self.bridge.create_session(SessionSpec(self.runtime, "none"))
         self.editor_pane.new_file = self._new_file
+        self._show_view(self.view_of(self.selected))
         self._refresh_sessions()
         self.set_interval(1.0, self._tick)
+        self.set_interval(STATUS_TICK_SECONDS, self._tick_status)
         if self._check_docker:
             self.check_docker()
         if self.watch_enabled and self.path is not None:
@@ -226,6 +255,60 @@ class MainScreen(Screen[None]):
         self.app.theme_changed_signal.subscribe(self, self._theme_changed)
         self._theme_changed(self.app.current_theme)
         self.query_one(CodeEditor).focus()
+
+    # --- the project file -----------------------------------------------------------------------------------
+    @property
+    def project_file(self) -> Path:
+        return project.project_path(self.path)
+
+    def _restore_sessions(self) -> Session | None:
+        """The project file's sessions, created again (new containers); the one to select: the newest of
+        the buffer's runtime, else the first. None when there is no project file (or it is invalid)."""
+        try:
+            saved = project.load(self.project_file)
+        except project.ProjectFileInvalid as exc:
+            self.notify(str(exc), title="Project file not used", severity="warning", timeout=10)
+            self._project_broken = True
+            return None
+        if saved is None or not saved.sessions:
+            return None
+        restored = []
+        for entry in saved.sessions:
+            try:
+                restored.append(self.bridge.create_session(entry.spec()))
+            except ValueError as exc:
+                self.notify(one_line(exc), title=f"A saved {entry.runtime} session was skipped", severity="warning")
+        same = [s for s in restored if s.runtime == self.runtime]
+        if same:
+            return same[-1]
+        return restored[0] if restored else None
+
+    def save_project(self) -> None:
+        """Every persistent session with its settings, beside the code (not over a file it could not read)."""
+        if self._project_broken:
+            return
+        specs = [spec for s in self.sessions_in_order() if (spec := s.spec()) is not None]
+        try:
+            project.save(self.project_file, specs)
+        except OSError as exc:
+            self.notify(f"Cannot write {self.project_file}: {exc.strerror or exc}", severity="warning", timeout=6)
+
+    def action_session_settings(self) -> None:
+        session = self.selected
+        if session is None:
+            return
+
+        def chosen(settings: object) -> None:
+            if isinstance(settings, RunSettings):
+                self.run_worker(self._apply_settings(session, settings), group="sessions", exit_on_error=False)
+
+        self.app.push_screen(SessionSettingsScreen(session.name, session.settings), chosen)
+
+    async def _apply_settings(self, session: Session, settings: RunSettings) -> None:
+        await self.bridge.configure(session, settings)
+        self.save_project()
+        self.notify(f"Run settings of {session.name} saved in {display_path(self.project_file)}.", timeout=3)
+        self._warm_up_if_ready(session)
 
     def _theme_changed(self, theme: Theme) -> None:
         """Syntax colours made for dark backgrounds are unreadable on light ones."""
@@ -236,7 +319,8 @@ class MainScreen(Screen[None]):
         self.start_run(self.editor_pane.text, "key")
 
     def start_run(self, code: str, trigger: str) -> None:
-        """Start a run of `code` in the selected session; a run in flight is cancelled first."""
+        """Start a run of `code` in the selected session; that session's run in flight is cancelled first.
+        Other sessions' runs go on: each session runs on its own."""
         session = self.selected
         if session is None:
             return
@@ -245,34 +329,98 @@ class MainScreen(Screen[None]):
             session = self.selected
             if session is None:
                 return
+        settings = session.settings
         try:
+            stdin = None
+            if settings.stdin_file:
+                stdin = (self.project_file.parent / os.path.expanduser(settings.stdin_file)).read_bytes()
+            name = request_file_name(self.runtime, self.path)
             request = ExecutionRequest(
-                code=code, runtime=self.runtime, file_extension=request_extension(self.runtime, self.path)
+                code=code,
+                runtime=self.runtime,
+                file_name=name,
+                file_extension=None if name else request_extension(self.runtime, self.path),
+                timeout_ms=settings.timeout_ms,
+                env=settings.env,
+                args=settings.args,
+                stdin=stdin,
+                install_packages=settings.packages,
             )
+        except OSError as exc:
+            message = f"Cannot read the stdin file {settings.stdin_file}: {exc.strerror or exc}; fix it with"
+            self.notify(f"{message} {keys.key_labels(self)['session-settings']}.", title="Cannot run", severity="error")
+            return
         except ValueError as exc:
             self.notify(one_line(exc), title="Cannot run", severity="error")
             return
         self.run_id += 1
-        self.current_run = self.run_id
+        view = self.view_of(session)
+        view.run = self.run_id
+        self.run_sessions[self.run_id] = session.id
         self.outputs.flush()
         if self.keep_output:
-            self.outputs.separator(self.run_id, session.name, self.runtime)
+            for transcript in (view.stdout, view.stderr):
+                if len(transcript):
+                    transcript.mark(f"── run {self.run_id} · {session.name} · {self.runtime} ──")
         else:
-            self.outputs.reset()
-            self.network.clear()
+            view.stdout = new_transcript(self.settings.scrollback_lines)
+            view.stderr = new_transcript(self.settings.scrollback_lines)
+            view.requests = []
+        self._show_view(view)
         self.run_worker(
             self.bridge.run(session, request, self.run_id, trigger),
             name=f"run {self.run_id}",
-            group="run",
+            group=f"run {session.id}",
             exclusive=True,
             exit_on_error=False,
         )
 
+    @property
+    def current_run(self) -> int | None:
+        """The selected session's run in flight."""
+        return self.view_of(self.selected).run if self.selected is not None else None
+
+    def view_of(self, session: Session) -> SessionView:
+        view = self.views.get(session.id)
+        if view is None:
+            lines = self.settings.scrollback_lines
+            view = self.views[session.id] = SessionView(new_transcript(lines), new_transcript(lines))
+        return view
+
+    def _run_view(self, run_id: int) -> tuple[SessionView, bool] | None:
+        """The view of the session a message's run belongs to, and whether it is on screen; None when the
+        run is not that session's current one (a newer run replaced it, or the session is gone)."""
+        session_id = self.run_sessions.get(run_id)
+        view = self.views.get(session_id or "")
+        if view is None or view.run != run_id:
+            return None
+        return view, self.selected is not None and self.selected.id == session_id
+
+    def _show_view(self, view: SessionView) -> None:
+        """The panes and the status line show this session's run."""
+        self.outputs.show(view.stdout, view.stderr)
+        self.network.show(view.requests)
+        self.run_status = view.status.at(self.bridge.backend.clock()) if view.run is not None else view.status
+
+    def _set_status(self, view: SessionView, status: RunStatus, shown: bool) -> None:
+        view.status = status
+        if shown:
+            self.run_status = status
+
+    def watch_run_status(self) -> None:
+        self.refresh_bindings()  # Stop shows in the footer only while the selected session runs
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop":
+            return self.current_run is not None
+        return True
+
     def action_stop(self) -> None:
-        if self.current_run is None:
-            self.notify("Nothing is running.", timeout=2)
+        session = self.selected
+        if session is None or self.current_run is None:
+            self.notify(f"Nothing is running in {session.name if session else 'this session'}.", timeout=2)
             return
-        self.workers.cancel_group(self, "run")
+        self.workers.cancel_group(self, f"run {session.id}")
 
     @on(RunBar.RunPressed)
     def _run_pressed(self) -> None:
@@ -284,52 +432,78 @@ class MainScreen(Screen[None]):
 
     @on(RunStarted)
     def show_run_started(self, message: RunStarted) -> None:
-        if message.run_id != self.current_run:
+        found = self._run_view(message.run_id)
+        if found is None:
             return
+        view, shown = found
         session = self.bridge.sessions.get(message.session_id)
-        self.run_status = RunStatus.running(session.name if session else "", message.started_at)
-        self._show_running()
+        status = RunStatus.running(session.name if session else "", message.started_at)
+        self._set_status(view, status.at(self.bridge.backend.clock()), shown)
 
     @on(OutputReceived)
     def append_output(self, message: OutputReceived) -> None:
-        if message.run_id == self.current_run:
+        found = self._run_view(message.run_id)
+        if found is None:
+            return
+        view, shown = found
+        if shown:
             self.outputs.pane(message.stream).append(message.text)
+        else:
+            (view.stderr if message.stream == "stderr" else view.stdout).write(clean(message.text))
 
     @on(RunNoticed)
     def show_notice(self, message: RunNoticed) -> None:
-        if message.run_id == self.current_run:
+        found = self._run_view(message.run_id)
+        if found is None:
+            return
+        view, shown = found
+        if shown:
             self.outputs.notice(message.text)
+        else:
+            view.stderr.mark(f"--- {message.text} ---")
 
     @on(NetworkRequestCaptured)
     def add_request(self, message: NetworkRequestCaptured) -> None:
-        if message.run_id == self.current_run:
+        found = self._run_view(message.run_id)
+        if found is None:
+            return
+        view, shown = found
+        view.requests.append(message.entry)
+        if shown:
             self.network.add(message.entry)
 
     @on(RunFinished)
     def show_run_result(self, message: RunFinished) -> None:
-        if message.run_id != self.current_run:
+        found = self._run_view(message.run_id)
+        if found is None:
             return
-        self.current_run = None
-        self.outputs.flush()
-        self.run_status = RunStatus.finished(message)
+        view, shown = found
+        view.run = None
+        if shown:
+            self.outputs.flush()
+        self._set_status(view, RunStatus.finished(message), shown)
         if message.error:
-            self.outputs.failed(message.error)
+            if shown:
+                self.outputs.failed(message.error)
+            else:
+                view.stderr.mark(f"✗ {message.error}")
             if not message.docker_down:
-                self.notify(message.error, title="Run failed", severity="error", timeout=8)
+                session = self.bridge.sessions.get(message.session_id)
+                title = f"Run in {session.name} failed" if session else "Run failed"
+                self.notify(message.error, title=title, severity="error", timeout=8)
             if message.image_missing:
                 self.check_docker()
-        if self.results.active == "tab-files":
+        if shown and self.results.active == "tab-files":
             self.refresh_files()
 
     # --- status ------------------------------------------------------------------------------------------------
-    def _show_running(self) -> None:
-        """The elapsed time of the run in flight, as of now."""
-        self.run_status = self.run_status.at(self.bridge.backend.clock())
+    def _tick_status(self) -> None:
+        """The elapsed time of the selected session's run in flight, as of now."""
+        if self.current_run is not None and self.run_status.state == "running":
+            self.run_status = self.run_status.at(self.bridge.backend.clock())
 
     def _tick(self) -> None:
-        if self.current_run is not None and self.run_status.state == "running":
-            self._show_running()
-        self.topbar.pool = self.bridge.pool_states()
+        self.topbar.pool = self.bridge.pool_figures()
         self._refresh_sessions()
 
     # --- sessions ----------------------------------------------------------------------------------------------
@@ -341,7 +515,9 @@ class MainScreen(Screen[None]):
             self.sidebar.show(self.sessions_in_order(), self.selected.id, self.bridge.backend.clock())
 
     def select_session(self, session: Session) -> None:
+        self.outputs.flush()
         self.selected = session
+        self._show_view(self.view_of(session))
         if session.runtime is not None:
             self.runtime = session.runtime
         self._refresh_sessions()
@@ -359,6 +535,9 @@ class MainScreen(Screen[None]):
         if session is None:
             session = self.bridge.create_session(SessionSpec(runtime, self.new_session_network))
             self.notify(f"Created session {session.name} ({runtime}, network {session.network}).", timeout=3)
+            self.select_session(session)
+            self.save_project()
+            return
         self.select_session(session)
 
     @on(RunBar.RuntimePicked)
@@ -390,8 +569,13 @@ class MainScreen(Screen[None]):
         self.notify("Output is kept between runs." if self.keep_output else "Output is cleared for each run.")
 
     def action_clear_output(self) -> None:
-        self.outputs.reset()
-        self.network.clear()
+        if self.selected is None:
+            return
+        view = self.view_of(self.selected)
+        view.stdout = new_transcript(self.settings.scrollback_lines)
+        view.stderr = new_transcript(self.settings.scrollback_lines)
+        view.requests = []
+        self._show_view(view)
 
     @on(SessionSidebar.Selected)
     def _session_picked(self, message: SessionSidebar.Selected) -> None:
@@ -414,6 +598,7 @@ class MainScreen(Screen[None]):
             self.notify(one_line(exc), title="Cannot create the session", severity="error")
             return None
         self.select_session(session)
+        self.save_project()
         self.notify(f"Session {session.name} created ({session.runtime}, network {session.network}).", timeout=3)
         return session
 
@@ -454,19 +639,20 @@ class MainScreen(Screen[None]):
         self.app.push_screen(ConfirmScreen("Delete session", question, "Delete"), answered)
 
     def _remove_session(self, session: Session) -> None:
-        if session.active_run is not None and session.active_run == self.current_run:
-            self.workers.cancel_group(self, "run")
+        self.workers.cancel_group(self, f"run {session.id}")
+        self.views.pop(session.id, None)
         self.bridge.sessions.pop(session.id, None)
         self.run_worker(self.bridge.delete_session(session), group="sessions", exit_on_error=False)
         if self.selected is session and self.scratch is not None:
             self.select_session(sessions.after_removal(self.bridge.sessions.values(), self.runtime, self.scratch))
         self._refresh_sessions()
+        self.save_project()
         self.notify(f"Session {session.name} deleted.", timeout=3)
 
     @on(SessionChanged)
     def _session_changed(self, message: SessionChanged) -> None:
         self._refresh_sessions()
-        self.topbar.pool = self.bridge.pool_states()
+        self.topbar.pool = self.bridge.pool_figures()
         session = self.bridge.sessions.get(message.session_id)
         if session is None or session is not self.selected or self.current_run is not None:
             return
@@ -578,6 +764,60 @@ class MainScreen(Screen[None]):
         self.action_focus_pane("network")
         self.network.set_filters(host="" if action == "all" else None, action=action)
 
+    @on(NetworkInspector.ExportRequested)
+    def export_har(self) -> None:
+        """The selected session's requests (of its last run, or every kept run) as a HAR file."""
+        session = self.selected
+        if session is None:
+            return
+        requests = list(self.view_of(session).requests)
+        if not requests:
+            self.notify(f"{session.name} has no requests to export yet.", severity="warning", timeout=3)
+            return
+
+        def chosen(path: object) -> None:
+            if isinstance(path, Path):
+                text = json.dumps(har.har(requests), indent=2)
+                if self._write_host_file(path, text, "Export failed"):
+                    self.notify(f"Exported {len(requests)} requests to {display_path(path)}.", timeout=3)
+
+        name = f"{session.name}-requests.har"
+        self.app.push_screen(PathScreen("Export requests as HAR", "Export", name, must_exist=False), chosen)
+
+    @on(OutputPane.SourceClicked)
+    def go_to_source(self, message: OutputPane.SourceClicked) -> None:
+        """A traceback line of the open file: the editor's cursor goes to that line."""
+        if self.path is None or message.name != request_file_name(self.runtime, self.path):
+            self.notify(f"/sandbox/{message.name} is not the open file.", timeout=3)
+            return
+        editor = self.query_one(CodeEditor)
+        row = max(0, min(message.line - 1, editor.document.line_count - 1))
+        editor.move_cursor((row, 0), center=True)
+        editor.focus()
+
+    @on(OutputPane.SaveRequested)
+    def save_output(self, message: OutputPane.SaveRequested) -> None:
+        """The pane's stream of the run, whole (also the lines a flood's cut hides), to a file."""
+        transcript = message.pane.transcript
+        stream = message.pane.stream
+        session = self.selected.name if self.selected else "run"
+
+        def chosen(path: object) -> None:
+            if isinstance(path, Path) and self._write_host_file(path, transcript.full_text(), "Save failed"):
+                cut = "" if transcript.full_complete else " (its first 64 MiB)"
+                self.notify(f"Saved {stream}{cut} to {display_path(path)}.", timeout=3)
+
+        name = f"{session}-{stream}.txt"
+        self.app.push_screen(PathScreen(f"Save {stream} to a file", "Save", name, must_exist=False), chosen)
+
+    def _write_host_file(self, path: Path, text: str, title: str) -> bool:
+        try:
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            self.notify(f"Cannot write {path}: {exc.strerror or exc}", title=title, severity="error")
+            return False
+        return True
+
     @on(NetworkInspector.DetailRequested)
     def show_request(self, message: NetworkInspector.DetailRequested) -> None:
         self.app.push_screen(RequestScreen(message.entry))
@@ -670,9 +910,36 @@ class MainScreen(Screen[None]):
             return
         self.save_to(self.path)
 
+    def action_save_as(self) -> None:
+        current = display_path(self.path) if self.path else ""
+        self.app.push_screen(PathScreen("Save as", "Save", current, must_exist=False), self._save_as)
+
     def _save_as(self, path: object) -> None:
-        if isinstance(path, Path):
-            self.save_to(path)
+        if not isinstance(path, Path):
+            return
+        untitled = self.path is None
+        self.save_to(path)
+        if not (untitled and self.path == path):
+            return
+        # the first save of an untitled buffer runs it, as a save does; in the runtime its name says
+        self.with_runtime_of(path, lambda: self.start_run(self.editor_pane.text, "save"))
+
+    def with_runtime_of(self, path: Path, then: Callable[[], object]) -> None:
+        """Switch to the runtime `path`'s extension selects, then `then()`; an extension no runtime
+        claims asks which one (nothing runs when the question is cancelled)."""
+        runtime = runtime_for_path(path)
+        if runtime is not None:
+            if runtime != self.runtime:
+                self.pick_runtime(runtime)
+            then()
+            return
+
+        def chosen(picked: object) -> None:
+            if isinstance(picked, str):
+                self.pick_runtime(picked)
+                then()
+
+        self.app.push_screen(RuntimeScreen(path.name, self.runtime), chosen)
 
     def save_to(self, path: Path) -> None:
         text = self.editor_pane.text
@@ -713,9 +980,7 @@ class MainScreen(Screen[None]):
             return
         self.path = path
         self.editor_pane.load(text, path=path, keep_cursor=False)
-        runtime = runtime_for_path(path)
-        if runtime is not None and runtime != self.runtime:
-            self.pick_runtime(runtime)
+        self.with_runtime_of(path, lambda: None)
         if self.watch_enabled:
             self.start_watching(path)
 
@@ -789,6 +1054,43 @@ class MainScreen(Screen[None]):
         elif self.focused is None or self.sidebar in self.focused.ancestors_with_self:
             self.query_one(CodeEditor).focus()
 
+    JUMP_PANES: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("s", "sessions"),
+        ("e", "editor"),
+        ("o", "output"),
+        ("r", "stderr"),
+        ("n", "network"),
+        ("f", "files"),
+        ("b", "run bar"),
+    )
+    """Jump mode's letter for each pane."""
+
+    def action_jump(self) -> None:
+        """A letter over each pane (over its tab when it is hidden behind another); the letter focuses it."""
+        where: dict[str, Widget] = {
+            "sessions": self.sidebar if self.sidebar.region.width else self.topbar.query_one("#target"),
+            "editor": self.editor_pane,
+            "output": self.outputs.stdout
+            if self.results.active == "tab-output"
+            else self.results.get_tab("tab-output"),
+            "stderr": self.outputs.stderr
+            if self.results.active == "tab-output"
+            else self.results.get_tab("tab-output"),
+            "network": self.network if self.results.active == "tab-network" else self.results.get_tab("tab-network"),
+            "files": self.files if self.results.active == "tab-files" else self.results.get_tab("tab-files"),
+            "run bar": self.runbar.query_one("#runtime"),
+        }
+        targets = [
+            JumpTarget(letter, name, where[name].region.offset + Offset(0 if name == "run bar" else 1, 0))
+            for letter, name in self.JUMP_PANES
+        ]
+
+        def chosen(name: object) -> None:
+            if isinstance(name, str):
+                self.action_focus_pane(name)
+
+        self.app.push_screen(JumpScreen(targets), chosen)
+
     def action_focus_pane(self, pane: str) -> None:
         if pane == "sessions":
             if not self.has_class("-wide"):
@@ -798,9 +1100,11 @@ class MainScreen(Screen[None]):
             self.query_one(SessionList).focus()
         elif pane == "editor":
             self.query_one(CodeEditor).focus()
-        elif pane == "output":
+        elif pane in ("output", "stderr"):
             self.results.active = "tab-output"
-            self.query_one("#stdout", OutputPane).focus()
+            self.query_one("#stdout" if pane == "output" else "#stderr", OutputPane).focus()
+        elif pane == "run bar":
+            self.runbar.query_one("#runtime").focus()
         elif pane == "network":
             self.results.active = "tab-network"
             self.query_one(NetworkTable).focus()

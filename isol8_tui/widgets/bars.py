@@ -16,10 +16,9 @@ from textual.message import Message
 from textual.reactive import reactive, var
 from textual.widgets import Button, Checkbox, Select, Static
 
-from engine import PoolState
 from engine.models import NetworkMode
 from engine.runtimes import RUNTIME_NAMES
-from isol8_tui.bridge import RunFinished
+from isol8_tui.bridge import PoolFigures, RunFinished
 from isol8_tui.keys import key_labels
 from isol8_tui.sessions import NETWORK_POLICIES, Session
 
@@ -33,19 +32,10 @@ def format_duration(ms: float) -> str:
     return f"{int(minutes)}m{seconds:04.1f}s"
 
 
-def format_pool(states: list[PoolState]) -> str:
-    if not states:
-        return "[dim]pool idle[/]"
-    parts = []
-    for state in states:
-        name = state.image.removeprefix("isol8:")
-        counts = [f"{state.busy} busy"] if state.busy else []
-        if state.ready:
-            counts.append(f"{state.ready} ready")
-        if state.starting:
-            counts.append(f"{state.starting} starting")
-        parts.append(f"{name} {' '.join(counts) or '0'}")
-    return "pool " + " · ".join(parts)
+def format_pool(figures: PoolFigures) -> str:
+    """The warm pool's figures (the scratch engine's containers) and the sessions' own containers."""
+    pool = f"pool ready {figures.ready} · busy {figures.busy} · starting {figures.starting}"
+    return f"{pool} · sessions {figures.sessions}"
 
 
 def short(text: str, limit: int = 90) -> str:
@@ -71,7 +61,7 @@ class SessionTarget(Static):
             return Content.from_markup(
                 "▸ [b]scratch[/] [dim]$runtime · fresh container per run[/]", runtime=self.runtime
             )
-        return Content.from_markup("▸ [b]$name[/] [dim]$network[/]", name=session.name, network=session.network)
+        return Content.from_markup("▸ [b]$name[/] [dim]net $network[/]", name=session.name, network=session.network)
 
 
 class WatchStatus(Static):
@@ -93,9 +83,9 @@ class WatchStatus(Static):
 
 
 class PoolStatus(Static):
-    """The containers every session keeps, per image."""
+    """The warm pool (ready, busy, starting) and the containers the sessions hold."""
 
-    pool: reactive[list[PoolState]] = reactive(list, layout=True)
+    pool: reactive[PoolFigures] = reactive(PoolFigures, layout=True)
 
     def render(self) -> Content:
         return Content.from_markup(format_pool(self.pool))
@@ -124,7 +114,7 @@ class TopBar(Horizontal):
     runtime: var[str] = var("python")
     watch_enabled: var[bool] = var(False)
     watching: var[Path | None] = var(None)
-    pool: var[list[PoolState]] = var(list)
+    pool: var[PoolFigures] = var(PoolFigures)
     docker_available: var[bool | None] = var(None)
     building_images: var[bool] = var(False)
 
@@ -224,6 +214,15 @@ class StatusLine(Static):
             self.set_class(state == status.state, f"-{state}")
 
 
+class KeepBox(Checkbox):
+    """A checkbox whose mark is there only when it is on (Textual's shows an X either way, dimmed when off)."""
+
+    @property
+    def _button(self) -> Content:
+        self.BUTTON_INNER = "X" if self.value else " "
+        return super()._button
+
+
 class RunBar(Horizontal):
     """Run controls. The runtime picker also decides which session runs the code."""
 
@@ -275,14 +274,14 @@ class RunBar(Horizontal):
             tooltip="Runtime",
         )
         yield Select(
-            [(f"net {name}", name) for name in NETWORK_POLICIES],
+            [(f"new: net {name}", name) for name in NETWORK_POLICIES],
             value=self.network,
             allow_blank=False,
             id="network-policy",
             compact=True,
             tooltip="Network policy for new sessions",
         )
-        yield Checkbox("keep", self.keep, id="keep-output", compact=True, tooltip="Keep output between runs")
+        yield KeepBox("keep output", self.keep, id="keep-output", compact=True, tooltip="Keep output between runs")
         yield StatusLine(id="status").data_bind(RunBar.status)
 
     def watch_runtime(self, runtime: str) -> None:

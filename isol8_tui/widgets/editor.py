@@ -10,6 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.reactive import reactive
 from textual.widgets import TextArea
+from textual.widgets.text_area import EditHistory
 
 from isol8_tui.keys import key_labels
 
@@ -75,6 +76,7 @@ class EditorPane(Vertical):
         self._initial = text
         self._saved_text = text
         self._cursor_blink = cursor_blink
+        self._histories: dict[Path | None, tuple[str, EditHistory]] = {}  # other files' undo, by path
         self.set_reactive(EditorPane.path, path)
         self.set_reactive(EditorPane.runtime, runtime)
 
@@ -105,10 +107,20 @@ class EditorPane(Vertical):
         return self.editor.text
 
     def load(self, text: str, *, path: Path | None = None, keep_cursor: bool = True) -> None:
-        """Replace the buffer (e.g. the file changed on disk); the cursor stays where it was."""
+        """Replace the buffer: the file changed on disk (an undoable edit; the cursor stays where it was),
+        or another file opened (not undoable: each file has its own undo history)."""
         editor = self.editor
-        if path is not None:
+        if path is not None and path != self.path:
+            self._histories[_key(self.path)] = (editor.text, editor.history)
             self.path = path
+            kept_text, history = self._histories.pop(_key(path), (None, None))
+            old = editor.history
+            editor.history = EditHistory(old.max_checkpoints, old.checkpoint_timer, old.checkpoint_max_characters)
+            editor.load_text(text)  # clears the (new) history: opening a file is not undoable
+            if history is not None and kept_text == text:  # back to a file as it was left: its undo history too
+                editor.history = history
+            self.mark_saved(text)
+            return
         if text != editor.text:
             location = editor.cursor_location
             editor.replace(text, (0, 0), editor.document.end, maintain_selection_offset=False)
@@ -155,6 +167,11 @@ class EditorPane(Vertical):
         kind = self.runtime if language == self.runtime else f"{self.runtime} · {language}"
         self.border_subtitle = f"{kind} · {row + 1}:{column + 1}"
         self.set_class(self.dirty, "-dirty")
+
+
+def _key(path: Path | None) -> Path | None:
+    """One file, however its path is spelt."""
+    return path.resolve() if path is not None else None
 
 
 def display_path(path: Path) -> str:

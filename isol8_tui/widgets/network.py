@@ -17,11 +17,12 @@ from textual.reactive import var
 from textual.widgets import DataTable, Input, Select, Static
 
 from engine import NetworkLogEntry
-from isol8_tui.keys import key_labels
+from isol8_tui.keys import bindings, key_labels
 from isol8_tui.sessions import Session
 
 ACTION_FILTERS = (("All", "all"), ("Allowed", "ALLOW"), ("Blocked", "BLOCK"))
-COLUMNS = ("time", "action", "method", "host", "path", "rule", "status", "bytes", "ms")
+COLUMNS = ("action", "status", "method", "host", "bytes", "ms", "path", "rule", "time")
+"""The short columns first, so the verdict, status, size and duration fit however narrow the pane."""
 
 
 def clock_time(timestamp: str) -> str:
@@ -60,7 +61,7 @@ class NetworkTable(DataTable[Text]):
     HELP: ClassVar[str] = (
         "Every request the program made through the filtered network's proxy, live. Blocked requests "
         "are red. Show a request's details with {select_cursor}, filter by host with {focus_filter}, and "
-        "cycle all/allowed/blocked with {cycle_action}."
+        "cycle all/allowed/blocked with {cycle_action}; {export_har} exports the run's requests as HAR."
     )
 
 
@@ -69,8 +70,9 @@ class NetworkInspector(Vertical):
 
     HELP: ClassVar[str] = NetworkTable.HELP
     BINDINGS: ClassVar = [
-        Binding("slash", "focus_filter", "Filter host", show=True),
-        Binding("a", "cycle_action", "All/allowed/blocked", show=True),
+        Binding("slash", "focus_filter", "Filter", show=True, tooltip="Filter the requests by host"),
+        Binding("a", "cycle_action", "Verdict", show=True, tooltip="Show all, allowed or blocked requests"),
+        *bindings("export-har"),
     ]
 
     session: var[Session | None] = var(None, init=False)
@@ -79,6 +81,9 @@ class NetworkInspector(Vertical):
     @dataclass
     class DetailRequested(Message):
         entry: NetworkLogEntry
+
+    class ExportRequested(Message):
+        """The HAR export key: the screen asks where to write the run's requests."""
 
     @dataclass
     class Counted(Message):
@@ -112,9 +117,17 @@ class NetworkInspector(Vertical):
         self._show_hint()
 
     def clear(self) -> None:
-        self.entries.clear()
+        self.show([])
+
+    def show(self, entries: list[NetworkLogEntry]) -> None:
+        """Show these requests (the selected session's) instead of the ones shown."""
+        self.entries = list(entries)
         self._refresh_rows()
+        self._update_count()
         self._counted()
+
+    def action_export_har(self) -> None:
+        self.post_message(self.ExportRequested())
 
     def add(self, entry: NetworkLogEntry) -> None:
         self.entries.append(entry)
@@ -207,18 +220,18 @@ class NetworkInspector(Vertical):
         if len(path) > 28:
             path = path[:27] + "…"
         cells = (
-            clock_time(entry.timestamp),
             "✗ BLOCK" if blocked else "✓ ALLOW",
+            str(entry.status) if entry.status is not None else "—",
             entry.method,
             entry.host,
-            path,
-            entry.rule or "—",
-            str(entry.status) if entry.status is not None else "—",
             human_bytes(entry.bytes_in + entry.bytes_out),
             f"{entry.duration_ms:.0f}",
+            path,
+            entry.rule or "—",
+            clock_time(entry.timestamp),
         )
         row = [Text(cell, style=style) for cell in cells]
-        row[1] = Text(cells[1], style=verdict)
+        row[0] = Text(cells[0], style=verdict)
         table.add_row(*row, key=str(index))
         if table.row_count == 1:
             self._show_detail()

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from engine import ExecutionRequest, ExecutionResult, Isol8Options, NetworkLogEntry, PoolState, StreamEvent
 from engine.errors import DockerUnavailable, FileNotFound, ImageMissing, Isol8Error, SandboxLost
 from engine.models import sandbox_path
-from engine.runtimes import RUNTIMES
+from engine.runtimes import RUNTIMES, code_file
 
 EPOCH = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -204,8 +204,9 @@ class FakeEngine:
                 async for event in self._command(request.cmd):
                     yield event
                 return
-            extension = request.file_extension or RUNTIMES[request.runtime].extensions[0]
-            self.files[f"/sandbox/main{extension}"] = (request.code or "").encode()
+            self.files[code_file(RUNTIMES[request.runtime], request.file_extension, request.file_name)] = (
+                request.code or ""
+            ).encode()
             async for event in self._play(request):
                 yield event
         finally:
@@ -305,7 +306,16 @@ class FakeEngine:
                 return
             failure = _RAISE.match(line)
             if failure:
-                yield StreamEvent(type="stderr", data=_traceback(request.runtime, number, raw, failure), phase="code")
+                yield StreamEvent(
+                    type="stderr",
+                    data=_traceback(
+                        code_file(RUNTIMES[request.runtime], request.file_extension, request.file_name),
+                        number,
+                        raw,
+                        failure,
+                    ),
+                    phase="code",
+                )
                 yield _exit(1, truncated)
                 return
         yield _exit(0, truncated)
@@ -382,13 +392,14 @@ def _output(line: str, runtime: str) -> tuple[Literal["stdout", "stderr"], str] 
     return None
 
 
-def _traceback(runtime: str, number: int, raw: str, failure: re.Match[str]) -> str:
+def _traceback(path: str, number: int, raw: str, failure: re.Match[str]) -> str:
+    """As the runtime prints it, naming the file the code was written to."""
     message = failure["text"] or ""
     if failure["py"]:
         return (
             "Traceback (most recent call last):\n"
-            f'  File "/sandbox/main.py", line {number}, in <module>\n'
+            f'  File "{path}", line {number}, in <module>\n'
             f"    {raw.strip()}\n"
-            f"{failure['py']}: {message}\n"
+            f"{failure['py']}: {repr(message) if failure['py'] == 'KeyError' else message}\n"  # as Python prints it
         )
-    return f"file:///sandbox/main.mjs:{number}\n{raw.strip()}\n^\n\n{failure['js']}: {message}\n    at file:///sandbox/main.mjs:{number}:7\n"
+    return f"file://{path}:{number}\n{raw.strip()}\n^\n\n{failure['js']}: {message}\n    at file://{path}:{number}:7\n"

@@ -91,6 +91,7 @@ class Scene:
     size: tuple[int, int] = (150, 36)
     filename: str = "main.py"
     app_options: dict[str, Any] = field(default_factory=dict)
+    screenshot: bool = True  # also a README screenshot (the size variants are snapshots only)
 
 
 def main_screen(pilot: Pilot[Any]) -> MainScreen:
@@ -142,7 +143,7 @@ async def running(pilot: Pilot[Any]) -> None:
     await pilot.press("ctrl+r")
     engine = screen.selected.engine if screen.selected else None
     await settle(pilot, lambda: bool(getattr(engine, "holding", False)))
-    screen._show_running()  # the elapsed time as of now (the run waits in its loop: the clock stands still)
+    screen._tick_status()  # the elapsed time as of now (the run waits in its loop: the clock stands still)
     await pilot.pause()
 
 
@@ -179,6 +180,20 @@ async def help_screen(pilot: Pilot[Any]) -> None:
     await settle(pilot)
 
 
+async def searched(pilot: Pilot[Any]) -> None:
+    screen = await started(pilot)
+    await run_to_end(pilot)
+    screen.action_focus_pane("output")
+    await pilot.press("slash", *"loss=0.6", "enter")
+    await settle(pilot)
+
+
+async def jump(pilot: Pilot[Any]) -> None:
+    await settle(pilot)
+    await pilot.press("ctrl+g")
+    await pilot.pause()
+
+
 async def files(pilot: Pilot[Any]) -> None:
     screen = await started(pilot)
     await run_to_end(pilot)
@@ -195,6 +210,25 @@ SCENES: list[Scene] = [
     Scene("help", "F1: the focused pane's keys, then the global ones", HELLO, help_screen),
     Scene("files", "Files: the session's /sandbox, with upload and download", WRITING, files),
     Scene("narrow", "At 80x24: the editor above the results, sessions on f2", FAILING, failed, size=(80, 24)),
+    Scene(
+        "search",
+        "Output search: / finds, n and N step through the matches",
+        TRAINING.replace("while True:\n    time.sleep(1)\n", ""),
+        searched,
+    ),
+    Scene("jump", "Jump mode (ctrl+g): the letter on a pane focuses it", HELLO, jump),
+]
+SIZES: tuple[tuple[int, int], ...] = ((80, 24), (120, 35), (160, 45), (200, 50))
+"""The terminal sizes every view is checked at."""
+SCENES += [
+    Scene(f"{name}-{width}x{height}", f"{name} at {width}x{height}", code, drive, (width, height), screenshot=False)
+    for width, height in SIZES
+    for name, drive, code in (
+        ("running", running, TRAINING),
+        ("network", network, FETCHING),
+        ("help", help_screen, HELLO),
+        ("jump", jump, HELLO),
+    )
 ]
 
 
@@ -229,15 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args[0]).resolve() if args else SCREENSHOTS
     output.mkdir(parents=True, exist_ok=True)
     here = Path.cwd()
-    with tempfile.TemporaryDirectory(prefix="isol8-screens-") as tmp:
-        os.chdir(tmp)
-        try:
-            for scene in SCENES:
+    for scene in SCENES:
+        if not scene.screenshot:
+            continue
+        with tempfile.TemporaryDirectory(prefix="isol8-screens-") as tmp:  # a folder each: no project file shared
+            os.chdir(tmp)
+            try:
                 svg = asyncio.run(capture(scene, Path(tmp)))
-                (output / f"{scene.name}.svg").write_text(svg, encoding="utf-8")
-                print(f"{output / scene.name}.svg  {scene.title}")
-        finally:
-            os.chdir(here)
+            finally:
+                os.chdir(here)
+        (output / f"{scene.name}.svg").write_text(svg, encoding="utf-8")
+        print(f"{output / scene.name}.svg  {scene.title}")
     return 0
 
 

@@ -21,6 +21,7 @@ from isol8_tui.bridge import (
     ImagesChecked,
     NetworkRequestCaptured,
     OutputReceived,
+    PoolFigures,
     RunFinished,
     RunNoticed,
     RunStarted,
@@ -232,7 +233,7 @@ async def test_pool_and_shutdown(backend: FakeBackend) -> None:
     assert (first.name, second.name) == ("python-1", "python-2")
     await bridge.warm_up(first)
     await bridge.warm_up(second)
-    assert [(s.image, s.busy) for s in bridge.pool_states()] == [("isol8:python", 2)]
+    assert bridge.pool_figures() == PoolFigures(sessions=2)  # idle sessions' containers are not "busy"
     await bridge.shutdown()
     assert bridge.sessions == {}
     assert all(isinstance(s.engine, FakeEngine) and s.engine.stopped for s in (first, second))

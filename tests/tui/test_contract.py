@@ -70,3 +70,26 @@ async def test_a_new_session_runs_code_that_fails_then_one_that_times_out(any_ba
             "✗ exit 137 · <duration> · ⏱ timed out",
         )
         assert session.state == "idle" and session.runs == 2
+
+
+async def test_a_traceback_names_the_open_file(any_backend: Backend, workdir) -> None:
+    """The file runs under its own name on both engines, so the traceback's first frame names it."""
+    (workdir / "train.py").write_text('print("ok")\nraise KeyError("late")\n')
+    app = make_app(
+        workdir / "train.py",
+        watch=False,
+        config=CONFIG,
+        settings=TuiSettings(),
+        backend=any_backend,
+        cursor_blink=False,
+        animations=False,
+    )
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = main_screen(app)
+        await wait_for(pilot, lambda: screen.selected is not None and screen.selected.state == "idle", timeout=60)
+        await run_and_wait(pilot, timeout=60)
+        stdout, stderr, status = shown(screen)
+        assert stdout == ["ok", ""] and status == "✗ exit 1 · <duration>"
+        assert stderr[0] == "Traceback (most recent call last):"
+        assert stderr[1] == '  File "/sandbox/train.py", line 2, in <module>'
+        assert stderr[-2] == "KeyError: 'late'"

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 from textual.message import Message
+from textual.widgets import TextArea
 from tui_helpers import main_screen, run_and_wait, wait_for, write_until_rerun
 
 from engine.config import TuiSettings
 from engine.docker import DockerClient
 from isol8_tui.app import make_app
 from isol8_tui.bridge import RunStarted
+from isol8_tui.sessions import SessionSpec
 
 pytestmark = pytest.mark.docker
 
@@ -71,4 +73,30 @@ async def test_editing_the_watched_file_reruns_it(docker_client: DockerClient, w
         await pilot.pause()
         assert list(screen.outputs.stdout.lines) == ["second version", ""]
         assert screen.editor_pane.text == 'print("second version")\n'
+        assert "✓ exit 0" in str(screen.runbar.query_one("#status").render())
+
+
+async def test_two_sessions_run_at_once_each_in_its_own_panes(docker_client: DockerClient, workdir: Path) -> None:
+    """A long run in one session goes on while another session runs and finishes; each shows its own."""
+    path = workdir / "slow.py"
+    path.write_text('import time\nprint("slow started", flush=True)\ntime.sleep(6)\nprint("slow done")\n')
+    app = real_app(path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = main_screen(app)
+        await wait_for(pilot, lambda: screen.selected is not None and screen.selected.state == "idle", timeout=60)
+        slow = screen.selected
+        assert slow is not None
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: "slow started" in screen.view_of(slow).stdout.lines, timeout=60)
+        fast = screen.create_session(SessionSpec("python"))
+        assert fast is not None
+        screen.query_one(TextArea).text = 'print("fast")\n'
+        await run_and_wait(pilot, timeout=90)
+        assert screen.outputs.stdout.lines == ["fast", ""]
+        assert screen.view_of(slow).run is not None  # the slow one is still running, in its own session
+        assert slow.state == "running" and fast.state == "idle"
+        screen.select_session(slow)
+        await wait_for(pilot, lambda: screen.current_run is None, timeout=60)
+        screen.outputs.flush()
+        assert screen.outputs.stdout.lines == ["slow started", "slow done", ""]
         assert "✓ exit 0" in str(screen.runbar.query_one("#status").render())

@@ -1,9 +1,10 @@
 """A filtered session's requests to a test HTTP server (on a Docker network the test creates) appear in
-the network inspector, allowed and blocked."""
+the network inspector, allowed and blocked, and export as HAR."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from engine.config import TuiSettings
 from engine.docker import DockerClient
 from isol8_tui.app import make_app
 from isol8_tui.bridge import SessionSpec
+from isol8_tui.screens.dialogs import PathScreen
 from isol8_tui.widgets.network import NetworkTable
 
 pytestmark = pytest.mark.docker
@@ -97,3 +99,16 @@ async def test_filtered_requests_appear_in_the_inspector(
         await pilot.pause()
         assert [e.host for e in inspector.entries if e.action == "BLOCK"] == ["blocked.example.test"]
         assert inspector.visible_rows == 1
+        # the run's requests as HAR: what the proxy logged, one entry each, the blocked one with its 403
+        inspector.set_filters(action="all")
+        inspector.query_one(NetworkTable).focus()
+        await pilot.press("h")
+        await wait_for(pilot, lambda: isinstance(app.screen, PathScreen))
+        await pilot.press("enter")
+        exported = workdir / f"{session.name}-requests.har"
+        await wait_for(pilot, exported.exists)
+        entries = json.loads(exported.read_text())["log"]["entries"]
+        assert len(entries) == len(inspector.entries)
+        urls = {(e["request"]["method"], e["request"]["url"], e["response"]["status"]) for e in entries}
+        assert ("GET", f"http://{host}:8080/allowed", 200) in urls
+        assert ("GET", "http://blocked.example.test/secret", 403) in urls

@@ -14,6 +14,8 @@ from isol8_tui.app import WorkbenchApp
 from isol8_tui.commands.tui import command as tui_command
 from isol8_tui.screens.main import MainScreen
 from isol8_tui.widgets.files import FilesPane
+from isol8_tui.widgets.network import NetworkInspector
+from isol8_tui.widgets.output import OutputPane
 
 
 def write_config(folder: Path, data: Any) -> Path:
@@ -110,7 +112,7 @@ def test_dump_round_trips_the_tui_section(workdir: Path) -> None:
 def test_keymap_ids_are_the_apps_binding_ids() -> None:
     """Every action the config accepts exists as a binding id in the app, and the other way round."""
     ids = set()
-    for owner in (WorkbenchApp, MainScreen, FilesPane):
+    for owner in (WorkbenchApp, MainScreen, FilesPane, OutputPane, NetworkInspector):
         for binding in owner.BINDINGS:
             if getattr(binding, "id", None):
                 ids.add(binding.id)
