@@ -237,6 +237,7 @@ TUI_ACTIONS: tuple[str, ...] = (
     "previous-match",
     "next-error",
     "save-output",
+    "allow-host",
     "export-har",
     "session-settings",
 )

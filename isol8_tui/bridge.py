@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from textual.message_pump import MessagePump
 
 from engine import ExecutionRequest, Isol8Options, NetworkFilter, NetworkLogEntry
 from engine.config import Isol8Config
-from engine.errors import DockerUnavailable, ImageMissing, Isol8Error, SandboxLost
+from engine.errors import DockerUnavailable, ImageMissing, Isol8Error, PolicyRefused, SandboxLost
 from engine.interface import Engine
 from engine.runtimes import RUNTIME_NAMES, RUNTIMES, detect_runtime
 from isol8_tui.output import one_line
@@ -333,6 +334,33 @@ class EngineBridge:
         self.sessions[session.id] = session
         self._options[session.id] = options
         return session
+
+    async def allow_host(self, session: Session, entry: NetworkLogEntry) -> str:
+        """Add a blocked request's host (exactly) to a filtered session's allow list, applied by its
+        live proxy at once and kept for its later containers; the pattern added. PolicyRefused when
+        that would not let it through (or it was not blocked by the allow list)."""
+        options = self._options[session.id]
+        lists = options.network_filter
+        rule = entry.rule or ""
+        refusal = (
+            f"the session's network is {session.network}, not filtered" if session.network != "filtered"
+            else "it was allowed" if entry.action == "ALLOW"
+            else f"it is on the deny list ({rule.removeprefix('blacklist:')}), which wins over the allow list"
+            if rule.startswith("blacklist:")
+            else f"it was blocked by its port ({rule}), not its host" if rule.startswith("port ")
+            else "it resolves to a private address and network.whitelistReachesPrivate is false"
+            if rule.startswith("private address") and not lists.whitelist_reaches_private
+            else ""
+        )  # fmt: skip
+        if refusal:
+            raise PolicyRefused(f"{entry.host} is not added to {session.name}'s allow list: {refusal}.")
+        pattern = f"^{re.escape(entry.host)}$"
+        if pattern not in lists.whitelist:
+            lists = lists.model_copy(update={"whitelist": [*lists.whitelist, pattern]})
+            await session.engine.set_network_filter(lists)
+            self._options[session.id] = options.model_copy(update={"network_filter": lists})
+            session.whitelist = tuple(lists.whitelist)
+        return pattern
 
     async def warm_up(self, session: Session) -> None:
         """Start the session's container now so the first run does not wait for it."""

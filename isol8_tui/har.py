@@ -1,8 +1,9 @@
 """A run's requests (the proxy's network log) as HAR 1.2, the format browsers' devtools import.
 
 The log records, per request: time, method, host, port, path (None for an HTTPS tunnel), verdict,
-rule, status, bytes and duration; no headers or bodies, so those HAR fields are empty. An HTTPS
-request appears as its CONNECT tunnel (`https://host:port`), a blocked one with its 403."""
+rule, status, bytes and duration, and a plain-HTTP request's headers as sent (credentials masked);
+no response headers or bodies, so those HAR fields are empty. An HTTPS request appears as its
+CONNECT tunnel (`https://host:port`), a blocked one with its 403."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def _entry(entry: NetworkLogEntry) -> dict[str, Any]:
             "url": entry_url(entry),
             "httpVersion": "HTTP/1.1",
             "cookies": [],
-            "headers": [],
+            "headers": [{"name": name, "value": value} for name, value in entry.headers or []],
             "queryString": [],
             "headersSize": -1,
             "bodySize": entry.bytes_out,

@@ -90,6 +90,15 @@ ACTIONS: dict[str, Action] = {
         Action(
             "save-output", "s", "save_output", "Save output", tooltip="Save the run's full output to a file", pane=True
         ),
+        Action(
+            "allow-host",
+            "w",
+            "allow_host",
+            "Allow host",
+            tooltip="Add the selected request's host to the session's allow list (applied at once)",
+            show=False,  # in the pane's help (f1) and its text: the footer has no room at 80 columns
+            pane=True,
+        ),
         Action("export-har", "h", "export_har", "HAR", tooltip="Export the run's requests as HAR", pane=True),
     )
 }

@@ -29,6 +29,7 @@ from textual.worker import Worker, WorkerState
 
 from engine import ExecutionRequest, NetworkLogEntry
 from engine.config import TuiSettings
+from engine.errors import PolicyRefused
 from engine.models import NetworkMode
 from isol8_tui import har, keys, project, sessions
 from isol8_tui.bridge import (
@@ -783,6 +784,23 @@ class MainScreen(Screen[None]):
 
         name = f"{session.name}-requests.har"
         self.app.push_screen(PathScreen("Export requests as HAR", "Export", name, must_exist=False), chosen)
+
+    @on(NetworkInspector.AllowRequested)
+    async def allow_host(self, message: NetworkInspector.AllowRequested) -> None:
+        """A blocked request's host onto the selected session's allow list, applied by its proxy at once."""
+        session = self.selected
+        if session is None:
+            return
+        try:
+            pattern = await self.bridge.allow_host(session, message.entry)
+        except PolicyRefused as exc:
+            self.notify(one_line(exc), title="Allow host", severity="warning")
+            return
+        except Exception as exc:
+            self.notify(one_line(exc), title="Allow host", severity="error")
+            return
+        self.save_project()
+        self.notify(f"{session.name} now allows {pattern}: its proxy applies it from the next request.", timeout=4)
 
     @on(OutputPane.SourceClicked)
     def go_to_source(self, message: OutputPane.SourceClicked) -> None:

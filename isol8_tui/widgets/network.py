@@ -12,6 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
+from textual.markup import escape
 from textual.message import Message
 from textual.reactive import var
 from textual.widgets import DataTable, Input, Select, Static
@@ -46,11 +47,12 @@ def describe(entry: NetworkLogEntry) -> str:
     verdict = "[b $success]ALLOW[/]" if entry.action == "ALLOW" else "[b $error]BLOCK[/]"
     rule = f"rule [b]{entry.rule}[/]" if entry.rule else "no rule (default policy)"
     tunnel = "  [dim](TLS tunnel: the path is not visible)[/]" if entry.method == "CONNECT" else ""
+    headers = "".join(f"\n[dim]{escape(name)}:[/] {escape(value)}" for name, value in entry.headers or [])
     return (
         f"[b]{entry.method}[/] {target}{tunnel}\n"
         f"{verdict} by {rule} · status {entry.status if entry.status is not None else '—'} · "
         f"in {human_bytes(entry.bytes_in)} · out {human_bytes(entry.bytes_out)} · "
-        f"{entry.duration_ms:.1f} ms · at {clock_time(entry.timestamp)}"
+        f"{entry.duration_ms:.1f} ms · at {clock_time(entry.timestamp)}{headers}"
     )
 
 
@@ -61,7 +63,8 @@ class NetworkTable(DataTable[Text]):
     HELP: ClassVar[str] = (
         "Every request the program made through the filtered network's proxy, live. Blocked requests "
         "are red. Show a request's details with {select_cursor}, filter by host with {focus_filter}, and "
-        "cycle all/allowed/blocked with {cycle_action}; {export_har} exports the run's requests as HAR."
+        "cycle all/allowed/blocked with {cycle_action}; {allow_host} adds a blocked request's host to the "
+        "session's allow list (applied at once); {export_har} exports the run's requests as HAR."
     )
 
 
@@ -72,7 +75,7 @@ class NetworkInspector(Vertical):
     BINDINGS: ClassVar = [
         Binding("slash", "focus_filter", "Filter", show=True, tooltip="Filter the requests by host"),
         Binding("a", "cycle_action", "Verdict", show=True, tooltip="Show all, allowed or blocked requests"),
-        *bindings("export-har"),
+        *bindings("allow-host", "export-har"),
     ]
 
     session: var[Session | None] = var(None, init=False)
@@ -84,6 +87,12 @@ class NetworkInspector(Vertical):
 
     class ExportRequested(Message):
         """The HAR export key: the screen asks where to write the run's requests."""
+
+    @dataclass
+    class AllowRequested(Message):
+        """The allow-host key on a request: the screen adds its host to the session's allow list."""
+
+        entry: NetworkLogEntry
 
     @dataclass
     class Counted(Message):
@@ -128,6 +137,11 @@ class NetworkInspector(Vertical):
 
     def action_export_har(self) -> None:
         self.post_message(self.ExportRequested())
+
+    def action_allow_host(self) -> None:
+        entry = self._selected()
+        if entry is not None:
+            self.post_message(self.AllowRequested(entry))
 
     def add(self, entry: NetworkLogEntry) -> None:
         self.entries.append(entry)

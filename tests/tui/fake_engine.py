@@ -31,7 +31,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, Self
 from urllib.parse import urlsplit
 
-from engine import ExecutionRequest, ExecutionResult, Isol8Options, NetworkLogEntry, PoolState, StreamEvent
+from engine import (
+    ExecutionRequest,
+    ExecutionResult,
+    Isol8Options,
+    NetworkFilter,
+    NetworkLogEntry,
+    PoolState,
+    StreamEvent,
+)
 from engine.errors import DockerUnavailable, FileNotFound, ImageMissing, Isol8Error, SandboxLost
 from engine.models import sandbox_path
 from engine.runtimes import RUNTIMES, code_file
@@ -138,6 +146,13 @@ class FakeEngine:
         if self.running:
             return [PoolState(image="isol8:scratch", busy=self.running)]
         return []
+
+    async def set_network_filter(self, network_filter: NetworkFilter) -> None:
+        if self.options.network != "filtered":
+            raise Isol8Error(
+                f'The network is "{self.options.network}": allow and deny lists apply to network "filtered" only.'
+            )
+        self.options = self.options.model_copy(update={"network_filter": network_filter})
 
     # --- files ---------------------------------------------------------------------------------------------
     async def put_file(self, path: str, content: str | bytes) -> None:
@@ -339,14 +354,14 @@ class FakeEngine:
             rules = self.options.network_filter
             blocked = next((p for p in rules.blacklist if re.fullmatch(p, host, re.IGNORECASE)), None)
             allowed = next((p for p in rules.whitelist if re.fullmatch(p, host, re.IGNORECASE)), None)
-            if blocked is not None:
-                action, rule = "BLOCK", blocked
+            if blocked is not None:  # the rules as the real proxy names them
+                action, rule = "BLOCK", f"blacklist:{blocked}"
             elif rules.whitelist and allowed is None:
-                action = "BLOCK"
+                action, rule = "BLOCK", "not in whitelist"
             elif https and port not in (443, *rules.ports):
                 action, rule = "BLOCK", f"port {port} not allowed"
             else:
-                rule = allowed
+                rule = f"whitelist:{allowed}" if allowed else None
         status = 200 if action == "ALLOW" else 403
         self.backend.time.advance(20)
         if network == "filtered" and self.options.log_network:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -461,3 +462,33 @@ async def test_colours_follow_the_theme(fake_app) -> None:
         await pilot.pause()
         after = table.get_row_at(2)[0].style
         assert after != before and after == table.get_component_rich_style("network-table--blocked", partial=True)
+
+
+async def test_allow_host_adds_a_blocked_host_to_the_live_session(fake_app) -> None:
+    app = fake_app(FETCHING)
+    async with app.run_test(size=(150, 40)) as pilot:
+        screen = main_screen(app)
+        session = screen.create_session(FILTERED)
+        await run_and_wait(pilot)
+        inspector = screen.network
+        table = inspector.query_one(NetworkTable)
+        blocked = [e for e in inspector.entries if e.action == "BLOCK"]
+        assert [(e.host, e.rule) for e in blocked] == [
+            ("api.github.com", "not in whitelist"),
+            ("exfil.evil.com", r"blacklist:.*\.evil\.com"),
+        ]
+        await pilot.press("f8")
+        table.focus()
+        await pilot.press("down", "down")  # api.github.com
+        await pilot.press("w")
+        await wait_for(pilot, lambda: r"^api\.github\.com$" in session.whitelist)
+        assert r"^api\.github\.com$" in session.engine.options.network_filter.whitelist  # the live engine's lists
+        saved = json.loads(screen.project_file.read_text())["sessions"]
+        assert any(r"^api\.github\.com$" in entry["whitelist"] for entry in saved)  # kept with the project
+        await pilot.press("down")  # exfil.evil.com: the deny list wins, nothing is added
+        await pilot.press("w")
+        await pilot.pause()
+        assert not any("evil" in pattern for pattern in session.whitelist)
+        assert any("deny list" in str(n.message) for n in app._notifications)
+        await run_and_wait(pilot)
+        assert [e.action for e in inspector.entries if e.host == "api.github.com"] == ["ALLOW"]

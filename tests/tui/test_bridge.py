@@ -121,9 +121,9 @@ async def test_network_events_become_messages(backend: FakeBackend) -> None:
     await bridge.run(session, request(code), 1)
     entries = [m.entry for m in inbox.of(NetworkRequestCaptured)]  # type: ignore[attr-defined]
     assert [(e.host, e.action, e.rule) for e in entries] == [
-        ("ok.test", "ALLOW", r"ok\.test"),
-        ("bad.test", "BLOCK", r"bad\.test"),
-        ("other.test", "BLOCK", None),
+        ("ok.test", "ALLOW", r"whitelist:ok\.test"),  # the rules as the real proxy names them
+        ("bad.test", "BLOCK", r"blacklist:bad\.test"),
+        ("other.test", "BLOCK", "not in whitelist"),
     ]
     assert entries[2].method == "CONNECT" and entries[2].path is None
 
