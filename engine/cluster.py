@@ -1,0 +1,522 @@
+"""RayIsol8: the engine interface over a Ray cluster, one hardened DockerIsol8 per node.
+
+- A node opts in by offering the custom resource `isol8` (`ray start --resources='{"isol8": 1}'`);
+  it needs Docker and the isol8 images (`isol8 setup`).
+- Each such node gets one node engine: a detached actor named `node:<node id>` in the Ray namespace
+  `isol8`, pinned to its node (hard node affinity), holding a DockerIsol8 per option set with its
+  warm pool. Every driver (servers, notebooks, the CLI) shares these.
+- A stateless execution goes to the node engine this driver has the fewest runs in flight on;
+  streams are Ray streaming generators; leaving a stream early cancels the run on its node.
+- A persistent session is a detached actor named `session:<id>` in the same namespace, pinned to
+  the node with the fewest sessions. Any driver finds it by id. Sessions never move: when their node
+  dies they are lost (the GCS key-value store remembers where each lived, so every driver answers
+  SessionLost, never a fresh empty session under the old id).
+- A node that dies fails its runs in flight with NodeLost naming the node; new work goes to the
+  nodes left. Its containers die with its engine's process (their agents see the stream close).
+
+Ray is imported only here, and only when a RayIsol8 starts: `pip install 'isol8[ray]'`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import AsyncGenerator, Awaitable
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from pydantic import Field
+
+from engine.engine import DockerIsol8
+from engine.errors import ClusterUnavailable, ConfigError, Isol8Error, NodeLost, SessionLost
+from engine.models import ExecutionRequest, ExecutionResult, Isol8Options, Model, PoolState, StreamEvent
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+RESOURCE = "isol8"
+"""The custom Ray resource a node offers to host isol8 sandboxes."""
+NAMESPACE = "isol8"
+"""The Ray namespace of isol8's named actors (node engines and sessions)."""
+SESSION_KEY = "isol8/session/"
+"""GCS key-value prefix: session id -> the id of the node it lives on."""
+NODE_REFRESH_S = 5.0
+T = TypeVar("T")
+
+
+def ray_module() -> ModuleType:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("The cluster backend needs Ray: pip install 'isol8[ray]'") from None
+    return ray
+
+
+class NodeStatus(Model):
+    """One node of `isol8 cluster status`."""
+
+    node_id: str
+    address: str
+    alive: bool
+    running: int = 0
+    sessions: int = 0
+    pools: list[PoolState] = Field(default_factory=list)
+
+
+# --- the actors ---------------------------------------------------------------------------------
+class NodeEngine:
+    """On one node: a DockerIsol8 per option set (each with its warm pool), shared by every driver."""
+
+    def __init__(self) -> None:
+        self._engines: dict[str, DockerIsol8] = {}
+        self._lock = asyncio.Lock()
+        self.running = 0
+
+    async def _engine(self, options: Isol8Options) -> DockerIsol8:
+        key = options.model_dump_json()
+        async with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                engine = DockerIsol8(options)
+                await engine.start()
+                self._engines[key] = engine
+            return engine
+
+    async def warm(self, options: Isol8Options) -> None:
+        await self._engine(options)
+
+    async def execute(self, options: Isol8Options, request: ExecutionRequest) -> ExecutionResult:
+        engine = await self._engine(options)
+        self.running += 1
+        try:
+            return await engine.execute(request)
+        finally:
+            self.running -= 1
+
+    async def execute_stream(self, options: Isol8Options, request: ExecutionRequest) -> AsyncGenerator[StreamEvent]:
+        engine = await self._engine(options)
+        self.running += 1
+        try:
+            async with contextlib.aclosing(engine.execute_stream(request)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self.running -= 1
+
+    def status(self) -> tuple[int, list[PoolState]]:
+        return self.running, [state for engine in self._engines.values() for state in engine.pool_state()]
+
+
+class SessionEngine:
+    """One persistent session: a DockerIsol8 in persistent mode on the node this actor is pinned to."""
+
+    def __init__(self, options: Isol8Options) -> None:
+        self.engine = DockerIsol8(options.model_copy(update={"mode": "persistent"}))
+
+    def node(self) -> str:
+        return str(ray_module().get_runtime_context().get_node_id())
+
+    async def execute(self, request: ExecutionRequest) -> ExecutionResult:
+        return await self.engine.execute(request)
+
+    async def execute_stream(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent]:
+        async with contextlib.aclosing(self.engine.execute_stream(request)) as events:
+            async for event in events:
+                yield event
+
+    async def put_file(self, path: str, content: str | bytes) -> None:
+        await self.engine.put_file(path, content)
+
+    async def get_file(self, path: str) -> bytes:
+        return await self.engine.get_file(path)
+
+    def container_id(self) -> str | None:
+        return self.engine.container_id
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+
+
+_actor_classes: dict[str, Any] = {}
+
+
+def _actor_class(cls: type) -> Any:
+    if cls.__name__ not in _actor_classes:
+        _actor_classes[cls.__name__] = ray_module().remote(cls)
+    return _actor_classes[cls.__name__]
+
+
+def _pinned(node_id: str) -> Any:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+
+
+# --- connecting ---------------------------------------------------------------------------------
+def connect(address: str | None) -> ModuleType:
+    """Join the cluster at `address` (`ray://host:10001`, `host:6379` or `auto`) once per process."""
+    ray = ray_module()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address or "auto", namespace=NAMESPACE, log_to_driver=False, logging_level="warning")
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ClusterUnavailable(
+                f"Cannot join the Ray cluster at {address or 'auto'} ({exc}); check the address and that its head runs."
+            ) from None
+    return ray
+
+
+def isol8_nodes(ray: ModuleType) -> dict[str, str]:
+    """Alive nodes that offer the `isol8` resource: node id -> its address."""
+    return {
+        node["NodeID"]: node["NodeManagerAddress"]
+        for node in ray.nodes()
+        if node.get("Alive") and node.get("Resources", {}).get(RESOURCE, 0) > 0
+    }
+
+
+def _node_engine(ray: ModuleType, node_id: str) -> Any:
+    return (
+        _actor_class(NodeEngine)
+        .options(
+            name=f"node:{node_id}",
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=0,
+            max_restarts=0,
+            max_concurrency=1000,
+            scheduling_strategy=_pinned(node_id),
+        )
+        .remote()
+    )
+
+
+def _session_nodes(ray: ModuleType) -> dict[str, str]:
+    """Session id -> node id, for every session the cluster remembers."""
+    from ray.experimental import internal_kv
+
+    keys = internal_kv._internal_kv_list(SESSION_KEY, namespace=NAMESPACE)
+    found: dict[str, str] = {}
+    for key in keys:
+        value = internal_kv._internal_kv_get(key, namespace=NAMESPACE)
+        if value is not None:
+            found[key.decode().removeprefix(SESSION_KEY)] = value.decode()
+    return found
+
+
+# --- the engine ---------------------------------------------------------------------------------
+class RayIsol8:
+    """`async with RayIsol8("ray://head:10001") as isol8: await isol8.execute(...)`.
+
+    Ephemeral (default): each execution runs on the least-loaded node. With `session_id` (or
+    `mode="persistent"`, which makes a new id) every call runs in that cluster-wide session; `stop()`
+    deletes it unless `keep_session` is set.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        options: Isol8Options | None = None,
+        *,
+        session_id: str | None = None,
+        keep_session: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.address = address
+        self.options = options or Isol8Options(**kwargs)
+        if self.options.mode == "persistent" and session_id is None:
+            session_id = uuid.uuid4().hex
+        self.session_id = session_id
+        self.keep_session = keep_session
+        self._ray: ModuleType | None = None
+        self._nodes: dict[str, Any] = {}  # node id -> node engine handle
+        self._addresses: dict[str, str] = {}
+        self._load: dict[str, int] = {}
+        self._refreshed = 0.0
+        self._session: Any = None
+        self._session_node: str | None = None
+        self._lost: str | None = None  # why the session is gone, once it is
+        self._container_id: str | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Join the cluster, find its isol8 nodes (and the session, created if new)."""
+        if self._ray is not None:
+            return
+        self._ray = await asyncio.to_thread(connect, self.address)
+        await self._refresh_nodes()
+        if self.session_id is not None:
+            await self._open_session()
+
+    async def stop(self) -> None:
+        """Delete the session (unless `keep_session`); the node engines stay for other drivers."""
+        if self._ray is None:
+            return
+        if self.session_id is not None and not self.keep_session and self._lost is None:
+            await delete_session(self.session_id)
+        self._session = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    @property
+    def container_id(self) -> str | None:
+        return self._container_id
+
+    def pool_state(self) -> list[PoolState]:
+        """Nothing: the warm containers are the node engines' (`isol8 cluster status` lists them)."""
+        return []
+
+    # --- execution --------------------------------------------------------------------------------
+    async def execute(self, request: ExecutionRequest) -> ExecutionResult:
+        if self.session_id is not None:
+            result: ExecutionResult = await self._session_call("execute", request)
+            self._container_id = result.container_id
+            return result
+        node_id, engine = await self._pick()
+        self._load[node_id] += 1
+        try:
+            return await self._awaited(node_id, engine.execute.remote(self.options, request))
+        finally:
+            self._load[node_id] -= 1
+
+    async def execute_stream(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent]:
+        if self.session_id is not None:
+            session, node_id = self._require_session()
+            async with contextlib.aclosing(self._streamed(node_id, session.execute_stream, request)) as events:
+                async for event in events:
+                    yield event
+            return
+        node_id, engine = await self._pick()
+        self._load[node_id] += 1
+        try:
+            async with contextlib.aclosing(self._streamed(node_id, engine.execute_stream, self.options, request)) as ev:
+                async for event in ev:
+                    yield event
+        finally:
+            self._load[node_id] -= 1
+
+    # --- files ------------------------------------------------------------------------------------
+    async def put_file(self, path: str, content: str | bytes) -> None:
+        self._require_session()
+        await self._session_call("put_file", path, content)
+
+    async def get_file(self, path: str) -> bytes:
+        self._require_session()
+        data: bytes = await self._session_call("get_file", path)
+        return data
+
+    # --- plumbing ---------------------------------------------------------------------------------
+    async def _refresh_nodes(self) -> None:
+        ray = self._require_ray()
+        nodes = await asyncio.to_thread(isol8_nodes, ray)
+        for node_id in list(self._nodes):
+            if node_id not in nodes:
+                self._forget_node(node_id)
+        for node_id, address in nodes.items():
+            if node_id not in self._nodes:
+                self._nodes[node_id] = await asyncio.to_thread(_node_engine, ray, node_id)
+                self._addresses[node_id] = address
+                self._load.setdefault(node_id, 0)
+        self._refreshed = time.monotonic()
+
+    def _forget_node(self, node_id: str) -> None:
+        self._nodes.pop(node_id, None)
+
+    async def _pick(self) -> tuple[str, Any]:
+        """The node engine with the fewest of this driver's runs in flight (ties at random)."""
+        if time.monotonic() - self._refreshed > NODE_REFRESH_S or not self._nodes:
+            await self._refresh_nodes()
+        if not self._nodes:
+            raise ClusterUnavailable(
+                f"No alive Ray node offers the {RESOURCE!r} resource; start nodes with "
+                f"`ray start --resources='{{\"{RESOURCE}\": 1}}'` (each needs Docker and `isol8 setup`)."
+            )
+        fewest = min(self._load[node_id] for node_id in self._nodes)
+        node_id = random.choice([n for n in self._nodes if self._load[n] == fewest])
+        return node_id, self._nodes[node_id]
+
+    def _node_lost(self, node_id: str) -> NodeLost:
+        self._forget_node(node_id)
+        return NodeLost.of(node_id, self._addresses.get(node_id, "?"))
+
+    async def _awaited(self, node_id: str, call: Awaitable[T]) -> T:
+        """The call's result; the actor's own Isol8Error as itself; a dead actor as NodeLost."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            return await call
+        except RayTaskError as exc:
+            if isinstance(exc.cause, Isol8Error):
+                raise exc.cause from None
+            raise
+        except RayActorError:
+            raise self._node_lost(node_id) from None
+
+    async def _streamed(self, node_id: str, method: Any, *args: Any) -> AsyncGenerator[StreamEvent]:
+        from ray.exceptions import RayActorError
+
+        ray = self._require_ray()
+        refs = method.options(num_returns="streaming").remote(*args)
+        finished = False
+        try:
+            while True:
+                try:
+                    ref = await refs.__anext__()
+                except StopAsyncIteration:
+                    break
+                except RayActorError:
+                    raise self._stream_lost(node_id) from None
+                event: StreamEvent = await self._awaited_stream(node_id, ref)
+                yield event
+            finished = True
+        finally:
+            if not finished:  # the caller left early (or the stream failed): end the run
+                with contextlib.suppress(Exception):
+                    ray.cancel(refs)
+
+    async def _awaited_stream(self, node_id: str, ref: Any) -> StreamEvent:
+        try:
+            event: StreamEvent = await self._awaited(node_id, ref)
+        except NodeLost:
+            raise self._stream_lost(node_id) from None
+        return event
+
+    def _stream_lost(self, node_id: str) -> Isol8Error:
+        if self.session_id is not None:
+            return self._mark_session_lost(node_id)
+        return self._node_lost(node_id)
+
+    async def _open_session(self) -> None:
+        ray = self._require_ray()
+        assert self.session_id is not None
+        name = f"session:{self.session_id}"
+        remembered = (await asyncio.to_thread(_session_nodes, ray)).get(self.session_id)
+        try:
+            self._session = await asyncio.to_thread(ray.get_actor, name, NAMESPACE)
+        except ValueError:  # no such actor (never made, deleted, or dead with its node)
+            if remembered is not None:
+                self._mark_session_lost(remembered)
+                return
+            self._session = await asyncio.to_thread(self._create_session, ray, name)
+        node_id: str = await self._session.node.remote()
+        self._session_node = node_id
+        if remembered is None:
+            from ray.experimental import internal_kv
+
+            await asyncio.to_thread(
+                internal_kv._internal_kv_put, SESSION_KEY + self.session_id, node_id, namespace=NAMESPACE
+            )
+
+    def _create_session(self, ray: ModuleType, name: str) -> Any:
+        """The session's actor on the alive isol8 node with the fewest sessions."""
+        counts = dict.fromkeys(isol8_nodes(ray), 0)
+        if not counts:
+            raise ClusterUnavailable(f"No alive Ray node offers the {RESOURCE!r} resource for a new session.")
+        for node_id in _session_nodes(ray).values():
+            if node_id in counts:
+                counts[node_id] += 1
+        fewest = min(counts.values())
+        node_id = random.choice([n for n, count in counts.items() if count == fewest])
+        return (
+            _actor_class(SessionEngine)
+            .options(
+                name=name,
+                namespace=NAMESPACE,
+                lifetime="detached",
+                get_if_exists=True,  # a second driver creating the same id at once gets this one
+                num_cpus=0,
+                max_restarts=0,
+                max_concurrency=1000,
+                scheduling_strategy=_pinned(node_id),
+            )
+            .remote(self.options)
+        )
+
+    def _mark_session_lost(self, node_id: str) -> SessionLost:
+        self._session = None
+        self._lost = (
+            f"Session {self.session_id} was lost with Ray node {node_id[:12]}: its files and state are gone; "
+            "delete it and start a new session."
+        )
+        return SessionLost(self._lost)
+
+    def _require_ray(self) -> ModuleType:
+        if self._ray is None:
+            raise Isol8Error("The cluster engine is not started: use `async with RayIsol8(...)` or call start()")
+        return self._ray
+
+    def _require_session(self) -> tuple[Any, str]:
+        if self.session_id is None:
+            raise Isol8Error("File operations require a sessionId (persistent mode)")
+        if self._lost is not None:
+            raise SessionLost(self._lost)
+        if self._session is None or self._session_node is None:
+            raise Isol8Error("The cluster engine is not started: use `async with RayIsol8(...)` or call start()")
+        return self._session, self._session_node
+
+    async def _session_call(self, method: str, *args: Any) -> Any:
+        session, node_id = self._require_session()
+        try:
+            return await self._awaited(node_id, getattr(session, method).remote(*args))
+        except NodeLost:
+            raise self._mark_session_lost(node_id) from None
+
+
+# --- cluster-wide calls -------------------------------------------------------------------------
+async def delete_session(session_id: str) -> bool:
+    """Stop the session's container and end its actor; False if the cluster has no such session."""
+    ray = ray_module()
+    from ray.experimental import internal_kv
+
+    try:
+        actor = await asyncio.to_thread(ray.get_actor, f"session:{session_id}", NAMESPACE)
+    except ValueError:
+        actor = None
+    known = await asyncio.to_thread(internal_kv._internal_kv_del, SESSION_KEY + session_id, namespace=NAMESPACE)
+    if actor is not None:
+        from ray.exceptions import RayActorError
+
+        with contextlib.suppress(RayActorError):
+            await actor.stop.remote()
+        ray.kill(actor)
+    return actor is not None or bool(known)
+
+
+async def warm_nodes(options: Isol8Options) -> None:
+    """Build the node engine for `options` on every isol8 node (which warms its `prewarm` runtimes)."""
+    ray = ray_module()
+    nodes = await asyncio.to_thread(isol8_nodes, ray)
+    engines = [await asyncio.to_thread(_node_engine, ray, node_id) for node_id in nodes]
+    await asyncio.gather(*(engine.warm.remote(options) for engine in engines))
+
+
+async def cluster_status(address: str | None) -> list[NodeStatus]:
+    """Every node that offers `isol8`, alive or dead: its runs in flight, warm pools and sessions."""
+    ray = await asyncio.to_thread(connect, address)
+    from ray.exceptions import RayActorError
+
+    nodes = [n for n in await asyncio.to_thread(ray.nodes) if n.get("Resources", {}).get(RESOURCE, 0) > 0]
+    sessions = list((await asyncio.to_thread(_session_nodes, ray)).values())
+    statuses: list[NodeStatus] = []
+    for node in nodes:
+        node_id = node["NodeID"]
+        status = NodeStatus(
+            node_id=node_id,
+            address=node["NodeManagerAddress"],
+            alive=bool(node.get("Alive")),
+            sessions=sessions.count(node_id),
+        )
+        if status.alive:
+            with contextlib.suppress(RayActorError):
+                engine = await asyncio.to_thread(_node_engine, ray, node_id)
+                status.running, status.pools = await engine.status.remote()
+        statuses.append(status)
+    return statuses
