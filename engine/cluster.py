@@ -499,12 +499,17 @@ async def warm_nodes(options: Isol8Options) -> None:
 
 
 async def cluster_status(address: str | None) -> list[NodeStatus]:
-    """Every node that offers `isol8`, alive or dead: its runs in flight, warm pools and sessions."""
+    """Every node that offers `isol8` (and dead ones that held sessions): runs in flight, warm pools, sessions."""
     ray = await asyncio.to_thread(connect, address)
     from ray.exceptions import RayActorError
 
-    nodes = [n for n in await asyncio.to_thread(ray.nodes) if n.get("Resources", {}).get(RESOURCE, 0) > 0]
     sessions = list((await asyncio.to_thread(_session_nodes, ray)).values())
+    # A dead node no longer lists its resources: it is shown while sessions lost with it are remembered.
+    nodes = [
+        n
+        for n in await asyncio.to_thread(ray.nodes)
+        if n.get("Resources", {}).get(RESOURCE, 0) > 0 or (not n.get("Alive") and n["NodeID"] in sessions)
+    ]
     statuses: list[NodeStatus] = []
     for node in nodes:
         node_id = node["NodeID"]
