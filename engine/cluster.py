@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from pydantic import Field
 
 from engine.engine import DockerIsol8
-from engine.errors import ClusterUnavailable, ConfigError, Isol8Error, NodeLost, SessionLost
+from engine.errors import ClusterUnavailable, ConfigError, Isol8Error, NodeLost, SessionLost, SessionNotFound
 from engine.models import ExecutionRequest, ExecutionResult, Isol8Options, Model, PoolState, StreamEvent
 
 if TYPE_CHECKING:
@@ -213,7 +213,8 @@ class RayIsol8:
 
     Ephemeral (default): each execution runs on the least-loaded node. With `session_id` (or
     `mode="persistent"`, which makes a new id) every call runs in that cluster-wide session; `stop()`
-    deletes it unless `keep_session` is set.
+    deletes it unless `keep_session` is set. The first call starts the engine if `start()` was not
+    called.
     """
 
     def __init__(
@@ -223,6 +224,7 @@ class RayIsol8:
         *,
         session_id: str | None = None,
         keep_session: bool = False,
+        create: bool = True,
         **kwargs: Any,
     ) -> None:
         self.address = address
@@ -231,7 +233,9 @@ class RayIsol8:
             session_id = uuid.uuid4().hex
         self.session_id = session_id
         self.keep_session = keep_session
+        self.create = create  # False: only join an existing session (SessionNotFound otherwise)
         self._ray: ModuleType | None = None
+        self._starting = asyncio.Lock()
         self._nodes: dict[str, Any] = {}  # node id -> node engine handle
         self._addresses: dict[str, str] = {}
         self._load: dict[str, int] = {}
@@ -244,19 +248,25 @@ class RayIsol8:
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         """Join the cluster, find its isol8 nodes (and the session, created if new)."""
-        if self._ray is not None:
-            return
-        self._ray = await asyncio.to_thread(connect, self.address)
-        await self._refresh_nodes()
-        if self.session_id is not None:
-            await self._open_session()
+        async with self._starting:
+            if self._ray is not None:
+                return
+            ray = await asyncio.to_thread(connect, self.address)
+            self._ray = ray
+            try:
+                await self._refresh_nodes()
+                if self.session_id is not None:
+                    await self._open_session()
+            except BaseException:
+                self._ray = None
+                raise
 
     async def stop(self) -> None:
         """Delete the session (unless `keep_session`); the node engines stay for other drivers."""
         if self._ray is None:
             return
         if self.session_id is not None and not self.keep_session and self._lost is None:
-            await delete_session(self.session_id)
+            await delete_session(self.session_id, self.address)
         self._session = None
 
     async def __aenter__(self) -> Self:
@@ -276,6 +286,7 @@ class RayIsol8:
 
     # --- execution --------------------------------------------------------------------------------
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
+        await self.start()
         if self.session_id is not None:
             result: ExecutionResult = await self._session_call("execute", request)
             self._container_id = result.container_id
@@ -288,6 +299,7 @@ class RayIsol8:
             self._load[node_id] -= 1
 
     async def execute_stream(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent]:
+        await self.start()
         if self.session_id is not None:
             session, node_id = self._require_session()
             async with contextlib.aclosing(self._streamed(node_id, session.execute_stream, request)) as events:
@@ -305,10 +317,12 @@ class RayIsol8:
 
     # --- files ------------------------------------------------------------------------------------
     async def put_file(self, path: str, content: str | bytes) -> None:
+        await self.start()
         self._require_session()
         await self._session_call("put_file", path, content)
 
     async def get_file(self, path: str) -> bytes:
+        await self.start()
         self._require_session()
         data: bytes = await self._session_call("get_file", path)
         return data
@@ -373,7 +387,7 @@ class RayIsol8:
                 except StopAsyncIteration:
                     break
                 except RayActorError:
-                    raise self._stream_lost(node_id) from None
+                    raise await self._stream_lost(node_id) from None
                 event: StreamEvent = await self._awaited_stream(node_id, ref)
                 yield event
             finished = True
@@ -386,12 +400,12 @@ class RayIsol8:
         try:
             event: StreamEvent = await self._awaited(node_id, ref)
         except NodeLost:
-            raise self._stream_lost(node_id) from None
+            raise await self._stream_lost(node_id) from None
         return event
 
-    def _stream_lost(self, node_id: str) -> Isol8Error:
+    async def _stream_lost(self, node_id: str) -> Isol8Error:
         if self.session_id is not None:
-            return self._mark_session_lost(node_id)
+            return await self._session_gone(node_id)
         return self._node_lost(node_id)
 
     async def _open_session(self) -> None:
@@ -405,6 +419,8 @@ class RayIsol8:
             if remembered is not None:
                 self._mark_session_lost(remembered)
                 return
+            if not self.create:
+                raise SessionNotFound() from None
             self._session = await asyncio.to_thread(self._create_session, ray, name)
         node_id: str = await self._session.node.remote()
         self._session_node = node_id
@@ -467,13 +483,21 @@ class RayIsol8:
         try:
             return await self._awaited(node_id, getattr(session, method).remote(*args))
         except NodeLost:
-            raise self._mark_session_lost(node_id) from None
+            raise await self._session_gone(node_id) from None
+
+    async def _session_gone(self, node_id: str) -> Isol8Error:
+        """Its actor died: deleted by another driver (the cluster forgot it), else lost with its node."""
+        assert self.session_id is not None
+        if self.session_id not in await asyncio.to_thread(_session_nodes, self._require_ray()):
+            self._session = None
+            return SessionNotFound("Session not found: another client deleted it")
+        return self._mark_session_lost(node_id)
 
 
 # --- cluster-wide calls -------------------------------------------------------------------------
-async def delete_session(session_id: str) -> bool:
+async def delete_session(session_id: str, address: str | None = None) -> bool:
     """Stop the session's container and end its actor; False if the cluster has no such session."""
-    ray = ray_module()
+    ray = await asyncio.to_thread(connect, address)
     from ray.experimental import internal_kv
 
     try:

@@ -75,6 +75,18 @@ def _check_size(value: str) -> str:
 
 SizeStr = Annotated[str, AfterValidator(_check_size)]
 
+_CLUSTER_ADDRESS = re.compile(r"(ray://)?[A-Za-z0-9.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:]+\]:[0-9]{1,5}|auto")
+
+
+def check_cluster_address(value: str) -> str:
+    """A Ray address as `server.cluster` and `--cluster` take it; ValueError names the accepted forms."""
+    if not _CLUSTER_ADDRESS.fullmatch(value):
+        raise ValueError(f'{json.dumps(value)} is not a Ray address (e.g. "ray://head:10001", "head:6379", "auto")')
+    return value
+
+
+ClusterAddress = Annotated[str, AfterValidator(check_cluster_address)]
+
 
 class _Model(BaseModel):
     """Shared settings: camelCase in JSON, snake_case in Python, and no silent coercion or extras."""
@@ -165,6 +177,9 @@ class ServerPolicy(_Model):
     # Files and stdin travel base64 in JSON (4/3 of their size), so this leaves room for 64 MiB of
     # stdin plus files; a larger body is refused with 413 before it is read.
     max_body_bytes: int = Field(256 << 20, gt=0)
+    # A Ray cluster to run on instead of this machine's Docker (engine/cluster.py): `ray://head:10001`,
+    # `head:6379`, or `auto` (this machine is a node of it). `isol8 serve --cluster` overrides it.
+    cluster: ClusterAddress | None = None
 
 
 TUI_ACTIONS: tuple[str, ...] = (

@@ -144,9 +144,7 @@ class NodeLost(SandboxLost):
 
     @classmethod
     def of(cls, node_id: str, address: str) -> NodeLost:
-        return cls(
-            f"Ray node {node_id[:12]} ({address}) died during the call; retry: new work goes to the nodes left."
-        )
+        return cls(f"Ray node {node_id[:12]} ({address}) died during the call; retry: new work goes to the nodes left.")
 
 
 class ClusterUnavailable(Isol8Error):

@@ -22,6 +22,7 @@ from engine import __version__, readiness
 from engine.config import load_config
 from engine.errors import Isol8Error
 from engine.runtimes import RUNTIMES
+from isol8_tui.commands.cluster import cluster_flag
 from isol8_tui.commands.setup import build_progress
 from isol8_tui.output import err, info, setup_logging, user_errors, warn
 
@@ -148,10 +149,17 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 @click.option("-k", "--key", metavar="KEY", help="The master API key (default: $ISOL8_API_KEY).")
 @click.option("--auth-db", metavar="PATH|URL", help="Database-backed API keys: a SQLite file or a postgresql:// URL.")
 @click.option("--bind", metavar="ADDRESS", help="Address to listen on (default: the config's server.bind, 127.0.0.1).")
+@click.option("--cluster", metavar="ADDRESS", help="Run on a Ray cluster (ray://HEAD:10001, HEAD:6379 or auto).")
 @click.option("--debug", is_flag=True, help="Log requests and what the engine does to stderr.")
 @click.option("--update", is_flag=True, help="Accepted for the reference's CLI: this server has no binary to update.")
 def command(
-    port_flag: str | None, key: str | None, auth_db: str | None, bind: str | None, debug: bool, update: bool
+    port_flag: str | None,
+    key: str | None,
+    auth_db: str | None,
+    bind: str | None,
+    cluster: str | None,
+    debug: bool,
+    update: bool,
 ) -> None:
     """Serve the HTTP API: execute, stream (SSE and WebSocket), sessions, files, API keys."""
     if update:
@@ -165,12 +173,14 @@ def command(
         loaded = load_config()
         setup_logging(debug or loaded.config.debug)
         _server_logging(debug)
-        with build_progress() as progress:
-            readiness.prepare(list(RUNTIMES), progress)
+        cluster = cluster_flag(cluster) if cluster else loaded.config.server.cluster
+        if cluster is None:  # on a cluster, each node has its own images (`isol8 setup` there)
+            with build_progress() as progress:
+                readiness.prepare(list(RUNTIMES), progress)
         from engine.server.app import ServerSettings, create_app
         from engine.server.auth import redact
 
-        app = create_app(ServerSettings(loaded.config, key, auth_db))
+        app = create_app(ServerSettings(loaded.config, key, auth_db, cluster))
         host = bind or loaded.config.server.bind
         sock = listen(host, port)
     import uvicorn  # here, like the app: other commands should not pay for importing the server stack
@@ -178,6 +188,8 @@ def command(
     shown = f"[{host}]" if ":" in host else host
     info(f"isol8 server v{__version__} listening on http://{shown}:{sock.getsockname()[1]}")
     click.echo("       Auth: Bearer token required", err=True)
+    if cluster:
+        click.echo(f"       Cluster: {cluster} (Ray)", err=True)
     if auth_db or loaded.config.server.auth_db:
         click.echo(f"       Auth DB: {redact(auth_db or loaded.config.server.auth_db or '')}", err=True)
     config = uvicorn.Config(

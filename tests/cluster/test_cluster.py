@@ -107,7 +107,9 @@ async def test_files_round_trip_with_the_local_engines_errors(cluster: LocalClus
         with pytest.raises(Isol8Error, match=r"inside /sandbox or /tmp"):
             await session.put_file("/sandbox/../etc/passwd", b"x")
         # A session's own stream
-        events = [e.data async for e in session.execute_stream(ExecutionRequest(cmd="wc -c < blob.bin", runtime="bash"))]
+        events = [
+            e.data async for e in session.execute_stream(ExecutionRequest(cmd="wc -c < blob.bin", runtime="bash"))
+        ]
         assert events == [f"{len(blob)}\n", "0"]
 
 
