@@ -5,8 +5,8 @@
 - Each such node gets one node engine: a detached actor named `node:<node id>` in the Ray namespace
   `isol8`, pinned to its node (hard node affinity), holding a DockerIsol8 per option set with its
   warm pool. Every driver (servers, notebooks, the CLI) shares these.
-- A stateless execution goes to the node engine this driver has the fewest runs in flight on;
-  streams are Ray streaming generators; leaving a stream early cancels the run on its node.
+- A stateless execution goes to the node engine this driver has the fewest runs in flight on (of
+  those, the one it used longest ago, so a node's pool has time to refill); streams are Ray streaming generators; leaving a stream early cancels the run on its node.
 - A persistent session is a detached actor named `session:<id>` in the same namespace, pinned to
   the node with the fewest sessions. Any driver finds it by id. Sessions never move: when their node
   dies they are lost (the GCS key-value store remembers where each lived, so every driver answers
@@ -239,6 +239,7 @@ class RayIsol8:
         self._nodes: dict[str, Any] = {}  # node id -> node engine handle
         self._addresses: dict[str, str] = {}
         self._load: dict[str, int] = {}
+        self._picked: dict[str, float] = {}  # node id -> when this driver last sent it a run
         self._refreshed = 0.0
         self._session: Any = None
         self._session_node: str | None = None
@@ -345,7 +346,8 @@ class RayIsol8:
         self._nodes.pop(node_id, None)
 
     async def _pick(self) -> tuple[str, Any]:
-        """The node engine with the fewest of this driver's runs in flight (ties at random)."""
+        """The node engine with the fewest of this driver's runs in flight; of those, the one picked
+        longest ago (so a node's pool has the most time to refill before its next run)."""
         if time.monotonic() - self._refreshed > NODE_REFRESH_S or not self._nodes:
             await self._refresh_nodes()
         if not self._nodes:
@@ -353,8 +355,8 @@ class RayIsol8:
                 f"No alive Ray node offers the {RESOURCE!r} resource; start nodes with "
                 f"`ray start --resources='{{\"{RESOURCE}\": 1}}'` (each needs Docker and `isol8 setup`)."
             )
-        fewest = min(self._load[node_id] for node_id in self._nodes)
-        node_id = random.choice([n for n in self._nodes if self._load[n] == fewest])
+        node_id = min(self._nodes, key=lambda n: (self._load[n], self._picked.get(n, 0.0)))
+        self._picked[node_id] = time.monotonic()
         return node_id, self._nodes[node_id]
 
     def _node_lost(self, node_id: str) -> NodeLost:
@@ -544,8 +546,8 @@ async def cluster_status(address: str | None) -> list[NodeStatus]:
             sessions=sessions.count(node_id),
         )
         if status.alive:
-            with contextlib.suppress(RayActorError):
-                engine = await asyncio.to_thread(_node_engine, ray, node_id)
+            with contextlib.suppress(RayActorError, ValueError):  # ValueError: no engine there yet
+                engine = await asyncio.to_thread(ray.get_actor, f"node:{node_id}", NAMESPACE)
                 status.running, status.pools = await engine.status.remote()
         statuses.append(status)
     return statuses

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from engine import DockerIsol8, Isol8Options, PoolState
 from engine.cluster import RayIsol8, delete_session
-from engine.errors import SessionNotFound, TooManySessions
+from engine.errors import SessionLost, SessionNotFound, TooManySessions
 from engine.models import Model
 
 log = logging.getLogger("isol8.server")
@@ -97,8 +97,10 @@ class SessionRegistry:
             session.touch()
         try:
             yield session
-        except SessionNotFound:
-            if self.cluster is not None:  # joined nothing, or another server deleted it: forget the handle
+        except (SessionNotFound, SessionLost):
+            # On a cluster: joined nothing, deleted by another server, or lost with its node. The handle
+            # goes; the next request asks the cluster again (a lost session stays lost there).
+            if self.cluster is not None:
                 self._sessions.pop(key, None)
             raise
         finally:
