@@ -6,7 +6,8 @@
   `isol8`, pinned to its node (hard node affinity), holding a DockerIsol8 per option set with its
   warm pool. Every driver (servers, notebooks, the CLI) shares these.
 - A stateless execution goes to the node engine this driver has the fewest runs in flight on (of
-  those, the one it used longest ago, so a node's pool has time to refill); streams are Ray streaming generators; leaving a stream early cancels the run on its node.
+  those, the one it used longest ago, so a node's pool has time to refill); streams are Ray
+  streaming generators; leaving a stream early cancels the run on its node.
 - A persistent session is a detached actor named `session:<id>` in the same namespace, pinned to
   the node with the fewest sessions. Any driver finds it by id. Sessions never move: when their node
   dies they are lost (the GCS key-value store remembers where each lived, so every driver answers
@@ -24,7 +25,8 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from pydantic import Field
@@ -43,6 +45,7 @@ NAMESPACE = "isol8"
 SESSION_KEY = "isol8/session/"
 """GCS key-value prefix: session id -> the id of the node it lives on."""
 NODE_REFRESH_S = 5.0
+MAX_NODE_ENGINES = 16
 T = TypeVar("T")
 
 
@@ -67,14 +70,18 @@ class NodeStatus(Model):
 
 # --- the actors ---------------------------------------------------------------------------------
 class NodeEngine:
-    """On one node: a DockerIsol8 per option set (each with its warm pool), shared by every driver."""
+    """On one node: a DockerIsol8 per option set (each with its warm pool), shared by every driver.
+    At most MAX_NODE_ENGINES are kept; the least recently used idle one goes (as in `isol8 serve`)."""
 
     def __init__(self) -> None:
-        self._engines: dict[str, DockerIsol8] = {}
+        self._engines: OrderedDict[str, DockerIsol8] = OrderedDict()
+        self._busy: dict[str, int] = {}
         self._lock = asyncio.Lock()
+        self._stopping: set[asyncio.Task[None]] = set()
         self.running = 0
 
-    async def _engine(self, options: Isol8Options) -> DockerIsol8:
+    @contextlib.asynccontextmanager
+    async def _use(self, options: Isol8Options) -> AsyncIterator[DockerIsol8]:
         key = options.model_dump_json()
         async with self._lock:
             engine = self._engines.get(key)
@@ -82,28 +89,37 @@ class NodeEngine:
                 engine = DockerIsol8(options)
                 await engine.start()
                 self._engines[key] = engine
-            return engine
+                self._evict(keep=key)
+            self._engines.move_to_end(key)
+            self._busy[key] = self._busy.get(key, 0) + 1
+        self.running += 1
+        try:
+            yield engine
+        finally:
+            self.running -= 1
+            self._busy[key] -= 1
+
+    def _evict(self, keep: str) -> None:
+        idle = [key for key in self._engines if key != keep and self._busy.get(key, 0) == 0]
+        while len(self._engines) > MAX_NODE_ENGINES and idle:
+            key = idle.pop(0)
+            self._busy.pop(key, None)
+            task = asyncio.get_running_loop().create_task(self._engines.pop(key).stop())
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
 
     async def warm(self, options: Isol8Options) -> None:
-        await self._engine(options)
+        async with self._use(options):
+            pass
 
     async def execute(self, options: Isol8Options, request: ExecutionRequest) -> ExecutionResult:
-        engine = await self._engine(options)
-        self.running += 1
-        try:
+        async with self._use(options) as engine:
             return await engine.execute(request)
-        finally:
-            self.running -= 1
 
     async def execute_stream(self, options: Isol8Options, request: ExecutionRequest) -> AsyncGenerator[StreamEvent]:
-        engine = await self._engine(options)
-        self.running += 1
-        try:
-            async with contextlib.aclosing(engine.execute_stream(request)) as events:
-                async for event in events:
-                    yield event
-        finally:
-            self.running -= 1
+        async with self._use(options) as engine, contextlib.aclosing(engine.execute_stream(request)) as events:
+            async for event in events:
+                yield event
 
     def status(self) -> tuple[int, list[PoolState]]:
         return self.running, [state for engine in self._engines.values() for state in engine.pool_state()]

@@ -77,6 +77,9 @@ def test_auth_and_policy_hold_on_the_cluster(servers: list[ServerProcess]) -> No
 def test_run_and_status_commands(cluster: LocalCluster, tmp_path: Path) -> None:
     ran = run_cli("run", "--cluster", cluster.address, "-e", "print('on the cluster')", cwd=tmp_path)
     assert (ran.returncode, ran.stdout) == (0, "on the cluster\n"), ran.stderr
+    client = cluster.address.replace(":6379", ":10001")  # the head's Ray Client server
+    streamed = run_cli("run", "--cluster", f"ray://{client}", "--cmd", "echo a; echo b", cwd=tmp_path)
+    assert (streamed.returncode, streamed.stdout) == (0, "a\nb\n"), streamed.stderr
     failed = run_cli("run", "--cluster", cluster.address, "--cmd", "exit 7", cwd=tmp_path)
     assert failed.returncode == 7, failed.stderr
     bad = run_cli("run", "--cluster", "head;rm -rf /", "-e", "print(1)", cwd=tmp_path)
