@@ -176,7 +176,7 @@ def connect(address: str | None) -> ModuleType:
     ray = ray_module()
     if not ray.is_initialized():
         try:
-            ray.init(address=address or "auto", namespace=NAMESPACE, log_to_driver=False, logging_level="warning")
+            ray.init(address=address or "auto", namespace=NAMESPACE, log_to_driver=False, logging_level="error")
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ClusterUnavailable(
                 f"Cannot join the Ray cluster at {address or 'auto'} ({exc}); check the address and that its head runs."
