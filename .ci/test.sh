@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # busybox-static and a static libc let the seccomp tests build their own probes; PostgreSQL
-# backs the server's key-store tests.
-bash .ci/bootstrap.sh busybox-static gcc libc6-dev postgresql
+# backs the server's key-store tests; iproute2 brings up loopback in the cluster tests' namespace.
+bash .ci/bootstrap.sh busybox-static gcc libc6-dev postgresql iproute2
 
 # Networks that re-sign TLS (this project's CI) need their CA inside the images.
 if [ -z "${ISOL8_CA_BUNDLE:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
