@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from pydantic import Field
 
@@ -69,11 +69,57 @@ class NodeStatus(Model):
 
 
 # --- the actors ---------------------------------------------------------------------------------
-class NodeEngine:
+class _Relay:
+    """`execute_stream` for drivers on Ray Client, which has no streaming generators: the events
+    wait in a queue on the actor and the driver fetches them in batches (each fetch waits for one)."""
+
+    def __init__(self) -> None:
+        self._relays: dict[str, tuple[asyncio.Queue[StreamEvent | BaseException | None], asyncio.Task[None]]] = {}
+
+    async def relay_open(self, *args: Any) -> str:
+        """Start the subclass's `execute_stream(*args)` into a queue; the relay's id."""
+        queue: asyncio.Queue[StreamEvent | BaseException | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                stream: AsyncGenerator[StreamEvent] = cast(Any, self).execute_stream(*args)
+                async with contextlib.aclosing(stream) as events:
+                    async for event in events:
+                        queue.put_nowait(event)
+                queue.put_nowait(None)
+            except Exception as exc:
+                queue.put_nowait(exc)
+
+        run_id = uuid.uuid4().hex
+        self._relays[run_id] = (queue, asyncio.get_running_loop().create_task(pump()))
+        return run_id
+
+    async def relay_next(self, run_id: str) -> tuple[list[StreamEvent], bool]:
+        """The events so far (at least one, or the end): (events, ended). Raises the run's error."""
+        queue, _ = self._relays[run_id]
+        items = [await queue.get()]
+        while not queue.empty():
+            items.append(queue.get_nowait())
+        events = [item for item in items if isinstance(item, StreamEvent)]
+        ended = len(events) < len(items)
+        if ended:
+            self._relays.pop(run_id, None)
+            if isinstance(items[-1], BaseException):
+                raise items[-1]
+        return events, ended
+
+    async def relay_close(self, run_id: str) -> None:
+        _, task = self._relays.pop(run_id, (None, None))
+        if task is not None:
+            task.cancel()
+
+
+class NodeEngine(_Relay):
     """On one node: a DockerIsol8 per option set (each with its warm pool), shared by every driver.
     At most MAX_NODE_ENGINES are kept; the least recently used idle one goes (as in `isol8 serve`)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._engines: OrderedDict[str, DockerIsol8] = OrderedDict()
         self._busy: dict[str, int] = {}
         self._lock = asyncio.Lock()
@@ -125,10 +171,11 @@ class NodeEngine:
         return self.running, [state for engine in self._engines.values() for state in engine.pool_state()]
 
 
-class SessionEngine:
+class SessionEngine(_Relay):
     """One persistent session: a DockerIsol8 in persistent mode on the node this actor is pinned to."""
 
     def __init__(self, options: Isol8Options) -> None:
+        super().__init__()
         self.engine = DockerIsol8(options.model_copy(update={"mode": "persistent"}))
 
     def node(self) -> str:
@@ -319,14 +366,14 @@ class RayIsol8:
         await self.start()
         if self.session_id is not None:
             session, node_id = self._require_session()
-            async with contextlib.aclosing(self._streamed(node_id, session.execute_stream, request)) as events:
+            async with contextlib.aclosing(self._streamed(node_id, session, request)) as events:
                 async for event in events:
                     yield event
             return
         node_id, engine = await self._pick()
         self._load[node_id] += 1
         try:
-            async with contextlib.aclosing(self._streamed(node_id, engine.execute_stream, self.options, request)) as ev:
+            async with contextlib.aclosing(self._streamed(node_id, engine, self.options, request)) as ev:
                 async for event in ev:
                     yield event
         finally:
@@ -392,11 +439,19 @@ class RayIsol8:
         except RayActorError:
             raise self._node_lost(node_id) from None
 
-    async def _streamed(self, node_id: str, method: Any, *args: Any) -> AsyncGenerator[StreamEvent]:
+    async def _streamed(self, node_id: str, actor: Any, *args: Any) -> AsyncGenerator[StreamEvent]:
+        """The actor's `execute_stream(*args)`: a Ray streaming generator, or through Ray Client
+        (which has none) the actor's relay, fetched in batches."""
         from ray.exceptions import RayActorError
+        from ray.util.client import ray as ray_client
 
+        if ray_client.is_connected():
+            async with contextlib.aclosing(self._relayed(node_id, actor, *args)) as relayed:
+                async for relayed_event in relayed:
+                    yield relayed_event
+            return
         ray = self._require_ray()
-        refs = method.options(num_returns="streaming").remote(*args)
+        refs = actor.execute_stream.options(num_returns="streaming").remote(*args)
         finished = False
         try:
             while True:
@@ -414,12 +469,23 @@ class RayIsol8:
                 with contextlib.suppress(Exception):
                     ray.cancel(refs)
 
-    async def _awaited_stream(self, node_id: str, ref: Any) -> StreamEvent:
+    async def _relayed(self, node_id: str, actor: Any, *args: Any) -> AsyncGenerator[StreamEvent]:
+        run_id: str = await self._awaited_stream(node_id, actor.relay_open.remote(*args))
+        ended = False
         try:
-            event: StreamEvent = await self._awaited(node_id, ref)
+            while not ended:
+                events, ended = await self._awaited_stream(node_id, actor.relay_next.remote(run_id))
+                for event in events:
+                    yield event
+        finally:
+            if not ended:  # the caller left early (or the stream failed): end the run
+                actor.relay_close.remote(run_id)
+
+    async def _awaited_stream(self, node_id: str, ref: Any) -> Any:
+        try:
+            return await self._awaited(node_id, ref)
         except NodeLost:
             raise await self._stream_lost(node_id) from None
-        return event
 
     async def _stream_lost(self, node_id: str) -> Isol8Error:
         if self.session_id is not None:
