@@ -3,16 +3,20 @@ absence is one line naming the extra, and cluster addresses are validated where 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
 from helpers import run_cli
 
+from engine.cluster import _Relay
 from engine.config import load_config
-from engine.errors import ConfigError
+from engine.errors import ConfigError, SandboxLost
+from engine.models import StreamEvent
 
 ENGINE = Path(__file__).resolve().parent.parent / "engine"
 
@@ -66,3 +70,58 @@ def test_cli_refuses_a_bad_cluster_address_before_connecting(tmp_path: Path) -> 
         assert result.returncode != 0
         assert "--cluster:" in result.stderr and "is not a Ray address" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+class _Counting(_Relay):
+    """A relay over a stream that needs no Docker: `n` events, then `failure` if given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = asyncio.Event()
+
+    async def execute_stream(self, n: int, failure: str | None = None) -> AsyncGenerator[StreamEvent]:
+        try:
+            for i in range(n):
+                yield StreamEvent(type="stdout", data=f"{i}\n")
+                await asyncio.sleep(0.01)
+            if failure is not None:
+                raise SandboxLost(failure)
+            yield StreamEvent(type="exit", data="0")
+        finally:
+            self.closed.set()
+
+
+async def _drain(relay: _Relay, run_id: str) -> list[str]:
+    seen: list[str] = []
+    ended = False
+    while not ended:
+        events, ended = await relay.relay_next(run_id)
+        seen += [e.data for e in events]
+    return seen
+
+
+async def test_the_ray_client_relay_passes_every_event_then_the_end() -> None:
+    relay = _Counting()
+    assert await _drain(relay, await relay.relay_open(5)) == ["0\n", "1\n", "2\n", "3\n", "4\n", "0"]
+    assert relay._relays == {}
+
+
+async def test_the_ray_client_relay_raises_the_runs_error_after_its_events() -> None:
+    relay = _Counting()
+    run_id = await relay.relay_open(2, "the agent went away")
+    seen: list[str] = []
+    with pytest.raises(SandboxLost, match="the agent went away"):
+        while True:
+            events, _ = await relay.relay_next(run_id)
+            seen += [e.data for e in events]
+    assert seen == ["0\n", "1\n"]
+
+
+async def test_leaving_a_relayed_stream_early_ends_the_run() -> None:
+    relay = _Counting()
+    run_id = await relay.relay_open(10_000)
+    events, ended = await relay.relay_next(run_id)
+    assert events and not ended
+    await relay.relay_close(run_id)
+    await asyncio.wait_for(relay.closed.wait(), 10)
+    assert relay._relays == {}
