@@ -47,7 +47,11 @@ class LocalCluster:
         self._ray = str(Path(sys.executable).with_name("ray"))
 
     def __enter__(self) -> Self:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # a node that did not come up must not leave the others running
+            raise
         return self
 
     def __exit__(self, *_: object) -> None:
