@@ -145,6 +145,7 @@ class LocalCluster:
                 proc.send_signal(signal.SIGTERM)
         _, alive = psutil.wait_procs(tree, timeout=15)
         for leftover in alive:
-            leftover.kill()
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):  # it ended meanwhile
+                leftover.kill()
         psutil.wait_procs(alive, timeout=5)
         shutil.rmtree(self._temp, ignore_errors=True)
