@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench import cluster_bench
 from bench import engine_bench as eb
 
 
@@ -54,6 +55,8 @@ def run(quick: bool) -> dict[str, Any]:
         results["rss_mb_pool4"] = asyncio.run(eb.resident_memory_with_pool(4))
     with console.status("gVisor (runsc) against runc"):
         results["gvisor"] = asyncio.run(eb.gvisor(max(10, n // 3)))
+    with console.status("a three-node Ray cluster on this machine (private network namespace)"):
+        results["cluster"] = cluster_bench.run_in_namespace(quick)
     eb.cleanup_bench_containers()
     return results
 
@@ -113,6 +116,12 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         rows.append((f"secure {runtime}, 250 ms apart, p50 <= 20 ms", _ms(stats["p50"]), "", stats["p50"] <= 20))
     stop = results["stop"]["p50"]
     rows.append(("stop(), pool of 1 after one run, p50 <= 60 ms", _ms(stop), "", stop <= 60))
+    cluster = results["cluster"]
+    for case in ("persistent", "warm_fast"):
+        added = cluster[f"{case}_added_p50"]
+        local = cluster[f"{case}_local"]["p50"]
+        target = f"cluster adds <= 3 ms p50 ({case.replace('_', ' ')})"
+        rows.append((target, _ms(added), f"local {_ms(local)}", added <= 3))
     return rows
 
 
@@ -144,6 +153,14 @@ def report(results: dict[str, Any]) -> None:
     for strategy in ("fast", "secure"):
         rates.add_row(strategy, *(f"{results['throughput'][f'{strategy}_c{c}']:.1f}" for c in (1, 4, 16)))
     console.print(rates)
+    cluster = results["cluster"]
+    ray_table = Table("case", "local p50", "cluster p50", "added p50", title="Ray cluster, 3 nodes on this machine")
+    for case in ("persistent", "warm_fast"):
+        local, remote = cluster[f"{case}_local"]["p50"], cluster[f"{case}_cluster"]["p50"]
+        ray_table.add_row(case.replace("_", " "), _ms(local), _ms(remote), _ms(remote - local))
+    rates_c16 = (f"{cluster[f'throughput_c16_{side}']:.1f}" for side in ("local", "cluster"))
+    ray_table.add_row("throughput c=16 (runs/s)", *rates_c16, "")
+    console.print(ray_table)
     if results.get("gvisor"):
         isolation = Table("runtime", "cold p50", "warm p50", "warm p99", title="Stronger isolation: gVisor (runsc)")
         for runtime in ("runc", "runsc"):

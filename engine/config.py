@@ -76,6 +76,18 @@ def _check_size(value: str) -> str:
 
 SizeStr = Annotated[str, AfterValidator(_check_size)]
 
+_CLUSTER_ADDRESS = re.compile(r"(ray://)?[A-Za-z0-9.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:]+\]:[0-9]{1,5}|auto")
+
+
+def check_cluster_address(value: str) -> str:
+    """A Ray address as `server.cluster` and `--cluster` take it; ValueError names the accepted forms."""
+    if not _CLUSTER_ADDRESS.fullmatch(value):
+        raise ValueError(f'{json.dumps(value)} is not a Ray address (e.g. "ray://head:10001", "head:6379", "auto")')
+    return value
+
+
+ClusterAddress = Annotated[str, AfterValidator(check_cluster_address)]
+
 
 class _Model(BaseModel):
     """Shared settings: camelCase in JSON, snake_case in Python, and no silent coercion or extras."""
@@ -171,6 +183,9 @@ class ServerPolicy(_Model):
     # Operating the server (README "Operating isol8"): `/metrics` without a key, and where traces go.
     metrics_public: bool = False
     otlp_endpoint: str | None = Field(None, pattern=r"^https?://\S+$")
+    # A Ray cluster to run on instead of this machine's Docker (engine/cluster.py): `ray://head:10001`,
+    # `head:6379`, or `auto` (this machine is a node of it). `isol8 serve --cluster` overrides it.
+    cluster: ClusterAddress | None = None
 
 
 McpTool = Literal[

@@ -22,6 +22,7 @@ from engine.audit import AuditLogger, AuditRecord, Caller, current_caller, new_r
 from engine.docker import DockerClient
 from engine.errors import (
     Isol8Error,
+    NotFiltered,
     OutOfMemory,
     SandboxError,
     SandboxLost,
@@ -259,9 +260,7 @@ class DockerIsol8:
         applies them to its next request (also of a run in progress, without a restart); every
         container started later has them."""
         if self.options.network != "filtered":
-            raise Isol8Error(
-                f'The network is "{self.options.network}": allow and deny lists apply to network "filtered" only.'
-            )
+            raise NotFiltered.of(self.options.network)
         self.options = self.options.model_copy(update={"network_filter": network_filter})
         if self._session is not None and self._session.alive:
             self._session.control("network", {"policy": network_filter.model_dump_json()})

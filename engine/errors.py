@@ -16,7 +16,8 @@ class can be rebuilt from the wire; the classmethods build the common messages.
     ├── ImageMissing             503 image_missing    an image the engine needs is absent or stale
     ├── SandboxError             500 sandbox_error    the container or its agent failed, not the code
     │   ├── SandboxLost          500 sandbox_lost     the container stopped or the agent went silent
-    │   │   └── OutOfMemory      507 out_of_memory    ... because it was killed at its memory limit
+    │   │   ├── OutOfMemory      507 out_of_memory    ... because it was killed at its memory limit
+    │   │   └── NodeLost         503 node_lost        ... because its Ray node died (engine/cluster.py)
     │   ├── SessionLost          410 session_lost     a persistent session's container (and files) is gone
     │   └── Timeout              504 timeout          a file transfer did not finish by its deadline
     ├── SetupFailed              400 setup_failed     a package install or setup script failed
@@ -25,9 +26,11 @@ class can be rebuilt from the wire; the classmethods build the common messages.
     │   ├── NotARegularFile      400 not_a_regular_file
     │   └── FileTooLarge         413 file_too_large
     ├── InputTooLarge            413 input_too_large  more keys than one interactive run may take
+    ├── NotFiltered              400 not_filtered     allow and deny lists for a network that is not filtered
     ├── SessionNotFound          404 session_not_found
     ├── TooManySessions          429 too_many_sessions
     ├── PolicyRefused            403 policy_refused   the operator's policy does not allow the request
+    ├── ClusterUnavailable       503 cluster_unavailable  no Ray cluster to join, or no isol8 node in it
     ├── FetchFailed              502 fetch_failed     a code URL did not resolve, answer or finish in time
     └── AuthError                401 unauthorized     no valid key
         └── Forbidden            403 forbidden        a key that is not valid or may not do this
@@ -137,6 +140,24 @@ class OutOfMemory(SandboxLost):
     code = "out_of_memory"
 
 
+class NodeLost(SandboxLost):
+    """The Ray node running the call died (engine/cluster.py): its runs and sessions are gone."""
+
+    status = 503
+    code = "node_lost"
+
+    @classmethod
+    def of(cls, node_id: str, address: str) -> NodeLost:
+        return cls(f"Ray node {node_id[:12]} ({address}) died during the call; retry: new work goes to the nodes left.")
+
+
+class ClusterUnavailable(Isol8Error):
+    """No Ray cluster to join at the address, or none of its nodes offers the `isol8` resource."""
+
+    status = 503
+    code = "cluster_unavailable"
+
+
 class SetupFailed(Isol8Error):
     """A package install or setup script exited non-zero; the message has its exit code and stderr."""
 
@@ -174,6 +195,16 @@ class InputTooLarge(Isol8Error):
 
     status = 413
     code = "input_too_large"
+
+
+class NotFiltered(Isol8Error):
+    """Allow and deny lists for an engine whose network is not `filtered`."""
+
+    code = "not_filtered"
+
+    @classmethod
+    def of(cls, network: str) -> NotFiltered:
+        return cls(f'The network is "{network}": allow and deny lists apply to network "filtered" only.')
 
 
 class SessionNotFound(Isol8Error):

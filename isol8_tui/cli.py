@@ -17,9 +17,22 @@ def main(ctx: click.Context) -> None:
 
 
 def _register() -> None:
-    from isol8_tui.commands import build, cleanup, config, doctor, login, mcp, run, serve, session, setup, tui
+    from isol8_tui.commands import (
+        build,
+        cleanup,
+        cluster,
+        config,
+        doctor,
+        login,
+        mcp,
+        run,
+        serve,
+        session,
+        setup,
+        tui,
+    )
 
-    for module in (setup, build, run, config, cleanup, serve, login, session, tui, mcp, doctor):
+    for module in (setup, build, run, config, cleanup, serve, login, session, tui, mcp, doctor, cluster):
         main.add_command(module.command)
     main.add_command(build.list_command)
     main.add_command(login.logout_command)

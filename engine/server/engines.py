@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from engine import DockerIsol8, Engine, Isol8Options, PoolState
+from engine.cluster import RayIsol8, warm_nodes
 
 log = logging.getLogger("isol8.server")
 
@@ -86,3 +87,37 @@ class SharedEngines:
         engines = [entry.engine for entry in self._engines.values()]
         self._engines.clear()
         await asyncio.gather(*(engine.stop() for engine in engines), *self._stopping, return_exceptions=True)
+
+
+class ClusterEngines:
+    """`SharedEngines` on a Ray cluster (`server.cluster`): one RayIsol8 per option set. The warm pools
+    live in the nodes' engines, which every server of the cluster shares, so this process holds none."""
+
+    def __init__(self, address: str, max_concurrent: int) -> None:
+        self.address = address
+        self._engines: dict[str, RayIsol8] = {}
+        self._slots = asyncio.Semaphore(max_concurrent)
+
+    @contextlib.asynccontextmanager
+    async def use(self, options: Isol8Options) -> AsyncIterator[Engine]:
+        async with self._slots:
+            key = options.model_dump_json()
+            engine = self._engines.get(key)
+            if engine is None:
+                engine = self._engines[key] = RayIsol8(self.address, options)
+            yield engine
+
+    async def warm(self, options: Isol8Options) -> None:
+        async with self.use(options) as engine:
+            await engine.start()
+        await warm_nodes(options)
+
+    def pool_state(self) -> list[PoolState]:
+        return []
+
+    async def remove_containers(self) -> int:
+        """Nothing here: the nodes' containers belong to their engines, shared with other servers."""
+        return 0
+
+    async def stop(self) -> None:
+        self._engines.clear()

@@ -15,9 +15,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from engine import DockerIsol8, Isol8Options, PoolState
-from engine.errors import SessionNotFound, TooManySessions
+from engine.cluster import RayIsol8, delete_session
+from engine.errors import SessionLost, SessionNotFound, TooManySessions
 from engine.models import Model
 
 log = logging.getLogger("isol8.server")
@@ -40,7 +42,7 @@ def _iso(seconds: float) -> str:
 class Session:
     id: str
     tenant_id: str
-    engine: DockerIsol8
+    engine: DockerIsol8 | RayIsol8
     created_at: float = field(default_factory=time.time)
     last_accessed_at: float = field(default_factory=time.time)
     active: int = 0  # requests using it now; a session in use is never pruned
@@ -64,7 +66,8 @@ class SessionRegistry:
     slot. The caps are checked and the session added under one lock: concurrent creations never
     overshoot them."""
 
-    def __init__(self, max_sessions: int, max_per_tenant: int, idle_ms: int) -> None:
+    def __init__(self, max_sessions: int, max_per_tenant: int, idle_ms: int, cluster: str | None = None) -> None:
+        self.cluster = cluster  # a Ray address: sessions live on the cluster, shared with its other servers
         self.max_sessions = max_sessions
         self.max_per_tenant = max_per_tenant
         self.idle_ms = idle_ms
@@ -77,6 +80,9 @@ class SessionRegistry:
         key = (tenant_id, session_id)
         async with self._lock:
             session = self._sessions.get(key)
+            if session is None and create is None and self.cluster is not None:
+                # Another server of the cluster may have made it: join it, never create it.
+                session = self._sessions[key] = Session(session_id, tenant_id, self._cluster_engine(key, None))
             if session is None:
                 if create is None:
                     raise SessionNotFound()
@@ -84,15 +90,28 @@ class SessionRegistry:
                     raise TooManySessions.over(self.max_sessions)
                 if sum(tenant == tenant_id for tenant, _ in self._sessions) >= self.max_per_tenant:
                     raise TooManySessions.over(self.max_per_tenant, tenant_id)
-                session = self._sessions[key] = Session(session_id, tenant_id, DockerIsol8(create))
+                engine = DockerIsol8(create) if self.cluster is None else self._cluster_engine(key, create)
+                session = self._sessions[key] = Session(session_id, tenant_id, engine)
                 log.debug("session %s created for tenant %s", session_id, tenant_id)
             session.active += 1
             session.touch()
         try:
             yield session
+        except (SessionNotFound, SessionLost):
+            # On a cluster: joined nothing, deleted by another server, or lost with its node. The handle
+            # goes; the next request asks the cluster again (a lost session stays lost there).
+            if self.cluster is not None:
+                self._sessions.pop(key, None)
+            raise
         finally:
             session.active -= 1
             session.touch()
+
+    def _cluster_engine(self, key: tuple[str, str], create: Isol8Options | None) -> RayIsol8:
+        """The cluster session for (tenant, id): its Ray id quotes both, so no pair can spell another's."""
+        cluster_id = "/".join(quote(part, safe="") for part in key)
+        options = create or Isol8Options(mode="persistent")
+        return RayIsol8(self.cluster, options, session_id=cluster_id, create=create is not None)
 
     def list_for(self, tenant_id: str) -> list[SessionInfo]:
         sessions = [s for (tenant, _), s in self._sessions.items() if tenant == tenant_id]
@@ -117,6 +136,9 @@ class SessionRegistry:
             session = self._sessions.pop((tenant_id, session_id), None)
         if session is not None:
             await session.engine.stop()
+        elif self.cluster is not None:  # made by another server of the cluster
+            cluster_id = self._cluster_engine((tenant_id, session_id), None).session_id or ""
+            return await delete_session(cluster_id, self.cluster)
         return session is not None
 
     async def prune(self) -> list[str]:

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from engine import Engine, PoolState
 from engine.config import Isol8Config
 from engine.server.auth import Authenticator, KeyStore, Principal, open_store
-from engine.server.engines import SharedEngines
+from engine.server.engines import ClusterEngines, SharedEngines
 from engine.server.policy import Plan, Policy
 from engine.server.sessions import SessionRegistry
 
@@ -32,6 +32,7 @@ class ServerSettings:
     config: Isol8Config
     master_key: str
     auth_db: str | None = None  # overrides the config's `server.authDb`
+    cluster: str | None = None  # overrides the config's `server.cluster` (a Ray address)
 
 
 class ServerState:
@@ -41,10 +42,13 @@ class ServerState:
         config = settings.config
         self.config = config
         self.policy = Policy(config)
-        self.engines = SharedEngines(config.max_concurrent)
         server = config.server
+        cluster = settings.cluster or server.cluster
+        self.engines: SharedEngines | ClusterEngines = (
+            SharedEngines(config.max_concurrent) if cluster is None else ClusterEngines(cluster, config.max_concurrent)
+        )
         self.sessions = SessionRegistry(
-            server.max_sessions, server.max_sessions_per_tenant, config.cleanup.max_container_age_ms
+            server.max_sessions, server.max_sessions_per_tenant, config.cleanup.max_container_age_ms, cluster
         )
         connection = settings.auth_db or config.server.auth_db
         self.store: KeyStore | None = open_store(connection) if connection else None
@@ -65,7 +69,8 @@ class ServerState:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.sessions.stop_all()
+        if self.sessions.cluster is None:  # a cluster's sessions outlive this server: other servers share them
+            await self.sessions.stop_all()
         await self.engines.stop()
         if self.store is not None:
             self.store.close()

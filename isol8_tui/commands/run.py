@@ -12,12 +12,14 @@ from urllib.parse import urlsplit
 import click
 
 from engine import readiness
+from engine.cluster import RayIsol8
 from engine.config import load_config
 from engine.docker import DockerClient
 from engine.engine import DockerIsol8
 from engine.errors import Isol8Error
 from engine.models import ExecutionRequest, Isol8Options, NetworkFilter, NetworkMode
 from engine.runtimes import RUNTIME_NAMES, detect_runtime, get_runtime
+from isol8_tui.commands.cluster import cluster_flag
 from isol8_tui.commands.setup import build_progress
 from isol8_tui.output import err, info, setup_logging, user_errors, warn
 from isol8_tui.printing import run_requests
@@ -112,12 +114,15 @@ def _requests(
     return requests
 
 
-async def _run(options: Isol8Options, requests: list[ExecutionRequest], stream: bool, out_path: str | None) -> int:
+async def _run(
+    options: Isol8Options, requests: list[ExecutionRequest], stream: bool, out_path: str | None, cluster: str | None
+) -> int:
     """Run the requests in order in one engine; stop at the first that exits non-zero."""
+    engine = DockerIsol8(options) if cluster is None else RayIsol8(cluster, options)
     with open(out_path, "w", encoding="utf-8") if out_path else contextlib.nullcontext(sys.stdout) as out:
-        async with DockerIsol8(options) as engine:
+        async with engine:
             exit_code = await run_requests(engine, requests, stream=stream, out=out, log_network=options.log_network)
-            for container_id in engine.persisted:
+            for container_id in engine.persisted if isinstance(engine, DockerIsol8) else ():
                 info(
                     f"Container {container_id[:12]} left running (--persist). Inspect it with "
                     f"`docker exec -it {container_id[:12]} bash`; remove it with `isol8 cleanup`."
@@ -169,6 +174,7 @@ async def _run(options: Isol8Options, requests: list[ExecutionRequest], stream: 
 @click.option("--host", metavar="URL", help="Run on an isol8 server (`isol8 serve`) instead of locally.")
 @click.option("--key", metavar="KEY", help="With --host: API key (default: $ISOL8_API_KEY, else `isol8 login`'s).")
 @click.option("--session-id", metavar="ID", help="With --host: run in this server session (state persists).")
+@click.option("--cluster", metavar="ADDRESS", help="Run on a Ray cluster (ray://HEAD:10001, HEAD:6379 or auto).")
 def command(
     files: tuple[str, ...],
     code: str | None,
@@ -195,6 +201,7 @@ def command(
     log_network: bool,
     no_stream: bool,
     debug: bool,
+    cluster: str | None,
     **limits: Any,
 ) -> None:
     """Run FILES, inline code (-e), commands (--cmd) or code from stdin in a sandbox.
@@ -259,13 +266,15 @@ def command(
             warn("--log-network only logs in filtered mode (--net filtered).")
         if options.network == "host":
             warn("Network mode host: the sandbox has the host's network, fully open.")
-        if options.image is None:
+        if cluster is not None:
+            cluster = cluster_flag(cluster)  # each node has its own images (`isol8 setup` there)
+        elif options.image is None:
             with build_progress() as progress:
                 readiness.prepare(sorted({r.runtime for r in requests}), progress)
         else:
             DockerClient().ping()
         try:
-            exit_code = asyncio.run(_run(options, requests, not no_stream, out_path))
+            exit_code = asyncio.run(_run(options, requests, not no_stream, out_path, cluster))
         except KeyboardInterrupt:
             err("Interrupted; the sandbox was removed.")
             raise SystemExit(130) from None

@@ -23,6 +23,7 @@ from engine.config import load_config
 from engine.errors import Isol8Error
 from engine.logs import JsonFormatter
 from engine.runtimes import RUNTIMES
+from isol8_tui.commands.cluster import cluster_flag
 from isol8_tui.commands.setup import build_progress
 from isol8_tui.output import err, info, setup_logging, user_errors, warn
 
@@ -158,6 +159,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 @click.option("-k", "--key", metavar="KEY", help="The master API key (default: $ISOL8_API_KEY).")
 @click.option("--auth-db", metavar="PATH|URL", help="Database-backed API keys: a SQLite file or a postgresql:// URL.")
 @click.option("--bind", metavar="ADDRESS", help="Address to listen on (default: the config's server.bind, 127.0.0.1).")
+@click.option("--cluster", metavar="ADDRESS", help="Run on a Ray cluster (ray://HEAD:10001, HEAD:6379 or auto).")
 @click.option("--debug", is_flag=True, help="Log requests and what the engine does to stderr.")
 @click.option(
     "--log-format",
@@ -172,6 +174,7 @@ def command(
     key: str | None,
     auth_db: str | None,
     bind: str | None,
+    cluster: str | None,
     debug: bool,
     log_format: str,
     update: bool,
@@ -190,12 +193,14 @@ def command(
             setup_logging(debug or loaded.config.debug)
         _server_logging(debug, log_format)
         traces = tracing.configure(loaded.config.server.otlp_endpoint)
-        with build_progress() as progress:
-            readiness.prepare(list(RUNTIMES), progress)
+        cluster = cluster_flag(cluster) if cluster else loaded.config.server.cluster
+        if cluster is None:  # on a cluster, each node has its own images (`isol8 setup` there)
+            with build_progress() as progress:
+                readiness.prepare(list(RUNTIMES), progress)
         from engine.server.app import ServerSettings, create_app
         from engine.server.auth import redact
 
-        app = create_app(ServerSettings(loaded.config, key, auth_db))
+        app = create_app(ServerSettings(loaded.config, key, auth_db, cluster))
         host = bind or loaded.config.server.bind
         sock = listen(host, port)
     import uvicorn  # here, like the app: other commands should not pay for importing the server stack
@@ -205,6 +210,8 @@ def command(
     banner.append("Auth: Bearer token required")
     if any(getattr(route, "path", None) == "/mcp" for route in app.routes):
         banner.append(f"MCP: http://{shown}:{sock.getsockname()[1]}/mcp (streamable HTTP)")
+    if cluster:
+        banner.append(f"Cluster: {cluster} (Ray)")
     if auth_db or loaded.config.server.auth_db:
         banner.append(f"Auth DB: {redact(auth_db or loaded.config.server.auth_db or '')}")
     if traces:

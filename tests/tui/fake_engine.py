@@ -40,7 +40,7 @@ from engine import (
     PoolState,
     StreamEvent,
 )
-from engine.errors import DockerUnavailable, FileNotFound, ImageMissing, Isol8Error, SandboxLost
+from engine.errors import DockerUnavailable, FileNotFound, ImageMissing, Isol8Error, NotFiltered, SandboxLost
 from engine.models import sandbox_path
 from engine.runtimes import RUNTIMES, code_file
 
@@ -149,9 +149,7 @@ class FakeEngine:
 
     async def set_network_filter(self, network_filter: NetworkFilter) -> None:
         if self.options.network != "filtered":
-            raise Isol8Error(
-                f'The network is "{self.options.network}": allow and deny lists apply to network "filtered" only.'
-            )
+            raise NotFiltered.of(self.options.network)
         self.options = self.options.model_copy(update={"network_filter": network_filter})
 
     # --- files ---------------------------------------------------------------------------------------------
