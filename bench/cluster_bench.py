@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from bench.engine_bench import HELLO, summary
+from bench.engine_bench import HELLO, summary, sustained_rate
 from engine import DockerIsol8, ExecutionRequest
 from engine.cluster import RayIsol8
 from engine.models import Isol8Options
@@ -47,19 +47,7 @@ async def _interleaved(n: int, local: Any, cluster: Any) -> tuple[list[float], l
 
 async def _throughput(engine: Any, seconds: float) -> float:
     await asyncio.gather(*(engine.execute(REQUEST) for _ in range(CONCURRENCY)))  # warm every node
-    done = 0
-    started = time.perf_counter()
-
-    async def worker() -> None:
-        nonlocal done
-        while time.perf_counter() - started < seconds:
-            result = await engine.execute(REQUEST)
-            if result.stdout != "1\n":
-                raise RuntimeError(f"wrong output under load: {result.stdout!r}")
-            done += 1
-
-    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return done / (time.perf_counter() - started)
+    return await sustained_rate(engine, REQUEST, CONCURRENCY, seconds)
 
 
 async def measure(address: str, n: int, seconds: float) -> dict[str, Any]:
