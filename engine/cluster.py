@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from pydantic import Field
 
+from engine.audit import Caller, acting_for, current_caller
 from engine.engine import DockerIsol8
 from engine.errors import (
     ClusterUnavailable,
@@ -175,14 +176,22 @@ class NodeEngine(_Relay):
         async with self._use(options):
             pass
 
-    async def execute(self, options: Isol8Options, request: ExecutionRequest) -> ExecutionResult:
+    async def execute(
+        self, options: Isol8Options, request: ExecutionRequest, caller: Caller | None = None
+    ) -> ExecutionResult:
         async with self._use(options) as engine:
-            return await engine.execute(request)
+            with _acting(caller):
+                return await engine.execute(request)
 
-    async def execute_stream(self, options: Isol8Options, request: ExecutionRequest) -> AsyncGenerator[StreamEvent]:
-        async with self._use(options) as engine, contextlib.aclosing(engine.execute_stream(request)) as events:
-            async for event in events:
-                yield event
+    async def execute_stream(
+        self, options: Isol8Options, request: ExecutionRequest, caller: Caller | None = None
+    ) -> AsyncGenerator[StreamEvent]:
+        async with self._use(options) as engine:
+            with _acting(caller):
+                stream = engine.execute_stream(request)
+            async with contextlib.aclosing(stream) as events:
+                async for event in events:
+                    yield event
 
     def status(self) -> tuple[int, list[PoolState]]:
         return self.running, [state for engine in self._engines.values() for state in engine.pool_state()]
@@ -198,11 +207,16 @@ class SessionEngine(_Relay):
     def node(self) -> str:
         return str(ray_module().get_runtime_context().get_node_id())
 
-    async def execute(self, request: ExecutionRequest) -> ExecutionResult:
-        return await self.engine.execute(request)
+    async def execute(self, request: ExecutionRequest, caller: Caller | None = None) -> ExecutionResult:
+        with _acting(caller):
+            return await self.engine.execute(request)
 
-    async def execute_stream(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent]:
-        async with contextlib.aclosing(self.engine.execute_stream(request)) as events:
+    async def execute_stream(
+        self, request: ExecutionRequest, caller: Caller | None = None
+    ) -> AsyncGenerator[StreamEvent]:
+        with _acting(caller):
+            stream = self.engine.execute_stream(request)
+        async with contextlib.aclosing(stream) as events:
             async for event in events:
                 yield event
 
@@ -223,6 +237,14 @@ class SessionEngine(_Relay):
 
 
 _actor_classes: dict[str, Any] = {}
+
+
+def _acting(caller: Caller | None) -> contextlib.AbstractContextManager[None]:
+    """Executions started inside are `caller`'s in this node's audit log (a driver's context does not
+    travel over Ray: the caller is an argument)."""
+    if caller is None:
+        return contextlib.nullcontext()
+    return acting_for(caller.tenant_id, caller.key_id, caller.session_id)
 
 
 def _actor_class(cls: type) -> Any:
@@ -370,20 +392,27 @@ class RayIsol8:
 
     # --- execution --------------------------------------------------------------------------------
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
+        caller = current_caller()  # the node's audit log records the server's caller
         await self.start()
         if self.session_id is not None:
-            result: ExecutionResult = await self._session_call("execute", request)
+            result: ExecutionResult = await self._session_call("execute", request, caller)
             self._container_id = result.container_id
             return result
         node_id, engine = await self._pick()
         self._load[node_id] += 1
         try:
-            return await self._awaited(node_id, engine.execute.remote(self.options, request))
+            return await self._awaited(node_id, engine.execute.remote(self.options, request, caller))
         finally:
             self._load[node_id] -= 1
 
-    async def execute_stream(
+    def execute_stream(
         self, request: ExecutionRequest, terminal: Terminal | None = None
+    ) -> AsyncGenerator[StreamEvent]:
+        """Events as they happen; the audit log's caller is the one current when this is called."""
+        return self._stream(request, terminal, current_caller())
+
+    async def _stream(
+        self, request: ExecutionRequest, terminal: Terminal | None, caller: Caller | None
     ) -> AsyncGenerator[StreamEvent]:
         if terminal is not None:  # its keys would have to reach a node's sandbox as they are typed
             raise Isol8Error(
@@ -393,14 +422,14 @@ class RayIsol8:
         await self.start()
         if self.session_id is not None:
             session, node_id = self._require_session()
-            async with contextlib.aclosing(self._streamed(node_id, session, request)) as events:
+            async with contextlib.aclosing(self._streamed(node_id, session, request, caller)) as events:
                 async for event in events:
                     yield event
             return
         node_id, engine = await self._pick()
         self._load[node_id] += 1
         try:
-            async with contextlib.aclosing(self._streamed(node_id, engine, self.options, request)) as ev:
+            async with contextlib.aclosing(self._streamed(node_id, engine, self.options, request, caller)) as ev:
                 async for event in ev:
                     yield event
         finally:

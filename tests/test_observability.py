@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import ISOL8
 from prometheus_client.parser import text_string_to_metric_families
 from test_server_support import ServerProcess, serve
 
@@ -256,3 +258,33 @@ def test_spans_per_request_execution_and_phase(tmp_path: Path) -> None:
     files = by_name["isol8.files"][0]
     assert (request_of(files).name, files.attributes["isol8.op"]) == ("POST /file", "put")
     assert all(span.end_time is not None for span in spans)
+
+
+def test_json_logs_stay_json_when_the_port_is_taken(tmp_path: Path) -> None:
+    """The port fallback's warning (and any image-build progress) is a JSON object like every line."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        (tmp_path / "isol8.config.json").write_text("{}")
+        proc = subprocess.Popen(
+            [ISOL8, "serve", "--port", str(port), "--key", "k" * 24, "--log-format", "json"],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stderr is not None
+            lines = []
+            for line in proc.stderr:
+                lines.append(line)
+                if '"listening"' in line:
+                    break
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    (fallback,) = [r for r in records if r.get("event") == "port"]
+    assert fallback["level"] == "warning" and f"Port {port} is in use" in fallback["message"]

@@ -7,12 +7,14 @@ container the server created and keeps the images.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from types import FrameType
 from typing import ClassVar
 
@@ -107,7 +109,8 @@ def _ask(host: str, port: int) -> socket.socket:
             warn(f"Port {chosen} is already in use.")
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, say: Callable[[str], None] = warn) -> socket.socket:
+    """A socket bound to `port`, else (asked on a terminal, else said with `say`) another one."""
     sock = _bind(host, port)
     if sock is not None:
         return sock
@@ -118,7 +121,7 @@ def listen(host: str, port: int) -> socket.socket:
             err("Server startup cancelled.")
             raise SystemExit(1) from None
     sock = _free(host)
-    warn(f"Port {port} is in use. Falling back to available port {sock.getsockname()[1]}.")
+    say(f"Port {port} is in use. Falling back to available port {sock.getsockname()[1]}.")
     return sock
 
 
@@ -192,17 +195,20 @@ def command(
         if log_format == "text":
             setup_logging(debug or loaded.config.debug)
         _server_logging(debug, log_format)
+        server_log = logging.getLogger("isol8.server")
+        as_json = log_format == "json"  # every line on stderr is then one JSON object: no spinner either
         traces = tracing.configure(loaded.config.server.otlp_endpoint)
         cluster = cluster_flag(cluster) if cluster else loaded.config.server.cluster
         if cluster is None:  # on a cluster, each node has its own images (`isol8 setup` there)
-            with build_progress() as progress:
+            logged = contextlib.nullcontext(lambda line: server_log.info(line, extra={"event": "image_build"}))
+            with logged if as_json else build_progress() as progress:
                 readiness.prepare(list(RUNTIMES), progress)
         from engine.server.app import ServerSettings, create_app
         from engine.server.auth import redact
 
         app = create_app(ServerSettings(loaded.config, key, auth_db, cluster))
         host = bind or loaded.config.server.bind
-        sock = listen(host, port)
+        sock = listen(host, port, (lambda m: server_log.warning(m, extra={"event": "port"})) if as_json else warn)
     import uvicorn  # here, like the app: other commands should not pay for importing the server stack
 
     shown = f"[{host}]" if ":" in host else host
@@ -216,8 +222,8 @@ def command(
         banner.append(f"Auth DB: {redact(auth_db or loaded.config.server.auth_db or '')}")
     if traces:
         banner.append(f"Traces: OTLP to {redact(traces)}")
-    if log_format == "json":  # every line on stderr is then one JSON object
-        logging.getLogger("isol8.server").info("; ".join(banner), extra={"event": "listening"})
+    if as_json:
+        server_log.info("; ".join(banner), extra={"event": "listening"})
     else:
         info(banner[0])
         for line in banner[1:]:

@@ -89,3 +89,29 @@ def test_run_and_status_commands(cluster: LocalCluster, tmp_path: Path) -> None:
     nodes = json.loads(status.stdout)
     assert len(nodes) == 3 and all(n["alive"] for n in nodes)
     assert any(p["image"] == "isol8:python" for n in nodes for p in n["pools"])
+
+
+def test_audit_records_written_on_the_nodes_name_the_servers_caller(
+    tmp_path_factory: pytest.TempPathFactory, cluster: LocalCluster
+) -> None:
+    """The caller's context does not travel over Ray by itself: each run carries it to its node."""
+    log_dir = tmp_path_factory.mktemp("audit")
+    db = tmp_path_factory.mktemp("audit-keys") / "keys.db"
+    config = {
+        "server": {"cluster": cluster.address, "authDb": str(db)},
+        "audit": {"enabled": True, "logDir": str(log_dir)},
+    }
+    with serve(tmp_path_factory.mktemp("audited"), config) as server:
+        with server.client() as master:
+            created = master.post("/auth/keys", json={"name": "auditor", "tenantId": "acme"}).json()
+        with server.client(created["key"]) as user:
+            assert user.post("/execute", json={"request": {"cmd": "echo plain"}}).status_code == 200
+            with user.stream("POST", "/execute/stream", json={"request": {"cmd": "echo streamed"}}) as reply:
+                assert '"exit"' in "".join(reply.iter_text())
+            in_session = {"sessionId": "audited", "request": {"cmd": "echo session"}}
+            assert user.post("/execute", json=in_session).status_code == 200
+            assert user.delete("/session/audited").status_code == 200
+    path = log_dir / "executions.log"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 3
+    assert {(r["tenantId"], r["keyId"]) for r in records} == {("acme", created["id"])}
