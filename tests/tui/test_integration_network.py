@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -112,3 +113,42 @@ async def test_filtered_requests_appear_in_the_inspector(
         urls = {(e["request"]["method"], e["request"]["url"], e["response"]["status"]) for e in entries}
         assert ("GET", f"http://{host}:8080/allowed", 200) in urls
         assert ("GET", "http://blocked.example.test/secret", 403) in urls
+        allowed = next(e for e in entries if e["request"]["url"].endswith("/allowed"))
+        assert "User-Agent" in {h["name"] for h in allowed["request"]["headers"]}  # as the proxy logged them
+
+
+async def test_allow_host_opens_a_blocked_host_in_the_live_session(
+    docker_client: DockerClient, web: tuple[str, str], workdir: Path
+) -> None:
+    network_name, host = web
+    code = (
+        "import urllib.request, urllib.error\n"
+        "try:\n"
+        f'    print(urllib.request.urlopen("http://{host}:8080/x", timeout=10).read().decode())\n'
+        "except urllib.error.HTTPError as e:\n"
+        '    print("blocked", e.code)\n'
+    )
+    path = workdir / "fetch.py"
+    path.write_text(code)
+    app = make_app(
+        path,
+        watch=False,
+        cursor_blink=False,
+        animations=False,
+        settings=TuiSettings(),
+        session_overrides={"docker_network": network_name},
+    )
+    async with app.run_test(size=(150, 40)) as pilot:
+        screen = main_screen(app)
+        await wait_for(pilot, lambda: screen.started, timeout=10)
+        session = screen.create_session(SessionSpec("python", "filtered", (r"^nothing\.test$",), ()))
+        assert session is not None
+        await run_and_wait(pilot, timeout=90)
+        assert list(screen.outputs.stdout.lines)[:1] == ["blocked 403"]
+        await pilot.press("f8")
+        screen.network.query_one(NetworkTable).focus()
+        await pilot.press("w")
+        await wait_for(pilot, lambda: any(re.fullmatch(p, host) for p in session.whitelist), timeout=10)
+        await run_and_wait(pilot, timeout=90)  # the same container: its proxy took the new list
+        assert "hello /x" in list(screen.outputs.stdout.lines)
+        assert [e.action for e in screen.network.entries] == ["ALLOW"]
