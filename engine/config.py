@@ -239,6 +239,7 @@ TUI_ACTIONS: tuple[str, ...] = (
     "save-output",
     "export-har",
     "session-settings",
+    "run-interactive",
 )
 """Binding ids of the workbench (`isol8 tui`) that `tui.keymap` may rebind; the app's tests keep them in sync."""
 
