@@ -433,7 +433,7 @@ async def _read_line(terminal: Terminal, answer: list[str]) -> AsyncGenerator[st
                 yield "\n"
                 return
             if key == "\x03":
-                yield "^C\n"
+                yield "^C"  # as a terminal echoes it: the traceback follows on the same line
                 answer.append(key)
                 return
             if key == "\x04" and not answer:

@@ -104,7 +104,7 @@ async def test_an_interactive_run_answers_input_through_the_terminal_screen(any_
     app = make_app(
         workdir / "ask.py",
         watch=False,
-        config=CONFIG,
+        config=Isol8Config(),  # the default timeout: typing on a busy machine can take longer than CONFIG's 2 s
         settings=TuiSettings(),
         backend=any_backend,
         cursor_blink=False,
@@ -118,7 +118,10 @@ async def test_an_interactive_run_answers_input_through_the_terminal_screen(any_
         run = app.screen.run  # type: ignore[attr-defined]
         await wait_for(pilot, lambda: run.text.plain()[-1] == "name? ", timeout=60)
         await pilot.press("a", "l", "x", "backspace", "i", "c", "e")
-        await wait_for(pilot, lambda: run.text.plain()[-1].rstrip() == "name? alice", timeout=30)
+        try:
+            await wait_for(pilot, lambda: run.text.plain()[-1].rstrip() == "name? alice", timeout=30)
+        except AssertionError:
+            raise AssertionError(f"the terminal shows {run.text.plain()!r}") from None
         await pilot.press("enter")
         await wait_for(pilot, lambda: run.ended, timeout=60)
         assert [line.rstrip() for line in run.text.plain()] == ["name? alice", "got alice", ""]
