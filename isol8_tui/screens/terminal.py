@@ -22,6 +22,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Static
 
+from engine.errors import InputTooLarge
 from engine.terminal import Terminal
 from isol8_tui.terminal_text import TerminalText
 from isol8_tui.widgets.bars import RunStatus, StatusLine
@@ -136,7 +137,10 @@ class TerminalView(ScrollView, can_focus=True):
         event.prevent_default()
         data = key_bytes(event.key, event.character)
         if data is not None and not self.run.ended:
-            self.run.terminal.write(data)
+            try:
+                self.run.terminal.write(data)
+            except InputTooLarge as exc:
+                self.notify(str(exc), title="Key not sent", severity="error")
 
 
 class TerminalScreen(Screen[None]):
