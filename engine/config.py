@@ -255,6 +255,7 @@ TUI_ACTIONS: tuple[str, ...] = (
     "allow-host",
     "export-har",
     "session-settings",
+    "run-interactive",
 )
 """Binding ids of the workbench (`isol8 tui`) that `tui.keymap` may rebind; the app's tests keep them in sync."""
 

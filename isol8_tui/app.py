@@ -22,6 +22,7 @@ from isol8_tui.bridge import Backend, EngineBridge, RealBackend, runtime_for_pat
 from isol8_tui.screens.dialogs import ConfirmScreen
 from isol8_tui.screens.help import HelpScreen, KeyHelp
 from isol8_tui.screens.main import MainScreen
+from isol8_tui.screens.terminal import TerminalScreen
 from isol8_tui.sessions import NETWORK_POLICIES
 
 STARTER = {
@@ -109,6 +110,11 @@ class WorkbenchApp(keys.KeymapApp, inherit_bindings=False):
         if not animations:
             self.animation_level = "none"
         self.set_keymap(settings.keymap)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """On an interactive run's screen every key goes to the program: none runs an app action (quit,
+        help, the palette), the screen's leave key excepted."""
+        return not isinstance(self.screen, TerminalScreen)
 
     def get_default_screen(self) -> Screen[Any]:
         return MainScreen(self.bridge, self.settings, **self._screen_args)

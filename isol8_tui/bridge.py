@@ -29,6 +29,7 @@ from engine.config import Isol8Config
 from engine.errors import DockerUnavailable, ImageMissing, Isol8Error, PolicyRefused, SandboxLost
 from engine.interface import Engine
 from engine.runtimes import RUNTIME_NAMES, RUNTIMES, detect_runtime
+from engine.terminal import Terminal
 from isol8_tui.output import one_line
 from isol8_tui.sessions import RunSettings, Session, SessionSpec, SessionState
 
@@ -422,8 +423,16 @@ class EngineBridge:
         self.post(SessionChanged(session.id))
 
     # --- runs ------------------------------------------------------------------------------------------
-    async def run(self, session: Session, request: ExecutionRequest, run_id: int, trigger: str = "key") -> None:
-        """Stream one run's events as messages; cancelling the caller kills the run (the stream is closed)."""
+    async def run(
+        self,
+        session: Session,
+        request: ExecutionRequest,
+        run_id: int,
+        trigger: str = "key",
+        terminal: Terminal | None = None,
+    ) -> None:
+        """Stream one run's events as messages; cancelling the caller kills the run (the stream is closed).
+        With a `terminal` the run is interactive (engine/terminal.py): its output all arrives as stdout."""
         started = self.backend.clock()
         session.runs += 1
         session.active_run = run_id
@@ -434,7 +443,7 @@ class EngineBridge:
         error: str | None = None
         docker_down = image_missing = cancelled = False
         try:
-            async with contextlib.aclosing(session.engine.execute_stream(request)) as events:
+            async with contextlib.aclosing(session.engine.execute_stream(request, terminal)) as events:
                 async for event in events:
                     if event.type == "stdout" or event.type == "stderr":
                         self.post(OutputReceived(run_id, event.type, event.data, event.phase or "code"))

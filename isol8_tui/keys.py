@@ -56,6 +56,14 @@ ACTIONS: dict[str, Action] = {
         Action("help", "f1", "help", "Help", tooltip="The keys of the focused pane"),
         Action("jump", "ctrl+g", "jump", "Jump", tooltip="Show a letter on each pane; the letter focuses it"),
         Action("run", "ctrl+r,f5", "run", "Run", tooltip="Run the buffer in the selected session"),
+        Action(
+            "run-interactive",
+            "shift+f5,f17",  # xterm and the Linux console send shift+f5 as f17
+            "run_interactive",
+            "Interactive",
+            tooltip="Run the buffer on a terminal: every key goes to the program, ctrl+] leaves",
+            show=False,
+        ),
         Action("stop", "ctrl+t", "stop", "Stop", tooltip="Stop the selected session's run"),
         Action("save", "ctrl+s", "save", "Save", tooltip="Save the buffer (re-runs it when watched)"),
         Action("save-as", "f12", "save_as", "Save as", show=False),

@@ -37,6 +37,10 @@ class Transcript:
         if not text:
             return
         self._keep(text)
+        rest = text.lstrip("\b")  # backspaces take back the characters of the line being written
+        if len(rest) < len(text):
+            self.partial = self.partial[: max(0, len(self.partial) - (len(text) - len(rest)))]
+            text = rest
         *complete, self.partial = (self.partial + text).split("\n")
         for line in complete:
             self._add(line)

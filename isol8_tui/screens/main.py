@@ -31,6 +31,7 @@ from engine import ExecutionRequest, NetworkLogEntry
 from engine.config import TuiSettings
 from engine.errors import PolicyRefused
 from engine.models import NetworkMode
+from engine.terminal import Terminal
 from isol8_tui import har, keys, project, sessions
 from isol8_tui.bridge import (
     DockerChecked,
@@ -64,6 +65,7 @@ from isol8_tui.screens.dialogs import (
     TransferScreen,
 )
 from isol8_tui.screens.jump import JumpScreen, JumpTarget
+from isol8_tui.screens.terminal import InteractiveRun, TerminalScreen, terminal_size
 from isol8_tui.sessions import RunSettings, Session, SessionSpec
 from isol8_tui.transcript import Transcript
 from isol8_tui.widgets.bars import RunBar, RunStatus, TopBar
@@ -88,6 +90,7 @@ class SessionView:
     requests: list[NetworkLogEntry] = field(default_factory=list)
     status: RunStatus = field(default_factory=RunStatus)
     run: int | None = None  # the run in flight
+    interactive: InteractiveRun | None = None  # the last interactive run, while no other run replaced it
 
 
 class MainScreen(Screen[None]):
@@ -100,6 +103,7 @@ class MainScreen(Screen[None]):
     BINDINGS: ClassVar = keys.bindings(
         "jump",
         "run",
+        "run-interactive",
         "stop",
         "save",
         "save-as",
@@ -319,9 +323,32 @@ class MainScreen(Screen[None]):
     def action_run(self) -> None:
         self.start_run(self.editor_pane.text, "key")
 
-    def start_run(self, code: str, trigger: str) -> None:
+    def action_run_interactive(self) -> None:
+        """Run the buffer on a terminal, on a screen of its own; while the selected session's interactive
+        run goes on, open its screen again instead."""
+        session = self.selected
+        if session is not None:
+            view = self.view_of(session)
+            if view.interactive is not None and view.run == view.interactive.run_id:
+                self._open_terminal(view.interactive)
+                return
+        rows, cols = terminal_size(self.app.size)
+        self.start_run(self.editor_pane.text, "interactive", Terminal(rows, cols))
+
+    def _open_terminal(self, run: InteractiveRun) -> None:
+        self.app.push_screen(TerminalScreen(run))
+
+    def _terminal_screen(self, view: SessionView) -> TerminalScreen | None:
+        """The terminal screen on top, when it shows this view's interactive run."""
+        screen = self.app.screen
+        if isinstance(screen, TerminalScreen) and view.interactive is not None and screen.run is view.interactive:
+            return screen
+        return None
+
+    def start_run(self, code: str, trigger: str, terminal: Terminal | None = None) -> None:
         """Start a run of `code` in the selected session; that session's run in flight is cancelled first.
-        Other sessions' runs go on: each session runs on its own."""
+        Other sessions' runs go on: each session runs on its own. With a `terminal` the run is interactive
+        and its screen opens."""
         session = self.selected
         if session is None:
             return
@@ -368,13 +395,18 @@ class MainScreen(Screen[None]):
             view.stderr = new_transcript(self.settings.scrollback_lines)
             view.requests = []
         self._show_view(view)
+        if view.interactive is not None and not view.interactive.ended:
+            self._show_terminal_status(view, RunStatus("stopped"))  # a newer run replaces it
+        view.interactive = None if terminal is None else InteractiveRun(self.run_id, session.name, terminal)
         self.run_worker(
-            self.bridge.run(session, request, self.run_id, trigger),
+            self.bridge.run(session, request, self.run_id, trigger, terminal),
             name=f"run {self.run_id}",
             group=f"run {session.id}",
             exclusive=True,
             exit_on_error=False,
         )
+        if view.interactive is not None:
+            self._open_terminal(view.interactive)
 
     @property
     def current_run(self) -> int | None:
@@ -407,6 +439,16 @@ class MainScreen(Screen[None]):
         view.status = status
         if shown:
             self.run_status = status
+        if view.interactive is not None and view.interactive.run_id == view.run:
+            self._show_terminal_status(view, status)
+
+    def _show_terminal_status(self, view: SessionView, status: RunStatus) -> None:
+        if view.interactive is None:
+            return
+        view.interactive.status = status
+        screen = self._terminal_screen(view)
+        if screen is not None:
+            screen.show_status()
 
     def watch_run_status(self) -> None:
         self.refresh_bindings()  # Stop shows in the footer only while the selected session runs
@@ -447,6 +489,11 @@ class MainScreen(Screen[None]):
         if found is None:
             return
         view, shown = found
+        if view.interactive is not None and view.interactive.run_id == message.run_id:
+            view.interactive.text.feed(message.text)
+            screen = self._terminal_screen(view)
+            if screen is not None:
+                screen.output_arrived()
         if shown:
             self.outputs.pane(message.stream).append(message.text)
         else:
@@ -479,10 +526,13 @@ class MainScreen(Screen[None]):
         if found is None:
             return
         view, shown = found
+        finished = RunStatus.finished(message)
+        if view.interactive is not None and view.interactive.run_id == message.run_id:
+            self._show_terminal_status(view, finished)
         view.run = None
         if shown:
             self.outputs.flush()
-        self._set_status(view, RunStatus.finished(message), shown)
+        self._set_status(view, finished, shown)
         if message.error:
             if shown:
                 self.outputs.failed(message.error)
@@ -502,6 +552,10 @@ class MainScreen(Screen[None]):
         """The elapsed time of the selected session's run in flight, as of now."""
         if self.current_run is not None and self.run_status.state == "running":
             self.run_status = self.run_status.at(self.bridge.backend.clock())
+            if self.selected is not None:
+                view = self.view_of(self.selected)
+                if view.interactive is not None and view.interactive.run_id == view.run:
+                    self._show_terminal_status(view, self.run_status)
 
     def _tick(self) -> None:
         self.topbar.pool = self.bridge.pool_figures()

@@ -25,6 +25,8 @@ from isol8_tui.transcript import Transcript
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_ERASED = re.compile(r"[^\n\b]\x08")
+"""A character and the backspace that took it back (a terminal echoes a typed backspace as `\\b \\b`)."""
 FLUSH_SECONDS = 1 / 20
 """How often a pane takes in what arrived: at most ~20 repaints a second, however fast the program prints."""
 FLUSH_CHARACTERS = 128 * 1024
@@ -33,12 +35,16 @@ FLUSH_CHARACTERS = 128 * 1024
 
 def clean(text: str) -> str:
     """Terminal control sequences out (colours, cursor moves); a carriage return keeps what follows it,
-    so progress bars show their last state."""
+    so progress bars show their last state (and a terminal's `\\r\\n` is a newline); a backspace takes
+    back the character before it (at the start of the text, the one before it in the transcript)."""
     if "\x1b" in text:
         text = _ANSI.sub("", text)
+    while "\b" in text and _ERASED.search(text):
+        text = _ERASED.sub("", text)
     if "\r" in text:
         text = "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
-    return _CONTROL.sub("", text.replace("\t", "    "))
+    rest = text.lstrip("\b")  # what takes back characters written before (Transcript.write)
+    return text[: len(text) - len(rest)] + _CONTROL.sub("", rest.replace("\t", "    "))
 
 
 _SOURCE = re.compile(

@@ -18,6 +18,11 @@ and plays what a few familiar statements would do, in every runtime's spelling:
     bytearray(10**10)                                         -> killed: out of memory
     os.kill(1, 9)                                             -> the container dies
 
+On a terminal (`execute_stream(request, terminal)`) everything arrives as stdout with `\r\n` line
+ends, and `input("prompt")` prints its prompt, then takes the terminal's keys up to enter, echoing
+them as a terminal does (backspace as `\b \b`); `print("got", input())` then prints `got <answer>`;
+ctrl+c (or `signal`) raises KeyboardInterrupt, ctrl+d at the line's start (or `close`) EOFError.
+
 Time is virtual (`FakeClock`): every line costs 1 ms, so durations and ages never depend on the
 machine. Nothing here touches Docker.
 """
@@ -43,6 +48,7 @@ from engine import (
 from engine.errors import DockerUnavailable, FileNotFound, ImageMissing, Isol8Error, NotFiltered, SandboxLost
 from engine.models import sandbox_path
 from engine.runtimes import RUNTIMES, code_file
+from engine.terminal import EndOfInput, Interrupt, Keys, Terminal
 
 EPOCH = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -56,6 +62,9 @@ _RAISE = re.compile(rf"^(?:raise\s+(?P<py>\w+)\(|throw\s+new\s+(?P<js>\w+)\()(?:
 _WRITE = re.compile(r"""open\(\s*["'](?P<path>/(?:sandbox|tmp)/[^"']+)["'].*?\.write\(\s*["'](?P<text>.*?)["']""")
 _RANGE = re.compile(r"^for\s+\w+\s+in\s+range\((?P<n>\d+)\)\s*:\s*print\(")
 _OOM = re.compile(r"bytearray\(\s*10\s*\*\*\s*(?P<e>\d+)")
+_INPUT = re.compile(rf"input\((?:{_STRING})?")
+_PRINT_INPUT = re.compile(rf"^print\({_STRING}\s*,\s*input\(")
+_ESCAPE = re.compile(r"\\(?:033|x1b|u001b)")
 
 
 class FakeClock:
@@ -197,7 +206,9 @@ class FakeEngine:
             runtime=request.runtime,
         )
 
-    async def execute_stream(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent, None]:
+    async def execute_stream(
+        self, request: ExecutionRequest, terminal: Terminal | None = None
+    ) -> AsyncGenerator[StreamEvent, None]:
         self.backend.ping()
         if request.runtime in self.backend.missing:
             raise ImageMissing.of(RUNTIMES[request.runtime].image)
@@ -220,7 +231,9 @@ class FakeEngine:
             self.files[code_file(RUNTIMES[request.runtime], request.file_extension, request.file_name)] = (
                 request.code or ""
             ).encode()
-            async for event in self._play(request):
+            async for event in self._play(request, terminal):
+                if terminal is not None and event.type in ("stdout", "stderr"):
+                    event = StreamEvent(type="stdout", data=event.data.replace("\n", "\r\n"), phase=event.phase)
                 yield event
         finally:
             self.running -= 1
@@ -238,7 +251,7 @@ class FakeEngine:
             yield StreamEvent(type="stdout", data=f"{cmd}\n", phase="code")
         yield _exit(0, False)
 
-    async def _play(self, request: ExecutionRequest) -> AsyncGenerator[StreamEvent, None]:
+    async def _play(self, request: ExecutionRequest, terminal: Terminal | None) -> AsyncGenerator[StreamEvent, None]:
         limit = request.max_output_size or self.options.max_output_size
         budget_ms = request.timeout_ms or self.options.timeout_ms
         elapsed_ms = 0.0
@@ -268,6 +281,24 @@ class FakeEngine:
                     await asyncio.Event().wait()  # runs until the consumer closes the stream
                 finally:
                     self.holding = False
+            asked = _INPUT.search(line) if terminal is not None else None
+            if terminal is not None and asked is not None:
+                if asked["text"]:
+                    yield StreamEvent(type="stdout", data=asked["text"], phase="code")
+                answer: list[str] = []
+                async for echo in _read_line(terminal, answer):
+                    yield StreamEvent(type="stdout", data=echo, phase="code")
+                if answer and answer[-1] in ("\x03", "\x04"):
+                    path = code_file(RUNTIMES[request.runtime], request.file_extension, request.file_name)
+                    error = "KeyboardInterrupt" if answer[-1] == "\x03" else "EOFError: EOF when reading a line"
+                    trace = f'Traceback (most recent call last):\n  File "{path}", line {number}, in <module>\n'
+                    yield StreamEvent(type="stderr", data=f"{trace}    {raw.strip()}\n{error}\n", phase="code")
+                    yield _exit(130 if answer[-1] == "\x03" else 1, truncated)
+                    return
+                echoed = _PRINT_INPUT.match(line)
+                if echoed:
+                    yield StreamEvent(type="stdout", data=f"{echoed['text']} {''.join(answer)}\n", phase="code")
+                continue
             oom = _OOM.search(line)
             if oom and int(oom["e"]) >= 9:
                 yield StreamEvent(type="error", data="OUT OF MEMORY", phase="code")
@@ -386,6 +417,39 @@ class FakeEngine:
             )
 
 
+async def _read_line(terminal: Terminal, answer: list[str]) -> AsyncGenerator[str, None]:
+    """The keys up to enter, echoed as a terminal's line discipline echoes them; `answer` gets the line,
+    or ends with \\x03 (interrupted) or \\x04 (end of input)."""
+    while True:
+        item = await terminal.next_input()
+        if isinstance(item, Interrupt):
+            answer.append("\x03")
+            return
+        if isinstance(item, EndOfInput):
+            answer.append("\x04")
+            return
+        if not isinstance(item, Keys):
+            continue  # a resize
+        for key in item.data.decode(errors="replace"):
+            if key in ("\r", "\n"):
+                yield "\n"
+                return
+            if key == "\x03":
+                yield "^C"  # as a terminal echoes it: the traceback follows on the same line
+                answer.append(key)
+                return
+            if key == "\x04" and not answer:
+                answer.append(key)
+                return
+            if key == "\x7f":
+                if answer:
+                    answer.pop()
+                    yield "\b \b"
+            elif key.isprintable():
+                answer.append(key)
+                yield key
+
+
 def _exit(code: int, truncated: bool, *, timed_out: bool = False, oom_killed: bool = False) -> StreamEvent:
     """The run's one `exit` event, flagged as the engine flags it."""
     return StreamEvent(
@@ -397,7 +461,7 @@ def _output(line: str, runtime: str) -> tuple[Literal["stdout", "stderr"], str] 
     match = _PRINT.match(line)
     if match:
         to_stderr = match["fn"] in ("error", "warn") or "sys.stderr" in (match["rest"] or "")
-        return ("stderr" if to_stderr else "stdout"), match["text"] + "\n"
+        return ("stderr" if to_stderr else "stdout"), _ESCAPE.sub("\x1b", match["text"]) + "\n"
     if runtime == "bash":
         echo = _ECHO.match(line)
         if echo:

@@ -26,6 +26,7 @@ from engine.config import TuiSettings
 from isol8_tui.app import WorkbenchApp, make_app
 from isol8_tui.bridge import SessionSpec
 from isol8_tui.screens.main import MainScreen
+from isol8_tui.screens.terminal import TerminalScreen
 
 HELLO = """\
 import platform
@@ -73,6 +74,12 @@ import csv
 open("/sandbox/report.csv", "w").write("city,temp\\nLisbon,21\\nOslo,4\\n")
 open("/sandbox/out/summary.txt", "w").write("2 cities")
 print("wrote report.csv and out/summary.txt")
+"""
+
+ASKING = """\
+print("\\033[1;36mbuild 2 of 3\\033[0m: \\033[32mok\\033[0m")
+print("\\033[33mwarning\\033[0m: the cache is cold")
+print("got", input("deploy to production? [y/N] "))
 """
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "screenshots"
@@ -201,6 +208,20 @@ async def files(pilot: Pilot[Any]) -> None:
     await settle(pilot, lambda: bool(screen.files.entries))
 
 
+async def interactive(pilot: Pilot[Any]) -> None:
+    """An interactive run waiting at its prompt, an answer half typed."""
+    await started(pilot)
+    await pilot.press("shift+f5")
+
+    def shows(end: str) -> bool:
+        screen = pilot.app.screen
+        return isinstance(screen, TerminalScreen) and screen.run.text.plain()[-1].endswith(end)
+
+    await settle(pilot, lambda: shows("[y/N] "))
+    await pilot.press("y", "e")
+    await settle(pilot, lambda: shows("ye"))
+
+
 SCENES: list[Scene] = [
     Scene("empty", "Just opened: the file, the session that runs it, Docker and the pool", HELLO, empty),
     Scene("running", "A run in flight: output streams in live; Stop cancels it", TRAINING, running),
@@ -230,6 +251,9 @@ SCENES += [
         ("jump", jump, HELLO),
     )
 ]
+SCENES.append(
+    Scene("terminal-80x24", "An interactive run's terminal at 80x24", ASKING, interactive, (80, 24), screenshot=False)
+)
 
 
 def build_app(scene: Scene, folder: Path, backend: FakeBackend | None = None) -> WorkbenchApp:

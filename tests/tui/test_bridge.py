@@ -145,10 +145,10 @@ async def test_engine_errors_never_escape(backend: FakeBackend) -> None:
 
 def playing(
     *events: StreamEvent, then: Exception | None = None
-) -> Callable[[ExecutionRequest], AsyncIterator[StreamEvent]]:
+) -> Callable[[ExecutionRequest, object], AsyncIterator[StreamEvent]]:
     """An execute_stream that yields `events`, then raises `then`."""
 
-    async def stream(_request: ExecutionRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(_request: ExecutionRequest, _terminal: object = None) -> AsyncIterator[StreamEvent]:
         for event in events:
             yield event
         if then is not None:
@@ -163,7 +163,7 @@ async def test_run_ends_are_told_apart_by_type_and_flags_not_text(
     bridge, inbox = bridge_with_inbox(backend)
     session = bridge.create_session(SessionSpec("python"))
     timed_out = StreamEvent(type="exit", data="137", timed_out=True)
-    cases: list[tuple[Callable[[ExecutionRequest], AsyncIterator[StreamEvent]], dict[str, object]]] = [
+    cases: list[tuple[Callable[[ExecutionRequest, object], AsyncIterator[StreamEvent]], dict[str, object]]] = [
         (playing(timed_out), {"timed_out": True, "oom_killed": False, "error": None}),
         (
             playing(StreamEvent(type="error", data="EXECUTION TIMED OUT"), StreamEvent(type="exit", data="0")),

@@ -93,3 +93,41 @@ async def test_a_traceback_names_the_open_file(any_backend: Backend, workdir) ->
         assert stderr[0] == "Traceback (most recent call last):"
         assert stderr[1] == '  File "/sandbox/train.py", line 2, in <module>'
         assert stderr[-2] == "KeyError: 'late'"
+
+
+async def test_an_interactive_run_answers_input_through_the_terminal_screen(any_backend: Backend, workdir) -> None:
+    """On both engines: the prompt without a newline, the typed keys echoed, a backspace taken back,
+    the answer printed; the output pane shows the same lines plain."""
+    from isol8_tui.screens.terminal import TerminalScreen
+
+    (workdir / "ask.py").write_text("print('got', input('name? '))\n")
+    app = make_app(
+        workdir / "ask.py",
+        watch=False,
+        config=Isol8Config(),  # the default timeout: typing on a busy machine can take longer than CONFIG's 2 s
+        settings=TuiSettings(),
+        backend=any_backend,
+        cursor_blink=False,
+        animations=False,
+    )
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = main_screen(app)
+        await wait_for(pilot, lambda: screen.selected is not None and screen.selected.state == "idle", timeout=60)
+        await pilot.press("shift+f5")
+        await wait_for(pilot, lambda: isinstance(app.screen, TerminalScreen))
+        run = app.screen.run  # type: ignore[attr-defined]
+        await wait_for(pilot, lambda: run.text.plain()[-1] == "name? ", timeout=60)
+        await pilot.press("a", "l", "x", "backspace", "i", "c", "e")
+        try:
+            await wait_for(pilot, lambda: run.text.plain()[-1].rstrip() == "name? alice", timeout=30)
+        except AssertionError:
+            raise AssertionError(f"the terminal shows {run.text.plain()!r}") from None
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: run.ended, timeout=60)
+        assert [line.rstrip() for line in run.text.plain()] == ["name? alice", "got alice", ""]
+        assert run.status.state == "ok" and run.status.exit_code == 0
+        await pilot.press("ctrl+right_square_bracket")
+        await wait_for(pilot, lambda: app.screen is screen)
+        screen.outputs.flush()
+        assert [line.rstrip() for line in screen.outputs.stdout.lines] == ["name? alice", "got alice", ""]
+        assert list(screen.outputs.stderr.lines) == []
