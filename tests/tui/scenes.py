@@ -150,6 +150,13 @@ async def running(pilot: Pilot[Any]) -> None:
     await pilot.press("ctrl+r")
     engine = screen.selected.engine if screen.selected else None
     await settle(pilot, lambda: bool(getattr(engine, "holding", False)))
+
+    def shown() -> bool:  # the output messages the run posted before it held may still be on their way
+        screen.outputs.flush()
+        panes = (screen.outputs.stdout, screen.outputs.stderr)
+        return all(any(line.strip() for line in pane.lines) for pane in panes)
+
+    await settle(pilot, shown)
     screen._tick_status()  # the elapsed time as of now (the run waits in its loop: the clock stands still)
     await pilot.pause()
 
