@@ -248,8 +248,7 @@ class Sandbox:
                 await self._writer.drain()
         typing = None
         if job.terminal is not None:
-            for chunk in list(P.data_frames(job.stdin or b""))[:-1]:  # typed ahead of the terminal's input
-                self._writer.write(chunk)
+            self._type_keys(job.stdin or b"")  # typed ahead of the terminal's input
             typing = asyncio.ensure_future(self._type(job.terminal))
         elif job.stdin is not None:
             for chunk in P.data_frames(job.stdin):
@@ -265,6 +264,12 @@ class Sandbox:
                 with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                     await typing
 
+    def _type_keys(self, data: bytes) -> None:
+        """`data` as DATA frames of the job's stdin item, which stays open (its END comes later)."""
+        for chunk in P.data_frames(data):
+            if chunk[0] == P.DATA:
+                self._writer.write(chunk)
+
     async def _type(self, terminal: Terminal) -> None:
         """Forward a terminal's input to its running job (frames go out whole, so this may be
         cancelled at any await); the job's stdin is ended however this ends."""
@@ -273,8 +278,7 @@ class Sandbox:
             while True:
                 item = await terminal.next_input()
                 if isinstance(item, Keys) and not ended:
-                    for chunk in list(P.data_frames(item.data))[:-1]:
-                        self._writer.write(chunk)
+                    self._type_keys(item.data)
                 elif isinstance(item, Resize):
                     self.control("resize", item.size.model_dump())
                 elif isinstance(item, Interrupt):

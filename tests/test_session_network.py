@@ -36,7 +36,8 @@ for host in HOSTS:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, docker_client: Any) -> Iterator[ServerProcess]:
-    with serve(tmp_path_factory.mktemp("session-network"), CONFIG) as running:
+    folder = tmp_path_factory.mktemp("session-network")
+    with serve(folder, CONFIG, "--auth-db", str(folder / "keys.db")) as running:
         yield running
 
 
@@ -85,3 +86,13 @@ async def test_an_unknown_or_foreign_session_is_not_found(server: ServerProcess)
     async with RemoteIsol8(server.url, server.key) as stateless:
         with pytest.raises(Isol8Error, match="requires a sessionId"):
             await stateless.set_network_filter(NetworkFilter())
+
+
+async def test_another_tenant_cannot_change_a_sessions_lists(server: ServerProcess, session: RemoteIsol8) -> None:
+    await probe(session, "x.example")  # the default tenant's session exists
+    other = httpx.post(f"{server.url}/auth/keys", json={"name": "other", "tenantId": "other"}, headers=server.headers)
+    key = other.json()["key"]
+    async with RemoteIsol8(server.url, key, "net-1") as intruder:
+        with pytest.raises(SessionNotFound):
+            await intruder.set_network_filter(NetworkFilter(whitelist=[r"^only\.example$"]))
+    assert "not in whitelist" not in await probe(session, "x.example")  # the owner's lists are as they were

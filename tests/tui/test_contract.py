@@ -4,6 +4,7 @@ outcome, so the fake the other tests rely on cannot drift from the engine it sta
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from fake_engine import FakeBackend
@@ -11,7 +12,7 @@ from textual.widgets import TextArea
 from tui_helpers import main_screen, run_and_wait, wait_for
 
 from engine.config import Isol8Config, TuiSettings
-from isol8_tui.app import make_app
+from isol8_tui.app import WorkbenchApp, make_app
 from isol8_tui.bridge import Backend, RealBackend
 from isol8_tui.screens.dialogs import NewSessionScreen
 from isol8_tui.screens.main import MainScreen
@@ -29,6 +30,13 @@ def any_backend(request: pytest.FixtureRequest) -> Backend:
     return FakeBackend()
 
 
+def contract_app(path: Path, backend: Backend, config: Isol8Config = CONFIG) -> WorkbenchApp:
+    """The workbench on `backend` (the fake or the real engine), `path` open, no watching."""
+    return make_app(
+        path, watch=False, config=config, settings=TuiSettings(), backend=backend, cursor_blink=False, animations=False
+    )
+
+
 def shown(screen: MainScreen) -> tuple[list[str], list[str], str]:
     """What the panes show: stdout, stderr, and the status line with its duration left out."""
     status = str(screen.runbar.query_one("#status").render())
@@ -38,15 +46,7 @@ def shown(screen: MainScreen) -> tuple[list[str], list[str], str]:
 
 async def test_a_new_session_runs_code_that_fails_then_one_that_times_out(any_backend: Backend, workdir) -> None:
     (workdir / "main.py").write_text(FAILING)
-    app = make_app(
-        workdir / "main.py",
-        watch=False,
-        config=CONFIG,
-        settings=TuiSettings(),
-        backend=any_backend,
-        cursor_blink=False,
-        animations=False,
-    )
+    app = contract_app(workdir / "main.py", any_backend)
     async with app.run_test(size=(120, 36)) as pilot:
         screen = main_screen(app)
         await wait_for(pilot, lambda: screen.started)
@@ -75,15 +75,7 @@ async def test_a_new_session_runs_code_that_fails_then_one_that_times_out(any_ba
 async def test_a_traceback_names_the_open_file(any_backend: Backend, workdir) -> None:
     """The file runs under its own name on both engines, so the traceback's first frame names it."""
     (workdir / "train.py").write_text('print("ok")\nraise KeyError("late")\n')
-    app = make_app(
-        workdir / "train.py",
-        watch=False,
-        config=CONFIG,
-        settings=TuiSettings(),
-        backend=any_backend,
-        cursor_blink=False,
-        animations=False,
-    )
+    app = contract_app(workdir / "train.py", any_backend)
     async with app.run_test(size=(120, 36)) as pilot:
         screen = main_screen(app)
         await wait_for(pilot, lambda: screen.selected is not None and screen.selected.state == "idle", timeout=60)
@@ -101,15 +93,8 @@ async def test_an_interactive_run_answers_input_through_the_terminal_screen(any_
     from isol8_tui.screens.terminal import TerminalScreen
 
     (workdir / "ask.py").write_text("print('got', input('name? '))\n")
-    app = make_app(
-        workdir / "ask.py",
-        watch=False,
-        config=Isol8Config(),  # the default timeout: typing on a busy machine can take longer than CONFIG's 2 s
-        settings=TuiSettings(),
-        backend=any_backend,
-        cursor_blink=False,
-        animations=False,
-    )
+    # the default timeout: typing on a busy machine can take longer than CONFIG's 2 s
+    app = contract_app(workdir / "ask.py", any_backend, Isol8Config())
     async with app.run_test(size=(100, 30)) as pilot:
         screen = main_screen(app)
         await wait_for(pilot, lambda: screen.selected is not None and screen.selected.state == "idle", timeout=60)

@@ -17,7 +17,7 @@ from tui_helpers import main_screen, run_and_wait, wait_for
 
 from engine.config import TuiSettings
 from engine.docker import DockerClient
-from isol8_tui.app import make_app
+from isol8_tui.app import WorkbenchApp, make_app
 from isol8_tui.bridge import SessionSpec
 from isol8_tui.screens.dialogs import PathScreen
 from isol8_tui.widgets.network import NetworkTable
@@ -60,6 +60,20 @@ def web(docker_client: DockerClient) -> Iterator[tuple[str, str]]:
         network.remove()
 
 
+def workbench(workdir: Path, code: str, network_name: str) -> WorkbenchApp:
+    """The workbench on the real engine, `code` open as fetch.py, sessions on the test's network."""
+    path = workdir / "fetch.py"
+    path.write_text(code)
+    return make_app(
+        path,
+        watch=False,
+        cursor_blink=False,
+        animations=False,
+        settings=TuiSettings(),
+        session_overrides={"docker_network": network_name},
+    )
+
+
 async def test_filtered_requests_appear_in_the_inspector(
     docker_client: DockerClient, web: tuple[str, str], workdir: Path
 ) -> None:
@@ -72,16 +86,7 @@ async def test_filtered_requests_appear_in_the_inspector(
         "except urllib.error.HTTPError as e:\n"
         '    print("blocked", e.code)\n'
     )
-    path = workdir / "fetch.py"
-    path.write_text(code)
-    app = make_app(
-        path,
-        watch=False,
-        cursor_blink=False,
-        animations=False,
-        settings=TuiSettings(),
-        session_overrides={"docker_network": network_name},
-    )
+    app = workbench(workdir, code, network_name)
     async with app.run_test(size=(150, 40)) as pilot:
         screen = main_screen(app)
         await wait_for(pilot, lambda: screen.started, timeout=10)
@@ -128,16 +133,7 @@ async def test_allow_host_opens_a_blocked_host_in_the_live_session(
         "except urllib.error.HTTPError as e:\n"
         '    print("blocked", e.code)\n'
     )
-    path = workdir / "fetch.py"
-    path.write_text(code)
-    app = make_app(
-        path,
-        watch=False,
-        cursor_blink=False,
-        animations=False,
-        settings=TuiSettings(),
-        session_overrides={"docker_network": network_name},
-    )
+    app = workbench(workdir, code, network_name)
     async with app.run_test(size=(150, 40)) as pilot:
         screen = main_screen(app)
         await wait_for(pilot, lambda: screen.started, timeout=10)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fake_engine import FakeBackend
 from tui_helpers import main_screen, wait_for
 
+from isol8_tui.screens.main import MainScreen
 from isol8_tui.screens.terminal import InteractiveRun, TerminalScreen, key_bytes, terminal_size
 from isol8_tui.terminal_text import TerminalText
 from isol8_tui.widgets.output import clean
@@ -26,14 +27,19 @@ def interactive(app) -> InteractiveRun:  # type: ignore[no-untyped-def]
     return run
 
 
+async def open_terminal(pilot) -> tuple[MainScreen, InteractiveRun]:  # type: ignore[no-untyped-def]
+    """The workbench started, then shift+f5: its main screen and the interactive run on top."""
+    screen = main_screen(pilot.app)
+    await wait_for(pilot, lambda: screen.started)
+    await pilot.press("shift+f5")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, TerminalScreen))
+    return screen, interactive(pilot.app)
+
+
 async def test_keys_reach_the_program_and_never_the_workbench(fake_app, backend: FakeBackend) -> None:
     app = fake_app(ASKING)
     async with app.run_test(size=SIZE) as pilot:
-        screen = main_screen(app)
-        await wait_for(pilot, lambda: screen.started)
-        await pilot.press("shift+f5")
-        await wait_for(pilot, lambda: isinstance(app.screen, TerminalScreen))
-        run = interactive(app)
+        screen, run = await open_terminal(pilot)
         await wait_for(pilot, lambda: run.text.plain() == ["name? "])
         # workbench keys (quit, help, run, the palette, new session, focus) are typed, not obeyed
         await pilot.press("a", "l", "x", "backspace", "i", "f1", "ctrl+p", "ctrl+n", "ctrl+r", "tab")
@@ -57,11 +63,7 @@ async def test_keys_reach_the_program_and_never_the_workbench(fake_app, backend:
 async def test_leaving_keeps_the_run_going_and_the_key_reopens_it(fake_app) -> None:
     app = fake_app(ASKING)
     async with app.run_test(size=SIZE) as pilot:
-        screen = main_screen(app)
-        await wait_for(pilot, lambda: screen.started)
-        await pilot.press("shift+f5")
-        await wait_for(pilot, lambda: isinstance(app.screen, TerminalScreen))
-        run = interactive(app)
+        screen, run = await open_terminal(pilot)
         await pilot.press("b", "o")
         await wait_for(pilot, lambda: run.text.plain() == ["name? bo"])
         await pilot.press("ctrl+right_square_bracket")
@@ -85,11 +87,7 @@ async def test_leaving_keeps_the_run_going_and_the_key_reopens_it(fake_app) -> N
 async def test_ctrl_c_interrupts_and_the_end_is_shown(fake_app) -> None:
     app = fake_app(ASKING)
     async with app.run_test(size=SIZE) as pilot:
-        screen = main_screen(app)
-        await wait_for(pilot, lambda: screen.started)
-        await pilot.press("shift+f5")
-        await wait_for(pilot, lambda: isinstance(app.screen, TerminalScreen))
-        run = interactive(app)
+        _, run = await open_terminal(pilot)
         await wait_for(pilot, lambda: run.text.plain() == ["name? "])
         await pilot.press("ctrl+c")
         await wait_for(pilot, lambda: run.ended)
@@ -102,11 +100,7 @@ async def test_ctrl_c_interrupts_and_the_end_is_shown(fake_app) -> None:
 async def test_the_terminal_has_the_screens_size_and_follows_a_resize(fake_app) -> None:
     app = fake_app(ASKING)
     async with app.run_test(size=SIZE) as pilot:
-        screen = main_screen(app)
-        await wait_for(pilot, lambda: screen.started)
-        await pilot.press("shift+f5")
-        await wait_for(pilot, lambda: isinstance(app.screen, TerminalScreen))
-        run = interactive(app)
+        _, run = await open_terminal(pilot)
         assert (run.terminal.size.rows, run.terminal.size.cols) == terminal_size(app.size) == (28, 100)
         view = terminal_screen(app).view
         assert (view.size.height, view.size.width) == (28, 100)
