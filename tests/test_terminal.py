@@ -218,3 +218,15 @@ async def test_a_tty_request_without_websocket_says_so() -> None:
         async with RemoteIsol8(url, "key") as remote:
             async for _ in remote.execute_stream(ExecutionRequest(code="1"), Terminal()):
                 pass
+
+
+async def test_a_terminal_size_out_of_bounds_is_refused_before_any_run(server: ServerProcess) -> None:
+    from websockets.asyncio.client import connect
+
+    url = "ws" + server.url.removeprefix("http") + "/execute/ws"
+    for size in ({"rows": 0, "cols": 80}, {"rows": 24, "cols": 100_000}, {"rows": "many", "cols": 80}):
+        async with connect(url, additional_headers=server.headers) as socket:
+            await socket.send(json.dumps({"type": "execute", "request": {"code": "print(1)"}, "tty": size}))
+            events = [json.loads(message) async for message in socket]
+        assert [event["type"] for event in events] == ["error"], events
+        assert "tty." in events[0]["data"], events
