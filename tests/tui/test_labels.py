@@ -31,7 +31,8 @@ async def test_every_label_fits_and_says_what_it_means(fake_app, size: tuple[int
         assert "new: net" in str(screen.runbar.query_one("#network-policy").query_one("SelectCurrent Static").render())
         keep = screen.runbar.query_one("#keep-output", Checkbox)
         assert not keep.value and "X" not in str(keep.render())
-        # every footer key is on screen, none cut
+        # every footer key is on screen, none cut (the footer recomposes after the focus moved: wait for it)
+        await wait_for(pilot, lambda: "Run" in {key.description for key in screen.query(FooterKey)})
         footer_keys = list(screen.query(FooterKey))
         assert footer_keys and all(key.region.right <= width for key in footer_keys if key.display)
         assert {key.description for key in footer_keys} >= {"Run", "Help", "Jump"}
