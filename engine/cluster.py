@@ -39,6 +39,7 @@ from engine.errors import (
     Isol8Error,
     NodeLost,
     NotFiltered,
+    NotStateful,
     SessionLost,
     SessionNotFound,
 )
@@ -222,6 +223,9 @@ class SessionEngine(_Relay):
 
     async def set_network_filter(self, network_filter: NetworkFilter) -> None:
         await self.engine.set_network_filter(network_filter)
+
+    async def reset(self) -> None:
+        await self.engine.reset()
 
     async def put_file(self, path: str, content: str | bytes) -> None:
         await self.engine.put_file(path, content)
@@ -444,6 +448,14 @@ class RayIsol8:
             await self.start()
             self._require_session()
             await self._session_call("set_network_filter", network_filter)
+
+    async def reset(self) -> None:
+        """The session's interpreter ends on its node; the next run starts a fresh one."""
+        if not self.options.stateful or self.session_id is None:
+            raise NotStateful.for_reset()
+        await self.start()
+        self._require_session()
+        await self._session_call("reset")
 
     # --- files ------------------------------------------------------------------------------------
     async def put_file(self, path: str, content: str | bytes) -> None:

@@ -23,6 +23,7 @@ from engine.docker import DockerClient
 from engine.errors import (
     Isol8Error,
     NotFiltered,
+    NotStateful,
     OutOfMemory,
     SandboxError,
     SandboxLost,
@@ -265,6 +266,18 @@ class DockerIsol8:
         if self._session is not None and self._session.alive:
             self._session.control("network", {"policy": network_filter.model_dump_json()})
         log.debug("network filter now %s", network_filter.model_dump_json())
+
+    async def reset(self) -> None:
+        """End the stateful session's interpreter (its variables go, /sandbox stays); the next run
+        starts a fresh one. Waits for a run in progress to end first."""
+        if not self.options.stateful:
+            raise NotStateful.for_reset()
+        async with self._session_lock:
+            sandbox = self._session
+            if sandbox is None or not sandbox.alive:
+                return
+            async with self._session_guard(sandbox):
+                await sandbox.reset_kernel()
 
     async def put_file(self, path: str, content: str | bytes) -> None:
         """Write a file into the persistent sandbox (binary-safe; parents created). A failed write

@@ -27,6 +27,7 @@ class can be rebuilt from the wire; the classmethods build the common messages.
     │   └── FileTooLarge         413 file_too_large
     ├── InputTooLarge            413 input_too_large  more keys than one interactive run may take
     ├── NotFiltered              400 not_filtered     allow and deny lists for a network that is not filtered
+    ├── NotStateful              400 not_stateful     a reset (or a stateful-only request) for a session that is not stateful
     ├── SessionNotFound          404 session_not_found
     ├── TooManySessions          429 too_many_sessions
     ├── PolicyRefused            403 policy_refused   the operator's policy does not allow the request
@@ -205,6 +206,19 @@ class NotFiltered(Isol8Error):
     @classmethod
     def of(cls, network: str) -> NotFiltered:
         return cls(f'The network is "{network}": allow and deny lists apply to network "filtered" only.')
+
+
+class NotStateful(Isol8Error):
+    """A request that needs a stateful session's interpreter, sent to an engine without one."""
+
+    code = "not_stateful"
+
+    @classmethod
+    def for_reset(cls) -> NotStateful:
+        return cls(
+            "This session is not stateful: it has no interpreter to reset (each run is a new process). "
+            "Create the session with stateful on to keep variables between runs."
+        )
 
 
 class SessionNotFound(Isol8Error):

@@ -42,6 +42,11 @@ class Engine(Protocol):
         """New allow and deny lists for a filtered network, applied to a live session at once."""
         ...
 
+    async def reset(self) -> None:
+        """End a stateful session's interpreter (its variables go; /sandbox stays): the next run
+        starts a fresh one. NotStateful for an engine that is not a stateful session."""
+        ...
+
     async def put_file(self, path: str, content: str | bytes) -> None:
         """Write a file into the session's /sandbox (persistent mode)."""
         ...

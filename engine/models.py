@@ -261,6 +261,44 @@ class SecurityEvent(Model):
     timestamp: str
 
 
+MimeType = Literal[
+    "text/plain",
+    "text/html",
+    "text/markdown",
+    "text/latex",
+    "image/png",
+    "image/jpeg",
+    "image/svg+xml",
+    "application/json",
+    "application/pdf",
+]
+"""What a rich result may hold (the code-interpreter model's MIME bundle)."""
+BINARY_MIME_TYPES: frozenset[str] = frozenset({"image/png", "image/jpeg", "application/pdf"})
+"""Bundle values that are bytes, held base64-encoded (as Jupyter holds them); the others are text
+(`application/json` as its JSON text) and are masked like output."""
+
+InterpreterState = Literal["fresh", "kept", "lost"]
+"""A stateful session's interpreter after a run: `fresh` (a new interpreter ran it: nothing of
+earlier runs' variables), `kept` (earlier runs' variables were there, and still are), `lost` (it
+ended during the run, e.g. killed at the memory limit or after a timeout it did not survive: its
+variables are gone and the next run starts a fresh one). Files in /sandbox survive in every case."""
+
+
+class RichResult(Model):
+    """One displayed value: a MIME bundle (binary types base64, see BINARY_MIME_TYPES), and whether it
+    is the run's main result (the value of the code's final expression)."""
+
+    data: dict[MimeType, str]
+    is_main_result: bool = False
+
+    def text(self) -> str:
+        return self.data.get("text/plain", "")
+
+    def binary(self, mime: MimeType) -> bytes:
+        """A binary value's bytes (KeyError when the bundle has no `mime`)."""
+        return base64.b64decode(self.data[mime])
+
+
 class ExecutionResult(Model):
     stdout: str
     stderr: str
@@ -279,21 +317,27 @@ class ExecutionResult(Model):
     resource_usage: ResourceUsage | None = None
     network_logs: list[NetworkLogEntry] | None = None
     security_events: list[SecurityEvent] | None = None
+    results: list[RichResult] | None = None  # a stateful session's displayed values, in order
+    state: InterpreterState | None = None  # a stateful session's interpreter after the run
 
 
 class StreamEvent(Model):
     """`exit` events also say, as the result does, whether output was cut (`truncated`), the run
     timed out (`timed_out`) or was killed at its memory limit (`oom_killed`). `network` events
     (filtered mode with network logging) carry one request in `entry` as it happens; `data` is then
-    its host."""
+    its host. `result` events (stateful sessions) carry one displayed value in `result`, as it is
+    displayed; `data` is then its text. A stateful session's `exit` says what became of its
+    interpreter (`state`)."""
 
-    type: Literal["stdout", "stderr", "exit", "error", "network"]
+    type: Literal["stdout", "stderr", "exit", "error", "network", "result"]
     data: str
     phase: Literal["setup", "code"] | None = None
     truncated: bool | None = None
     timed_out: bool | None = None
     oom_killed: bool | None = None
     entry: NetworkLogEntry | None = None
+    result: RichResult | None = None
+    state: InterpreterState | None = None
 
 
 DEFAULT_BLOCKED_CODE_HOSTS = (
@@ -384,6 +428,9 @@ class Isol8Options(Model):
     """Engine options (library callers, the CLI and the config file all end up here)."""
 
     mode: Literal["ephemeral", "persistent"] = "ephemeral"
+    # Persistent mode: `code` runs on one long-lived interpreter (python, node, bash) that keeps its
+    # variables between executions, and returns rich results (engine/agent/kernel*.py).
+    stateful: bool = False
     runtime: RuntimeName | None = None  # persistent mode: lets put_file/get_file start the container
     persist: bool = False  # debugging: leave containers running after the engine stops
     network: NetworkMode = "none"
@@ -414,6 +461,12 @@ class Isol8Options(Model):
     def _size(cls, value: str) -> str:
         parse_size(value)
         return value
+
+    @model_validator(mode="after")
+    def _stateful_is_a_session(self) -> Isol8Options:
+        if self.stateful and self.mode != "persistent":
+            raise ValueError('stateful needs mode "persistent": an interpreter that keeps state is a session\'s')
+        return self
 
 
 class CleanupReport(Model):
