@@ -256,6 +256,8 @@ TUI_ACTIONS: tuple[str, ...] = (
     "export-har",
     "session-settings",
     "run-interactive",
+    "reset-session",
+    "save-result",
 )
 """Binding ids of the workbench (`isol8 tui`) that `tui.keymap` may rebind; the app's tests keep them in sync."""
 
@@ -275,6 +277,9 @@ class TuiSettings(_Model):
     """A Textual theme name (e.g. isol8, textual-dark, nord, gruvbox, textual-light)."""
     keymap: dict[str, str] = Field(default_factory=dict)
     """Key overrides: action id -> comma-separated keys, e.g. {"run": "ctrl+j,f5"}."""
+    images: bool = True
+    """Show image results as images where the terminal can (sixel, kitty graphics, else coloured half
+    cells); false: a line naming each image (type, pixel size, bytes), which can be saved to a file."""
 
     @field_validator("keymap")
     @classmethod

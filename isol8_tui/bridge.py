@@ -28,6 +28,7 @@ from engine import ExecutionRequest, Isol8Options, NetworkFilter, NetworkLogEntr
 from engine.config import Isol8Config
 from engine.errors import DockerUnavailable, ImageMissing, Isol8Error, PolicyRefused, SandboxLost
 from engine.interface import Engine
+from engine.models import InterpreterState, RichResult
 from engine.runtimes import RUNTIME_NAMES, RUNTIMES, detect_runtime
 from engine.terminal import Terminal
 from isol8_tui.output import one_line
@@ -173,6 +174,14 @@ class NetworkRequestCaptured(Message, bubble=False):
 
 
 @dataclass
+class ResultReceived(Message, bubble=False):
+    """A stateful session's run displayed a value (a MIME bundle)."""
+
+    run_id: int
+    result: RichResult
+
+
+@dataclass
 class RunNoticed(Message, bubble=False):
     """The engine's `error` event: why a run ended abnormally (timeout, out of memory, ...)."""
 
@@ -193,6 +202,16 @@ class RunFinished(Message, bubble=False):
     error: str | None = None
     docker_down: bool = False  # the error is DockerUnavailable
     image_missing: bool = False  # the error is ImageMissing
+    interpreter: InterpreterState | None = None  # a stateful session's interpreter after the run
+    interpreter_lost: str = ""  # why it was lost (the engine's notice)
+
+
+@dataclass
+class InterpreterReset(Message, bubble=False):
+    """A stateful session's interpreter was ended (its next run starts a fresh one), or why not."""
+
+    session_id: str
+    error: str | None = None
 
 
 @dataclass
@@ -291,6 +310,7 @@ class EngineBridge:
             network=spec.network,
             network_filter=network_filter,
             log_network=True,
+            stateful=spec.stateful,
             **{**self.session_overrides, **spec.settings.container_limits()},
         )
         count = self._names.get(spec.runtime, 0) + 1
@@ -329,6 +349,7 @@ class EngineBridge:
             whitelist=tuple(options.network_filter.whitelist),
             blacklist=tuple(options.network_filter.blacklist),
             ports=tuple(options.network_filter.ports),
+            stateful=options.stateful,
             engine=self.backend.create_engine(options),
             created_at=self.backend.clock(),
         )
@@ -384,6 +405,20 @@ class EngineBridge:
             return
         if session.active_run is None:
             self._set_state(session, "idle")
+
+    async def reset(self, session: Session) -> None:
+        """End a stateful session's interpreter (the engine waits for a run in flight to end); a session
+        that is not stateful is refused with the engine's reason (NotStateful)."""
+        try:
+            await session.engine.reset()
+        except Isol8Error as exc:
+            self.post(InterpreterReset(session.id, one_line(exc)))
+            return
+        except Exception as exc:
+            log.exception("reset of %s failed", session.name)
+            self.post(InterpreterReset(session.id, f"Unexpected error: {exc}"))
+            return
+        self.post(InterpreterReset(session.id))
 
     async def delete_session(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
@@ -442,6 +477,8 @@ class EngineBridge:
         flags = {"timed_out": False, "oom_killed": False, "truncated": False}
         error: str | None = None
         docker_down = image_missing = cancelled = False
+        interpreter: InterpreterState | None = None
+        notice = ""  # the last `error` event: why the interpreter was lost, when it was
         try:
             async with contextlib.aclosing(session.engine.execute_stream(request, terminal)) as events:
                 async for event in events:
@@ -449,10 +486,14 @@ class EngineBridge:
                         self.post(OutputReceived(run_id, event.type, event.data, event.phase or "code"))
                     elif event.type == "network" and event.entry is not None:
                         self.post(NetworkRequestCaptured(run_id, event.entry))
+                    elif event.type == "result" and event.result is not None:
+                        self.post(ResultReceived(run_id, event.result))
                     elif event.type == "error":
+                        notice = event.data
                         self.post(RunNoticed(run_id, event.data))
                     elif event.type == "exit":
                         exit_code = int(event.data)
+                        interpreter = event.state
                         flags = {
                             "timed_out": bool(event.timed_out),
                             "oom_killed": bool(event.oom_killed),
@@ -486,6 +527,8 @@ class EngineBridge:
                     error=error,
                     docker_down=docker_down,
                     image_missing=image_missing,
+                    interpreter=interpreter,
+                    interpreter_lost=notice if interpreter == "lost" else "",
                     **flags,
                 )
             )

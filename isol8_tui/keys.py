@@ -78,6 +78,14 @@ ACTIONS: dict[str, Action] = {
             tooltip="The session's run settings",
             show=False,
         ),
+        Action(
+            "reset-session",
+            "shift+f9,f21",  # xterm and the Linux console send shift+f9 as f21
+            "reset_session",
+            "Reset interpreter",
+            tooltip="End a stateful session's interpreter: its variables go, /sandbox stays",
+            show=False,
+        ),
         Action("scratch", "ctrl+f", "scratch", "Scratch session", show=False),
         Action("clear-output", "ctrl+l", "clear_output", "Clear output", show=False),
         Action("toggle-keep-output", "f7", "toggle_keep", "Keep output between runs", show=False),
@@ -97,6 +105,14 @@ ACTIONS: dict[str, Action] = {
         Action("next-error", "e", "next_error", "Next error", tooltip="Jump to the next error line", pane=True),
         Action(
             "save-output", "s", "save_output", "Save output", tooltip="Save the run's full output to a file", pane=True
+        ),
+        Action(
+            "save-result",
+            "s",
+            "save_result",
+            "Save result",
+            tooltip="Save the selected result (an image as its file) to a file",
+            pane=True,
         ),
         Action(
             "allow-host",

@@ -1,8 +1,9 @@
 """The workbench project file: `.isol8-workbench.json` beside the code (the open file's folder, else
 the working directory). It keeps the sessions (runtime, network policy and lists) with their run
-settings, so a restart brings them back; their containers are new, so /sandbox starts empty.
+settings, so a restart brings them back; their containers are new, so /sandbox starts empty (and a
+stateful session's interpreter starts fresh).
 
-    {"version": 1, "sessions": [{"runtime": "python", "network": "filtered",
+    {"version": 1, "sessions": [{"runtime": "python", "network": "filtered", "stateful": true,
       "whitelist": ["(.*\\\\.)?pypi\\\\.org"], "blacklist": [], "ports": [],
       "settings": {"timeoutMs": 10000, "memoryLimit": "1g", "env": {"MODE": "dev"},
                    "stdinFile": "input.txt", "packages": ["rich"]}}]}
@@ -38,6 +39,7 @@ class SavedSession(BaseModel):
     blacklist: list[str] = Field(default_factory=list)
     ports: list[int] = Field(default_factory=list)
     settings: SavedSettings = Field(default_factory=SavedSettings)
+    stateful: bool = False
 
     @classmethod
     def of(cls, spec: SessionSpec) -> SavedSession:
@@ -49,12 +51,19 @@ class SavedSession(BaseModel):
             blacklist=list(spec.blacklist),
             ports=list(spec.ports),
             settings=settings,
+            stateful=spec.stateful,
         )
 
     def spec(self) -> SessionSpec:
         settings = RunSettings(**self.settings.model_dump())
         return SessionSpec(
-            self.runtime, self.network, tuple(self.whitelist), tuple(self.blacklist), tuple(self.ports), settings
+            self.runtime,
+            self.network,
+            tuple(self.whitelist),
+            tuple(self.blacklist),
+            tuple(self.ports),
+            settings,
+            self.stateful,
         )
 
 

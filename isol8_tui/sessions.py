@@ -1,7 +1,8 @@
 """The workbench's sessions and the rules for choosing between them, without Textual.
 
-A session is one engine: a persistent container (state and files survive runs) of one runtime, or
-the scratch engine, which starts a fresh container for every run and runs any runtime. The screen
+A session is one engine: a persistent container (its files in /sandbox and installed packages
+survive runs) of one runtime, or the scratch engine, which starts a fresh container for every run and
+runs any runtime. A stateful session also keeps one interpreter whose variables survive runs. The screen
 asks the functions below which session runs a runtime, what to select after a delete and when to
 start a container ahead of the first run; the bridge creates and stops the engines.
 """
@@ -57,6 +58,7 @@ class SessionSpec:
     blacklist: tuple[str, ...] = ()
     ports: tuple[int, ...] = ()  # extra HTTPS (CONNECT) ports besides 443
     settings: RunSettings = field(default_factory=RunSettings)
+    stateful: bool = False  # one long-lived interpreter runs the code: variables survive runs
 
 
 @dataclass(eq=False)
@@ -74,6 +76,7 @@ class Session:
     blacklist: tuple[str, ...] = ()
     ports: tuple[int, ...] = ()
     settings: RunSettings = field(default_factory=RunSettings)
+    stateful: bool = False
     state: SessionState = "new"
     detail: str = ""  # the last failure, shown in the sidebar and the status line
     runs: int = 0
@@ -95,7 +98,9 @@ class Session:
         """What recreates this session (None for scratch, which is always there)."""
         if self.runtime is None:
             return None
-        return SessionSpec(self.runtime, self.network, self.whitelist, self.blacklist, self.ports, self.settings)
+        return SessionSpec(
+            self.runtime, self.network, self.whitelist, self.blacklist, self.ports, self.settings, self.stateful
+        )
 
 
 def in_order(sessions: Iterable[Session]) -> list[Session]:

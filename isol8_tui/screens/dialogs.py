@@ -17,7 +17,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.suggester import Suggester, SuggestFromList
-from textual.widgets import Button, Footer, Input, Label, Log, RadioButton, RadioSet, Select, Static
+from textual.widgets import Button, Checkbox, Footer, Input, Label, Log, RadioButton, RadioSet, Select, Static
 from textual.widgets.button import ButtonVariant
 
 from engine import NetworkLogEntry
@@ -26,6 +26,7 @@ from engine.runtimes import RUNTIME_NAMES
 from isol8_tui.keys import key_labels
 from isol8_tui.output import one_line
 from isol8_tui.sessions import NETWORK_POLICIES, RunSettings, SessionSpec
+from isol8_tui.widgets.bars import MarkBox
 from isol8_tui.widgets.network import describe
 
 
@@ -102,10 +103,13 @@ def _parse_ports(text: str) -> tuple[int, ...]:
 
 
 class NewSessionScreen(Dialog):
-    """Runtime + network policy (none, filtered with allow/deny lists, host) for a new session."""
+    """Runtime + network policy (none, filtered with allow/deny lists, host) for a new session, and
+    whether it is stateful."""
 
     HELP: ClassVar[str] = (
-        "A session is a persistent container: state and files survive between runs. Pick its runtime "
+        "A session is a persistent container: files in /sandbox and installed packages survive between "
+        "runs. Stateful (python, node, bash): one interpreter runs the code and keeps its variables between "
+        "runs, and the values the code displays appear under the output. Pick its runtime "
         "and network. 'filtered' sends traffic through a proxy that allows or blocks each host by the "
         "regular expressions below (blacklist wins; an empty whitelist allows every host not "
         "blacklisted), lets HTTPS reach port 443 and the extra ports listed, and logs every request "
@@ -138,6 +142,9 @@ class NewSessionScreen(Dialog):
                 with RadioSet(id="ns-network"):
                     for name in NETWORK_POLICIES:
                         yield RadioButton(name, value=name == self._network, id=f"ns-net-{name}")
+            with Horizontal(classes="field"):
+                yield Label("State", classes="label")
+                yield MarkBox("stateful: variables survive runs", id="ns-stateful", compact=True)
             with Vertical(id="ns-filters"):
                 with Horizontal(classes="field"):
                     yield Label("Allow", classes="label")
@@ -202,7 +209,8 @@ class NewSessionScreen(Dialog):
             except ValueError as exc:
                 self._note(str(exc), error=True)
                 return None
-        return SessionSpec(str(runtime), network, whitelist, blacklist, ports)
+        stateful = self.query_one("#ns-stateful", Checkbox).value
+        return SessionSpec(str(runtime), network, whitelist, blacklist, ports, stateful=stateful)
 
     @on(Button.Pressed, "#ns-create")
     def action_create(self) -> None:

@@ -30,9 +30,9 @@ from textual.worker import Worker, WorkerState
 from engine import ExecutionRequest, NetworkLogEntry
 from engine.config import TuiSettings
 from engine.errors import PolicyRefused
-from engine.models import NetworkMode
+from engine.models import NetworkMode, RichResult
 from engine.terminal import Terminal
-from isol8_tui import har, keys, project, sessions
+from isol8_tui import har, keys, project, rich_results, sessions
 from isol8_tui.bridge import (
     DockerChecked,
     EngineBridge,
@@ -40,8 +40,10 @@ from isol8_tui.bridge import (
     ImageBuildFinished,
     ImageBuildProgressed,
     ImagesChecked,
+    InterpreterReset,
     NetworkRequestCaptured,
     OutputReceived,
+    ResultReceived,
     RunFinished,
     RunNoticed,
     RunStarted,
@@ -73,6 +75,7 @@ from isol8_tui.widgets.editor import CodeEditor, EditorPane, display_path
 from isol8_tui.widgets.files import FilesPane, FileTable, Listing
 from isol8_tui.widgets.network import NetworkInspector, NetworkTable
 from isol8_tui.widgets.output import OutputPane, OutputPanes, clean, new_transcript
+from isol8_tui.widgets.results import ResultsPane, ResultView
 from isol8_tui.widgets.sessions import SessionList, SessionSidebar
 
 DOCKER_RETRY_SECONDS = 5.0
@@ -88,6 +91,7 @@ class SessionView:
     stdout: Transcript
     stderr: Transcript
     requests: list[NetworkLogEntry] = field(default_factory=list)
+    results: list[RichResult] = field(default_factory=list)  # a stateful session's displayed values
     status: RunStatus = field(default_factory=RunStatus)
     run: int | None = None  # the run in flight
     interactive: InteractiveRun | None = None  # the last interactive run, while no other run replaced it
@@ -111,6 +115,7 @@ class MainScreen(Screen[None]):
         "new-session",
         "toggle-sidebar",
         "session-settings",
+        "reset-session",
         "scratch",
         "clear-output",
         "toggle-keep-output",
@@ -196,7 +201,7 @@ class MainScreen(Screen[None]):
                 yield editor.data_bind(MainScreen.runtime)
                 with TabbedContent(id="results", initial="tab-output"):
                     with TabPane("Output", id="tab-output"):
-                        yield OutputPanes(self.settings.scrollback_lines)
+                        yield OutputPanes(self.settings.scrollback_lines, self.settings.images)
                     with TabPane("Network", id="tab-network"):
                         yield NetworkInspector().data_bind(session=MainScreen.selected)
                     with TabPane("Files", id="tab-files"):
@@ -394,6 +399,7 @@ class MainScreen(Screen[None]):
             view.stdout = new_transcript(self.settings.scrollback_lines)
             view.stderr = new_transcript(self.settings.scrollback_lines)
             view.requests = []
+            view.results = []
         self._show_view(view)
         if view.interactive is not None and not view.interactive.ended:
             self._show_terminal_status(view, RunStatus("stopped"))  # a newer run replaces it
@@ -432,6 +438,7 @@ class MainScreen(Screen[None]):
     def _show_view(self, view: SessionView) -> None:
         """The panes and the status line show this session's run."""
         self.outputs.show(view.stdout, view.stderr)
+        self.outputs.results.show(view.results)
         self.network.show(view.requests)
         self.run_status = view.status.at(self.bridge.backend.clock()) if view.run is not None else view.status
 
@@ -499,6 +506,16 @@ class MainScreen(Screen[None]):
         else:
             (view.stderr if message.stream == "stderr" else view.stdout).write(clean(message.text))
 
+    @on(ResultReceived)
+    def add_result(self, message: ResultReceived) -> None:
+        found = self._run_view(message.run_id)
+        if found is None:
+            return
+        view, shown = found
+        view.results.append(message.result)
+        if shown:
+            self.outputs.results.add(message.result)
+
     @on(RunNoticed)
     def show_notice(self, message: RunNoticed) -> None:
         found = self._run_view(message.run_id)
@@ -533,6 +550,10 @@ class MainScreen(Screen[None]):
         if shown:
             self.outputs.flush()
         self._set_status(view, finished, shown)
+        if message.interpreter == "lost":
+            session = self.bridge.sessions.get(message.session_id)
+            lost = f"The interpreter of {session.name if session else 'the session'} was lost: its variables are gone"
+            self.notify(f"{lost}; the next run starts a fresh one.", title="State lost", severity="warning", timeout=8)
         if message.error:
             if shown:
                 self.outputs.failed(message.error)
@@ -630,7 +651,23 @@ class MainScreen(Screen[None]):
         view.stdout = new_transcript(self.settings.scrollback_lines)
         view.stderr = new_transcript(self.settings.scrollback_lines)
         view.requests = []
+        view.results = []
         self._show_view(view)
+
+    def action_reset_session(self) -> None:
+        """End the selected session's interpreter (stateful sessions); the bridge reports how it went."""
+        session = self.selected
+        if session is not None:
+            self.run_worker(self.bridge.reset(session), group=f"reset {session.id}", exit_on_error=False)
+
+    @on(InterpreterReset)
+    def show_reset(self, message: InterpreterReset) -> None:
+        session = self.bridge.sessions.get(message.session_id)
+        name = session.name if session else "the session"
+        if message.error:
+            self.notify(message.error, title=f"{name} not reset", severity="warning", timeout=8)
+            return
+        self.notify(f"{name}'s interpreter was reset: its variables are gone, the next run starts fresh.", timeout=4)
 
     @on(SessionSidebar.Selected)
     def _session_picked(self, message: SessionSidebar.Selected) -> None:
@@ -881,6 +918,27 @@ class MainScreen(Screen[None]):
 
         name = f"{session}-{stream}.txt"
         self.app.push_screen(PathScreen(f"Save {stream} to a file", "Save", name, must_exist=False), chosen)
+
+    @on(ResultView.SaveRequested)
+    def save_result(self, message: ResultView.SaveRequested) -> None:
+        """A result's value to a file: an image as its PNG or JPEG, a table as its HTML, text as text."""
+        view = message.view
+        data = rich_results.content(view.result, view.mime)
+        session = self.selected.name if self.selected else "run"
+
+        def chosen(path: object) -> None:
+            if not isinstance(path, Path):
+                return
+            try:
+                path.write_bytes(data)
+            except OSError as exc:
+                self.notify(f"Cannot write {path}: {exc.strerror or exc}", title="Save failed", severity="error")
+                return
+            self.notify(f"Saved result #{view.number} ({view.mime}, {len(data):,} bytes) to {display_path(path)}.")
+
+        name = f"{session}-result-{view.number}{rich_results.EXTENSIONS[view.mime]}"
+        title = f"Save result #{view.number} ({view.mime}) to a file"
+        self.app.push_screen(PathScreen(title, "Save", name, must_exist=False), chosen)
 
     def _write_host_file(self, path: Path, text: str, title: str) -> bool:
         try:
@@ -1217,6 +1275,8 @@ class MainScreen(Screen[None]):
             (OutputPane, "Output"),
             (NetworkInspector, "Network inspector"),
             (FilesPane, "Files"),
+            (ResultView, "Result"),
+            (ResultsPane, "Results"),
             (SessionSidebar, "Sessions"),
             (RunBar, "Run bar"),
         ]

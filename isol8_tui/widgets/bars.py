@@ -16,7 +16,7 @@ from textual.message import Message
 from textual.reactive import reactive, var
 from textual.widgets import Button, Checkbox, Select, Static
 
-from engine.models import NetworkMode
+from engine.models import InterpreterState, NetworkMode
 from engine.runtimes import RUNTIME_NAMES
 from isol8_tui.bridge import PoolFigures, RunFinished
 from isol8_tui.keys import key_labels
@@ -61,7 +61,10 @@ class SessionTarget(Static):
             return Content.from_markup(
                 "▸ [b]scratch[/] [dim]$runtime · fresh container per run[/]", runtime=self.runtime
             )
-        return Content.from_markup("▸ [b]$name[/] [dim]net $network[/]", name=session.name, network=session.network)
+        stateful = " · stateful" if session.stateful else ""
+        return Content.from_markup(
+            "▸ [b]$name[/] [dim]net $network$stateful[/]", name=session.name, network=session.network, stateful=stateful
+        )
 
 
 class WatchStatus(Static):
@@ -150,7 +153,10 @@ class RunStatus:
     oom_killed: bool = False
     truncated: bool = False
     error: str = ""  # error: why
+    interpreter: InterpreterState | None = None  # a stateful session's interpreter after the run
+    interpreter_lost: str = ""  # why it was lost
 
+    @classmethod
     @classmethod
     def running(cls, session: str, started_at: float) -> RunStatus:
         return cls("running", session=session, started_at=started_at)
@@ -173,6 +179,8 @@ class RunStatus:
             timed_out=run.timed_out,
             oom_killed=run.oom_killed,
             truncated=run.truncated,
+            interpreter=run.interpreter,
+            interpreter_lost=run.interpreter_lost,
         )
 
     def at(self, now: float) -> RunStatus:
@@ -207,14 +215,23 @@ class StatusLine(Static):
             markers.append("[b $error]out of memory[/]")
         if status.truncated:
             markers.append("[b $warning]✂ truncated[/]")
-        return Content.from_markup(" · ".join([head, duration, *markers]))
+        parts = [Content.from_markup(" · ".join([head, duration, *markers]))]
+        if status.interpreter == "kept":
+            parts.append(Content.from_markup("[dim]state kept[/]"))
+        elif status.interpreter == "fresh":
+            parts.append(Content.from_markup("[$accent]state fresh[/]"))
+        elif status.interpreter == "lost":
+            reason = short(status.interpreter_lost, 60)
+            lost = "[b $error]state lost[/]" + (": $reason" if reason else "")
+            parts.append(Content.from_markup(lost, reason=reason))
+        return Content(" · ").join(parts)
 
     def watch_status(self, status: RunStatus) -> None:
         for state in ("idle", "running", "ok", "failed", "stopped", "error"):
             self.set_class(state == status.state, f"-{state}")
 
 
-class KeepBox(Checkbox):
+class MarkBox(Checkbox):
     """A checkbox whose mark is there only when it is on (Textual's shows an X either way, dimmed when off)."""
 
     @property
@@ -281,7 +298,7 @@ class RunBar(Horizontal):
             compact=True,
             tooltip="Network policy for new sessions",
         )
-        yield KeepBox("keep output", self.keep, id="keep-output", compact=True, tooltip="Keep output between runs")
+        yield MarkBox("keep output", self.keep, id="keep-output", compact=True, tooltip="Keep output between runs")
         yield StatusLine(id="status").data_bind(RunBar.status)
 
     def watch_runtime(self, runtime: str) -> None:

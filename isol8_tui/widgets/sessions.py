@@ -56,15 +56,16 @@ def session_prompt(session: Session, now: float, selected: bool) -> Content:
         policy: str = session.network
         if session.network == "filtered" and (session.whitelist or session.blacklist):
             policy += f" +{len(session.whitelist)}/-{len(session.blacklist)}"
-        detail = f"{session.runtime} · {policy}"
+        detail = f"{session.runtime} · {policy}" + (" · stateful" if session.stateful else "")
     padding = " " * max(1, PROMPT_WIDTH - head.cell_length - len(label))
     return Content.assemble(head, padding, (label, style), (f"\n  {detail}", "dim"))
 
 
 class SessionList(OptionList):
     HELP: ClassVar[str] = (
-        "Your sessions. Each is a persistent container: variables, installed packages and files in "
-        "/sandbox survive between runs. 'scratch' starts a fresh container for every run and runs any "
+        "Your sessions. Each is a persistent container: installed packages and files in /sandbox survive "
+        "between runs; a stateful one also keeps its interpreter, so variables survive too ({reset-session} starts a "
+        "fresh one). 'scratch' starts a fresh container for every run and runs any "
         "runtime. Switch with {select}, create with {new}, remove with {delete} (its container goes too)."
     )
     BINDINGS: ClassVar = [

@@ -18,6 +18,17 @@ and plays what a few familiar statements would do, in every runtime's spelling:
     bytearray(10**10)                                         -> killed: out of memory
     os.kill(1, 9)                                             -> the container dies
 
+In a stateful session (`Isol8Options(stateful=True)`) `code` runs on one "interpreter" that keeps its
+variables between runs (`reset()` ends it; the exit event says `fresh` or `kept`, an OOM `lost`):
+
+    x = 41 / let x = 41; / X=41 (bash)                        -> a variable (literals and arithmetic)
+    x + 1 as the last line                                    -> the main result, text/plain "42"
+    df = pd.DataFrame({"city": ["Lisbon"], "temp": [21]})     -> a table: text/html (pandas' <table>)
+                                                                 and text/plain, when displayed
+    display(df) / display(Markdown("**hi**"))                 -> a result that is not the main one
+    plt.plot([1, 2, 3])                                       -> a figure: image/png at the run's end
+    a name never assigned                                     -> NameError / ReferenceError
+
 On a terminal (`execute_stream(request, terminal)`) everything arrives as stdout with `\r\n` line
 ends, and `input("prompt")` prints its prompt, then takes the terminal's keys up to enter, echoing
 them as a terminal does (backspace as `\b \b`); `print("got", input())` then prints `got <answer>`;
@@ -29,11 +40,16 @@ machine. Nothing here touches Docker.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import base64
 import re
+import struct
+import zlib
 from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from engine import (
@@ -45,8 +61,16 @@ from engine import (
     PoolState,
     StreamEvent,
 )
-from engine.errors import DockerUnavailable, FileNotFound, ImageMissing, Isol8Error, NotFiltered, SandboxLost
-from engine.models import sandbox_path
+from engine.errors import (
+    DockerUnavailable,
+    FileNotFound,
+    ImageMissing,
+    Isol8Error,
+    NotFiltered,
+    NotStateful,
+    SandboxLost,
+)
+from engine.models import InterpreterState, MimeType, RichResult, sandbox_path
 from engine.runtimes import RUNTIMES, code_file
 from engine.terminal import EndOfInput, Interrupt, Keys, Terminal
 
@@ -65,6 +89,13 @@ _OOM = re.compile(r"bytearray\(\s*10\s*\*\*\s*(?P<e>\d+)")
 _INPUT = re.compile(rf"input\((?:{_STRING})?")
 _PRINT_INPUT = re.compile(rf"^print\({_STRING}\s*,\s*input\(")
 _ESCAPE = re.compile(r"\\(?:033|x1b|u001b)")
+_ASSIGN = re.compile(r"^(?:(?:let|const|var)\s+)?(?P<name>[A-Za-z_]\w*)\s*=(?!=)\s*(?P<expr>.+?)\s*;?$")
+_BASH_ASSIGN = re.compile(r"^(?P<name>[A-Za-z_]\w*)=(?P<value>\S*)$")
+_BASH_VARIABLE = re.compile(r"\$\{?(?P<name>[A-Za-z_]\w*)\}?")
+_DISPLAY = re.compile(r"^display\((?P<expr>.+)\)\s*;?$")
+_FIGURE = re.compile(r"^plt\.(?!show|close|savefig)\w+\(")
+LOST = "The interpreter was killed: its variables are gone, the next run starts a fresh one."
+"""The loss notice of a stateful run (an `error` event before its `exit`)."""
 
 
 class FakeClock:
@@ -131,6 +162,7 @@ class FakeEngine:
         self.started = False
         self.stopped = False
         self.requests: list[ExecutionRequest] = []
+        self.namespace: dict[str, object] | None = None  # a stateful session's variables; None: no interpreter
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -141,6 +173,12 @@ class FakeEngine:
         self.stopped = True
         self.container = False
         self.files.clear()
+        self.namespace = None
+
+    async def reset(self) -> None:
+        if not self.options.stateful:
+            raise NotStateful.for_reset()
+        self.namespace = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -191,12 +229,16 @@ class FakeEngine:
     async def execute(self, request: ExecutionRequest) -> ExecutionResult:
         out: dict[str, list[str]] = {"stdout": [], "stderr": []}
         exit_code, truncated = 1, False
+        results: list[RichResult] = []
+        state: InterpreterState | None = None
         start = self.backend.clock()
         async for event in self.execute_stream(request):
             if event.type in out:
                 out[event.type].append(event.data)
+            elif event.type == "result" and event.result is not None:
+                results.append(event.result)
             elif event.type == "exit":
-                exit_code, truncated = int(event.data), bool(event.truncated)
+                exit_code, truncated, state = int(event.data), bool(event.truncated), event.state
         return ExecutionResult(
             stdout="".join(out["stdout"]),
             stderr="".join(out["stderr"]),
@@ -204,6 +246,8 @@ class FakeEngine:
             duration_ms=round((self.backend.clock() - start) * 1000),
             truncated=truncated,
             runtime=request.runtime,
+            results=results if state is not None else None,
+            state=state,
         )
 
     async def execute_stream(
@@ -231,7 +275,10 @@ class FakeEngine:
             self.files[code_file(RUNTIMES[request.runtime], request.file_extension, request.file_name)] = (
                 request.code or ""
             ).encode()
-            async for event in self._play(request, terminal):
+            play = self._play(request, terminal)
+            if self.options.stateful:
+                play = self._stateful(request, play)
+            async for event in play:
                 if terminal is not None and event.type in ("stdout", "stderr"):
                     event = StreamEvent(type="stdout", data=event.data.replace("\n", "\r\n"), phase=event.phase)
                 yield event
@@ -257,9 +304,11 @@ class FakeEngine:
         elapsed_ms = 0.0
         written = {"stdout": 0, "stderr": 0}
         truncated = False
-        for number, raw in enumerate((request.code or "").splitlines(), start=1):
+        lines = (request.code or "").splitlines()
+        last = max((n for n, raw in enumerate(lines, start=1) if _statement(raw)), default=0)
+        for number, raw in enumerate(lines, start=1):
             line = raw.strip()
-            if not line or line.startswith(("#", "//")):
+            if not _statement(raw):
                 continue
             self.backend.time.advance(1)
             elapsed_ms += 1
@@ -306,6 +355,7 @@ class FakeEngine:
                 return
             if "os.kill(1, 9)" in line:
                 self.container = False
+                self.namespace = None
                 raise SandboxLost(
                     "The sandbox container 0123456789ab stopped unexpectedly. Retry; if it persists, run "
                     "`isol8 setup --force` and check `docker info`."
@@ -338,6 +388,14 @@ class FakeEngine:
                         phase="code",
                     )
                 continue
+            if self.namespace is not None:
+                played = self._interpret(request, line, number, number == last)
+                if played is not None:
+                    for event in played:
+                        yield event
+                    if played and played[-1].type == "exit":
+                        return
+                    continue
             shown = _output(line, request.runtime)
             if shown:
                 stream, text = shown
@@ -363,6 +421,65 @@ class FakeEngine:
                 yield _exit(1, truncated)
                 return
         yield _exit(0, truncated)
+
+    async def _stateful(
+        self, request: ExecutionRequest, play: AsyncGenerator[StreamEvent, None]
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """A run on the session's interpreter: it starts one when there is none (`fresh`), shows the
+        figures left open at the end, and loses its variables when the run is killed."""
+        kept = self.namespace is not None
+        if self.namespace is None:
+            self.namespace = {}
+        self.figures = 0
+        async for event in play:
+            if event.type == "exit" and event.oom_killed:
+                self.namespace = None
+                yield StreamEvent(type="error", data=LOST, phase="code")
+                event = event.model_copy(update={"state": "lost"})
+            elif event.type == "exit":
+                for _ in range(self.figures):
+                    yield _result(_Figure(), main=False)
+                event = event.model_copy(update={"state": "kept" if kept else "fresh"})
+            yield event
+
+    def _interpret(self, request: ExecutionRequest, line: str, number: int, last: bool) -> list[StreamEvent] | None:
+        """One line on the interpreter: the events it gives (ending with `exit` when it fails), or None
+        when it is not one of the interpreter's statements (the other rules play it)."""
+        namespace = self.namespace if self.namespace is not None else {}
+        runtime = request.runtime
+        try:
+            if runtime == "bash":
+                assigned = _BASH_ASSIGN.match(line)
+                if assigned:
+                    namespace[assigned["name"]] = assigned["value"].strip("\"'")
+                    return []
+                if line.startswith("echo") and "$" in line:
+                    expanded = _BASH_VARIABLE.sub(lambda m: str(namespace.get(m["name"], "")), line)
+                    shown = _output(expanded, runtime)
+                    return [StreamEvent(type=shown[0], data=shown[1], phase="code")] if shown else None
+                return None
+            if _FIGURE.match(line):
+                self.figures = max(self.figures, 1)
+                return []
+            displayed = _DISPLAY.match(line)
+            if displayed:
+                value = _evaluate(displayed["expr"], namespace)
+                return None if value is _UNKNOWN else [_result(value, main=False)]
+            assigned = _ASSIGN.match(line)
+            if assigned:
+                value = _evaluate(assigned["expr"], namespace)
+                namespace[assigned["name"]] = _Opaque(assigned["expr"]) if value is _UNKNOWN else value
+                return []
+            value = _evaluate(line, namespace)
+            if value is _UNKNOWN:
+                return None
+            return [_result(value, main=True)] if last else []
+        except _Undefined as undefined:
+            path = code_file(RUNTIMES[runtime], request.file_extension, request.file_name)
+            return [
+                StreamEvent(type="stderr", data=_undefined(path, number, line, undefined.name, runtime), phase="code"),
+                _exit(1, False),
+            ]
 
     async def _request(self, url: str, line: str) -> AsyncGenerator[StreamEvent, None]:
         parts = urlsplit(url)
@@ -448,6 +565,176 @@ async def _read_line(terminal: Terminal, answer: list[str]) -> AsyncGenerator[st
             elif key.isprintable():
                 answer.append(key)
                 yield key
+
+
+def _statement(raw: str) -> bool:
+    line = raw.strip()
+    return bool(line) and not line.startswith(("#", "//"))
+
+
+class _Undefined(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+_UNKNOWN = object()
+"""What `_evaluate` makes of an expression it does not play (a call, an attribute, ...)."""
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """A pandas DataFrame, as far as its display goes: columns of equal length."""
+
+    columns: dict[str, list[object]]
+
+    def html(self) -> str:
+        """As pandas' `_repr_html_` writes its <table>."""
+        head = "".join(f"      <th>{name}</th>\n" for name in self.columns)
+        body = ""
+        for index, row in enumerate(self.rows()):
+            cells = "".join(f"      <td>{value}</td>\n" for value in row)
+            body += f"    <tr>\n      <th>{index}</th>\n{cells}    </tr>\n"
+        return (
+            '<table border="1" class="dataframe">\n  <thead>\n    <tr style="text-align: right;">\n'
+            f"      <th></th>\n{head}    </tr>\n  </thead>\n  <tbody>\n{body}  </tbody>\n</table>"
+        )
+
+    def text(self) -> str:
+        """As pandas prints it: the index on the left, each column right-aligned."""
+        rows = self.rows()
+        index = max((len(str(i)) for i in range(len(rows))), default=0)
+        widths = [max([len(name), *(len(str(row[c])) for row in rows)]) for c, name in enumerate(self.columns)]
+        lines = [" " * index + "".join(f"  {name:>{w}}" for name, w in zip(self.columns, widths, strict=True))]
+        for i, row in enumerate(rows):
+            lines.append(f"{i:<{index}}" + "".join(f"  {v!s:>{w}}" for v, w in zip(row, widths, strict=True)))
+        return "\n".join(lines)
+
+    def rows(self) -> list[list[object]]:
+        return [list(values) for values in zip(*self.columns.values(), strict=True)]
+
+
+@dataclass(frozen=True)
+class _Markdown:
+    text: str
+
+
+@dataclass(frozen=True)
+class _Opaque:
+    """A value the fake does not compute (its expression is all it knows)."""
+
+    expr: str
+
+
+class _Figure:
+    """A matplotlib figure left open: a small PNG plot."""
+
+
+def _evaluate(expr: str, namespace: dict[str, object]) -> object:
+    """The value of a literal, a variable, arithmetic over them, `DataFrame({...})` or `Markdown("...")`;
+    _UNKNOWN for anything else; _Undefined for a name never assigned."""
+    try:
+        tree = ast.parse(expr.strip().rstrip(";"), mode="eval")
+    except SyntaxError:
+        return _UNKNOWN
+    return _value(tree.body, namespace)
+
+
+_OPERATORS: dict[type[ast.operator], Callable[[Any, Any], object]] = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.FloorDiv: lambda a, b: a // b,
+    ast.Mod: lambda a, b: a % b,
+    ast.Pow: lambda a, b: a**b,
+}
+
+
+def _value(node: ast.expr, namespace: dict[str, object]) -> object:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id not in namespace:
+            raise _Undefined(node.id)
+        return namespace[node.id]
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        left, right = _value(node.left, namespace), _value(node.right, namespace)
+        if _UNKNOWN in (left, right):
+            return _UNKNOWN
+        try:
+            return _OPERATORS[type(node.op)](left, right)
+        except (TypeError, ZeroDivisionError, OverflowError):
+            return _UNKNOWN
+    if isinstance(node, (ast.List, ast.Tuple, ast.Dict, ast.Set, ast.UnaryOp)):
+        try:
+            return ast.literal_eval(node)
+        except ValueError:
+            return _UNKNOWN
+    if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords:
+        callee = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        try:
+            argument = ast.literal_eval(node.args[0])
+        except ValueError:
+            return _UNKNOWN
+        if callee == "DataFrame" and isinstance(argument, dict):
+            return _Frame({str(name): list(values) for name, values in argument.items()})
+        if callee == "Markdown" and isinstance(argument, str):
+            return _Markdown(argument)
+    return _UNKNOWN
+
+
+def _result(value: object, main: bool) -> StreamEvent:
+    """A displayed value's event, its bundle as the real interpreter fills it."""
+    data: dict[MimeType, str]
+    if isinstance(value, _Frame):
+        data = {"text/plain": value.text(), "text/html": value.html()}
+    elif isinstance(value, _Markdown):
+        data = {"text/plain": "<IPython.core.display.Markdown object>", "text/markdown": value.text}
+    elif isinstance(value, _Figure):
+        data = {"text/plain": "<Figure size 640x480 with 1 Axes>", "image/png": base64.b64encode(_png()).decode()}
+    elif isinstance(value, _Opaque):
+        data = {"text/plain": f"<{value.expr}>"}
+    else:
+        data = {"text/plain": repr(value)}
+    result = RichResult(data=data, is_main_result=main)
+    return StreamEvent(type="result", data=result.text(), result=result)
+
+
+def _png(width: int = 64, height: int = 48) -> bytes:
+    """A small line plot as a PNG (white, a blue rising line, a grey axis): the same bytes every time."""
+    rows = []
+    for y in range(height):
+        row = bytearray(b"\x00")  # filter: none
+        for x in range(width):
+            on_line = abs((height - 1 - y) - x * (height - 1) // (width - 1)) <= 1
+            row += b"\x1f\x77\xb4" if on_line else b"\x80\x80\x80" if x == 0 or y == height - 1 else b"\xff\xff\xff"
+        rows.append(bytes(row))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"".join(rows), 9))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _undefined(path: str, number: int, line: str, name: str, runtime: str) -> str:
+    """A name never assigned, as the runtime reports it."""
+    if runtime == "python":
+        return (
+            "Traceback (most recent call last):\n"
+            f'  File "{path}", line {number}, in <module>\n'
+            f"    {line}\n"
+            f"NameError: name '{name}' is not defined\n"
+        )
+    return (
+        f"file://{path}:{number}\n{line}\n^\n\nReferenceError: {name} is not defined\n    at file://{path}:{number}:1\n"
+    )
 
 
 def _exit(code: int, truncated: bool, *, timed_out: bool = False, oom_killed: bool = False) -> StreamEvent:

@@ -82,9 +82,20 @@ print("\\033[33mwarning\\033[0m: the cache is cold")
 print("got", input("deploy to production? [y/N] "))
 """
 
+ANALYSIS = """\
+import pandas as pd
+import matplotlib.pyplot as plt
+
+df = pd.DataFrame({"city": ["Lisbon", "Oslo", "Nairobi"], "temp": [21, 4, 25]})
+print("3 cities loaded")
+plt.bar(df["city"], df["temp"])
+df
+"""
+
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "screenshots"
 
 FILTERED = SessionSpec("python", "filtered", (r"(.*\.)?pypi\.org", r"files\.pythonhosted\.org"), (r".*\.evil\.com",))
+STATEFUL = SessionSpec("python", stateful=True)
 
 
 @dataclass
@@ -175,6 +186,14 @@ async def network(pilot: Pilot[Any]) -> None:
     await settle(pilot)
 
 
+async def results(pilot: Pilot[Any]) -> None:
+    """A stateful session's run: its table and its figure under the output (images as their line)."""
+    screen = await started(pilot)
+    screen.create_session(STATEFUL)
+    await run_to_end(pilot)
+    await settle(pilot, lambda: screen.outputs.results.count == 2)
+
+
 async def session_dialog(pilot: Pilot[Any]) -> None:
     await settle(pilot)
     await pilot.press("ctrl+n")
@@ -245,6 +264,7 @@ SCENES: list[Scene] = [
         searched,
     ),
     Scene("jump", "Jump mode (ctrl+g): the letter on a pane focuses it", HELLO, jump),
+    Scene("results", "A stateful session's results: a DataFrame as a table, a figure as an image", ANALYSIS, results),
 ]
 SIZES: tuple[tuple[int, int], ...] = ((80, 24), (120, 35), (160, 45), (200, 50))
 """The terminal sizes every view is checked at."""
@@ -256,6 +276,7 @@ SCENES += [
         ("network", network, FETCHING),
         ("help", help_screen, HELLO),
         ("jump", jump, HELLO),
+        ("results", results, ANALYSIS),
     )
 ]
 SCENES.append(
@@ -271,7 +292,7 @@ def build_app(scene: Scene, folder: Path, backend: FakeBackend | None = None) ->
         "watch": False,
         "cursor_blink": False,
         "animations": False,
-        "settings": TuiSettings(),
+        "settings": TuiSettings(images=False),  # images as their line: the same picture in every terminal
         **scene.app_options,
     }
     return make_app(Path(scene.filename), backend=backend or FakeBackend(), **options)

@@ -16,6 +16,7 @@ from isol8_tui.screens.main import MainScreen
 from isol8_tui.widgets.files import FilesPane
 from isol8_tui.widgets.network import NetworkInspector
 from isol8_tui.widgets.output import OutputPane
+from isol8_tui.widgets.results import ResultView
 
 
 def write_config(folder: Path, data: Any) -> Path:
@@ -104,6 +105,7 @@ def test_dump_round_trips_the_tui_section(workdir: Path) -> None:
         "clearOutputOnRun": True,
         "theme": "isol8",
         "keymap": {"help": "f2"},
+        "images": True,
     }
     write_config(workdir, dump)  # a dump is itself a valid config file
     assert load_config(workdir).config == config
@@ -112,7 +114,7 @@ def test_dump_round_trips_the_tui_section(workdir: Path) -> None:
 def test_keymap_ids_are_the_apps_binding_ids() -> None:
     """Every action the config accepts exists as a binding id in the app, and the other way round."""
     ids = set()
-    for owner in (WorkbenchApp, MainScreen, FilesPane, OutputPane, NetworkInspector):
+    for owner in (WorkbenchApp, MainScreen, FilesPane, OutputPane, NetworkInspector, ResultView):
         for binding in owner.BINDINGS:
             if getattr(binding, "id", None):
                 ids.add(binding.id)
