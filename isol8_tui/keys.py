@@ -83,7 +83,7 @@ ACTIONS: dict[str, Action] = {
             "shift+f9,f21",  # xterm and the Linux console send shift+f9 as f21
             "reset_session",
             "Reset interpreter",
-            tooltip="End a stateful session's interpreter: its variables go, /sandbox stays",
+            tooltip="Reset a stateful session's interpreter: variables go, files stay",
             show=False,
         ),
         Action("scratch", "ctrl+f", "scratch", "Scratch session", show=False),

@@ -70,6 +70,10 @@ def shown(result: RichResult) -> Shown:
     return Shown("text", "text/plain")
 
 
+_BREAKS = frozenset({"br", "p", "div", "li", "table", "tr", "td", "th"})
+"""Tags that start a new line in a browser: their text is apart from the text before them."""
+
+
 class _TableParser(HTMLParser):
     """The first <table>'s rows; a row under <thead> (or a first row of <th> cells only) is the header."""
 
@@ -87,6 +91,8 @@ class _TableParser(HTMLParser):
         self._cell: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self._cell is not None and tag in _BREAKS:
+            self._cell.append(" ")
         if tag in ("style", "script"):
             self._skip += 1
         elif self._done:
@@ -105,8 +111,6 @@ class _TableParser(HTMLParser):
             self._end_cell()
             self._cell = []
             self._row_heads = self._row_heads and tag == "th"
-        elif tag == "br" and self._cell is not None:
-            self._cell.append(" ")
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("style", "script"):

@@ -122,7 +122,6 @@ class ResultsPane(VerticalScroll):
         self.count += 1
         self.mount(ResultView(result, self.count, self.images))
         self._update()
-        self.scroll_end(animate=False)
 
     def _update(self) -> None:
         self.border_title = f"results[dim] · {self.count}[/]" if self.count else "results"
