@@ -156,12 +156,12 @@ async def test_reset_is_refused_with_the_reason_on_a_session_that_is_not_statefu
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         screen = main_screen(app)
         await wait_for(pilot, lambda: screen.selected is not None and screen.selected.state == "idle")
+        reason = str(NotStateful.for_reset())
         for session in (screen.selected, screen.scratch):
             assert session is not None
             app.clear_notifications()
             screen.select_session(session)
             await pilot.press("shift+f9")
-            reason = str(NotStateful.for_reset())
             await wait_for(pilot, lambda: any(reason in str(n.message) for n in app._notifications))
             [refusal] = list(app._notifications)
             assert refusal.title == f"{session.name} not reset" and refusal.severity == "warning"
@@ -218,7 +218,9 @@ async def test_a_table_and_a_figure_show_under_the_output(fake_app) -> None:
         assert caption.startswith("image/png · 64×48 px · 287 bytes")
         assert "s saves it" in caption
         assert not image_view.query(TerminalImage)  # images off: the line only
-        assert "results" in str(screen.outputs.results.border_title) and "· 2" in str(screen.outputs.results.border_title)
+        assert str(screen.outputs.results.border_title).startswith("results") and "· 2" in str(
+            screen.outputs.results.border_title
+        )
 
 
 async def test_with_images_on_the_figure_is_drawn_under_its_line(fake_app) -> None:
