@@ -229,6 +229,11 @@ class WorkbenchApp(keys.KeymapApp, inherit_bindings=False):
             "{session-settings} · timeout, memory, CPU, env, stdin, packages (saved in the project file)",
             main.action_session_settings,
         )
+        yield command(
+            "Session: reset the interpreter",
+            "{reset-session} · a stateful session's variables go, its files stay",
+            main.action_reset_session,
+        )
         yield command("File: save as…", "{save-as}", main.action_save_as)
         yield command(
             "Output: search",

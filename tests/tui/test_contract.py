@@ -116,3 +116,40 @@ async def test_an_interactive_run_answers_input_through_the_terminal_screen(any_
         screen.outputs.flush()
         assert [line.rstrip() for line in screen.outputs.stdout.lines] == ["name? alice", "got alice", ""]
         assert list(screen.outputs.stderr.lines) == []
+
+
+async def test_a_stateful_session_keeps_variables_until_reset(any_backend: Backend, workdir) -> None:
+    """On both engines: the dialog's toggle makes a stateful session; a variable survives into the next
+    run, whose last expression is its main result; a reset ends the interpreter, so the name is gone."""
+    from isol8_tui.widgets.results import ResultView
+
+    (workdir / "main.py").write_text("x = 41\n")
+    app = contract_app(workdir / "main.py", any_backend, Isol8Config())
+    async with app.run_test(size=(120, 36), notifications=True) as pilot:
+        screen = main_screen(app)
+        await wait_for(pilot, lambda: screen.started)
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewSessionScreen))
+        await pilot.click("#ns-stateful")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: screen.selected is not None and screen.selected.name == "python-2")
+        session = screen.selected
+        assert session is not None and session.stateful
+        await wait_for(pilot, lambda: session.state == "idle", timeout=60)
+
+        def results() -> list[tuple[str, bool]]:
+            return [(v.result.text(), v.result.is_main_result) for v in screen.outputs.results.query(ResultView)]
+
+        await run_and_wait(pilot, timeout=60)
+        assert shown(screen) == ([], [], "✓ exit 0 · <duration> · state fresh") and results() == []
+
+        screen.query_one(TextArea).text = "x + 1\n"
+        await run_and_wait(pilot, timeout=60)
+        assert shown(screen) == ([], [], "✓ exit 0 · <duration> · state kept") and results() == [("42", True)]
+
+        await pilot.press("shift+f9")
+        await wait_for(pilot, lambda: any("was reset" in str(n.message) for n in app._notifications), timeout=60)
+        await run_and_wait(pilot, timeout=60)
+        stdout, stderr, status = shown(screen)
+        assert stdout == [] and status == "✗ exit 1 · <duration> · state fresh" and results() == []
+        assert [line for line in stderr if line][-1] == "NameError: name 'x' is not defined"
