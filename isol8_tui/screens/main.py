@@ -552,8 +552,11 @@ class MainScreen(Screen[None]):
         self._set_status(view, finished, shown)
         if message.interpreter == "lost":
             session = self.bridge.sessions.get(message.session_id)
-            lost = f"The interpreter of {session.name if session else 'the session'} was lost: its variables are gone"
-            self.notify(f"{lost}; the next run starts a fresh one.", title="State lost", severity="warning", timeout=8)
+            why = (
+                message.interpreter_lost or "its interpreter ended: its variables are gone, the next run starts afresh"
+            )
+            title = f"{session.name if session else 'The session'}: state lost"
+            self.notify(why, title=title, severity="warning", timeout=10)
         if message.error:
             if shown:
                 self.outputs.failed(message.error)

@@ -221,7 +221,7 @@ class StatusLine(Static):
         elif status.interpreter == "fresh":
             parts.append(Content.from_markup("[$accent]state fresh[/]"))
         elif status.interpreter == "lost":
-            reason = short(status.interpreter_lost, 60)
+            reason = short(status.interpreter_lost)
             lost = "[b $error]state lost[/]" + (": $reason" if reason else "")
             parts.append(Content.from_markup(lost, reason=reason))
         return Content(" · ").join(parts)

@@ -94,8 +94,11 @@ _BASH_ASSIGN = re.compile(r"^(?P<name>[A-Za-z_]\w*)=(?P<value>\S*)$")
 _BASH_VARIABLE = re.compile(r"\$\{?(?P<name>[A-Za-z_]\w*)\}?")
 _DISPLAY = re.compile(r"^display\((?P<expr>.+)\)\s*;?$")
 _FIGURE = re.compile(r"^plt\.(?!show|close|savefig)\w+\(")
-LOST = "The interpreter was killed: its variables are gone, the next run starts a fresh one."
-"""The loss notice of a stateful run (an `error` event before its `exit`)."""
+LOST = (
+    "INTERPRETER STATE LOST: the interpreter was killed at the memory limit; its variables are gone "
+    "(files in /sandbox remain). The next run starts a fresh interpreter"
+)
+"""How the engine says a stateful session's interpreter was lost (in the `error` event before `exit`)."""
 
 
 class FakeClock:
@@ -350,7 +353,8 @@ class FakeEngine:
                 continue
             oom = _OOM.search(line)
             if oom and int(oom["e"]) >= 9:
-                yield StreamEvent(type="error", data="OUT OF MEMORY", phase="code")
+                notice = "OUT OF MEMORY" if self.namespace is None else f"OUT OF MEMORY; {LOST}"
+                yield StreamEvent(type="error", data=notice, phase="code")
                 yield _exit(137, truncated, oom_killed=True)
                 return
             if "os.kill(1, 9)" in line:
@@ -434,7 +438,6 @@ class FakeEngine:
         async for event in play:
             if event.type == "exit" and event.oom_killed:
                 self.namespace = None
-                yield StreamEvent(type="error", data=LOST, phase="code")
                 event = event.model_copy(update={"state": "lost"})
             elif event.type == "exit":
                 for _ in range(self.figures):

@@ -189,9 +189,9 @@ async def test_a_run_killed_at_the_memory_limit_says_the_state_is_lost(fake_app)
         await run_and_wait(pilot)
         await run_code(pilot, screen, "data = bytearray(10**10)\n")
         status = status_of(screen)
-        assert "out of memory" in status and "state lost: The interpreter was killed" in status
-        assert f"--- {LOST} ---" in screen.outputs.stderr.lines
-        assert any(n.title == "State lost" for n in app._notifications)
+        assert "out of memory" in status and "state lost: OUT OF MEMORY; INTERPRETER STATE LOST" in status
+        assert f"--- OUT OF MEMORY; {LOST} ---" in screen.outputs.stderr.lines
+        assert any(n.title == "python-2: state lost" and LOST in n.message for n in app._notifications)
         await run_code(pilot, screen, "x + 1\n")
         assert "state fresh" in status_of(screen)
         assert screen.outputs.stderr.lines[-2] == "NameError: name 'x' is not defined"
