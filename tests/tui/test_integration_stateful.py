@@ -64,3 +64,76 @@ async def test_variables_survive_two_runs_and_an_html_table_is_shown_as_a_table(
             ["ada", "36"],
             ["alan", "41"],
         ]
+
+
+PLOT = """\
+import struct, zlib
+
+def png(width, height):
+    rows = b"".join(b"\\x00" + b"\\xff\\x80\\x00" * width for _ in range(height))
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+class Plot:
+    def _repr_png_(self):
+        return png(3, 2)
+
+Plot()
+"""
+
+
+async def test_an_image_result_is_named_by_its_line_and_saved_as_its_png(
+    docker_client: DockerClient, workdir: Path
+) -> None:
+    from textual.widgets import Input
+
+    from isol8_tui.screens.dialogs import PathScreen
+
+    path = workdir / "plot.py"
+    path.write_text(PLOT)
+    app = make_app(path, watch=False, cursor_blink=False, animations=False, settings=TuiSettings(images=False))
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = main_screen(app)
+        await wait_for(pilot, lambda: screen.started, timeout=60)
+        session = screen.create_session(SessionSpec("python", stateful=True))
+        assert session is not None
+        await wait_for(pilot, lambda: session.state == "idle", timeout=90)
+        await run_and_wait(pilot, timeout=90)
+        [view] = screen.outputs.results.query(ResultView)
+        assert view.shown.kind == "image", view.result.data.keys()
+        caption = str(view.query_one(".result-caption").render())
+        assert caption.startswith("image/png · 3×2 px · "), caption
+        view.focus()
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, PathScreen))
+        app.screen.query_one("#path-input", Input).value = str(workdir / "plot.png")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: (workdir / "plot.png").exists())
+        saved = (workdir / "plot.png").read_bytes()
+        assert saved.startswith(b"\x89PNG\r\n\x1a\n") and saved == view.result.binary("image/png")
+
+
+async def test_re_running_on_save_keeps_the_interpreters_variables(docker_client: DockerClient, workdir: Path) -> None:
+    from textual.message import Message
+    from tui_helpers import write_until_rerun
+
+    path = workdir / "cell.py"
+    path.write_text("x = 41\n")
+    settings = TuiSettings(watch_debounce_ms=50, images=False)
+    app = make_app(path, watch=True, cursor_blink=False, animations=False, settings=settings)
+    messages: list[Message] = []
+    async with app.run_test(size=(120, 36), message_hook=messages.append) as pilot:
+        screen = main_screen(app)
+        await wait_for(pilot, lambda: screen.started, timeout=60)
+        session = screen.create_session(SessionSpec("python", stateful=True))
+        assert session is not None
+        await wait_for(pilot, lambda: session.state == "idle", timeout=90)
+        await run_and_wait(pilot, timeout=90)
+        await write_until_rerun(pilot, path, "x + 1\n", messages, timeout=120)
+        await wait_for(pilot, lambda: screen.current_run is None, timeout=60)
+        assert screen.selected is session
+        status = str(screen.runbar.query_one("#status").render())
+        assert "✓ exit 0" in status and "state kept" in status, (status, screen.outputs.stderr.lines)
+        assert [v.result.text() for v in screen.outputs.results.query(ResultView)] == ["42"]
