@@ -201,7 +201,8 @@ class MainScreen(Screen[None]):
                 yield editor.data_bind(MainScreen.runtime)
                 with TabbedContent(id="results", initial="tab-output"):
                     with TabPane("Output", id="tab-output"):
-                        yield OutputPanes(self.settings.scrollback_lines, self.settings.images)
+                        yield OutputPanes(self.settings.scrollback_lines)
+                        yield ResultsPane(self.settings.images)
                     with TabPane("Network", id="tab-network"):
                         yield NetworkInspector().data_bind(session=MainScreen.selected)
                     with TabPane("Files", id="tab-files"):
@@ -215,6 +216,11 @@ class MainScreen(Screen[None]):
     @property
     def outputs(self) -> OutputPanes:
         return self.query_one(OutputPanes)
+
+    @property
+    def result_pane(self) -> ResultsPane:
+        """A stateful session's results, under the output."""
+        return self.query_one(ResultsPane)
 
     @property
     def network(self) -> NetworkInspector:
@@ -438,7 +444,7 @@ class MainScreen(Screen[None]):
     def _show_view(self, view: SessionView) -> None:
         """The panes and the status line show this session's run."""
         self.outputs.show(view.stdout, view.stderr)
-        self.outputs.results.show(view.results)
+        self.result_pane.show(view.results)
         self.network.show(view.requests)
         self.run_status = view.status.at(self.bridge.backend.clock()) if view.run is not None else view.status
 
@@ -514,7 +520,7 @@ class MainScreen(Screen[None]):
         view, shown = found
         view.results.append(message.result)
         if shown:
-            self.outputs.results.add(message.result)
+            self.result_pane.add(message.result)
 
     @on(RunNoticed)
     def show_notice(self, message: RunNoticed) -> None:
@@ -926,7 +932,11 @@ class MainScreen(Screen[None]):
     def save_result(self, message: ResultView.SaveRequested) -> None:
         """A result's value to a file: an image as its PNG or JPEG, a table as its HTML, text as text."""
         view = message.view
-        data = rich_results.content(view.result, view.mime)
+        try:
+            data = rich_results.content(view.result, view.mime)
+        except ValueError:
+            self.notify(f"Result #{view.number} is not valid base64: there is nothing to save.", severity="error")
+            return
         session = self.selected.name if self.selected else "run"
 
         def chosen(path: object) -> None:

@@ -22,7 +22,6 @@ from textual.widgets import Input
 
 from isol8_tui.keys import bindings, key_labels
 from isol8_tui.transcript import Transcript
-from isol8_tui.widgets.results import ResultsPane
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -280,21 +279,18 @@ class OutputSearch(Input):
 
 
 class OutputPanes(Vertical):
-    """stdout above stderr; stderr is tinted so it is never mistaken for normal output. A stateful
-    session's results (displayed values) come under them, once there are any."""
+    """stdout above stderr; stderr is tinted so it is never mistaken for normal output."""
 
     HELP: ClassVar[str] = OutputPane.HELP
 
-    def __init__(self, scrollback_lines: int, images: bool = True) -> None:
+    def __init__(self, scrollback_lines: int) -> None:
         super().__init__(id="outputs")
         self.scrollback_lines = scrollback_lines
-        self.images = images
         self._searching: OutputPane | None = None
 
     def compose(self) -> ComposeResult:
         yield OutputPane("stdout", self.scrollback_lines)
         yield OutputPane("stderr", self.scrollback_lines)
-        yield ResultsPane(self.images)
         yield OutputSearch(placeholder="search the output · enter finds · escape leaves", id="output-search")
 
     @property
@@ -304,10 +300,6 @@ class OutputPanes(Vertical):
     @property
     def stderr(self) -> OutputPane:
         return self.query_one("#stderr", OutputPane)
-
-    @property
-    def results(self) -> ResultsPane:
-        return self.query_one(ResultsPane)
 
     def content_changed(self) -> None:
         """An empty stream shrinks to its title line so the other one gets the room."""

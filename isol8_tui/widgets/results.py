@@ -23,6 +23,7 @@ from textual_image.widget import Image as TerminalImage
 from engine.models import MimeType, RichResult
 from isol8_tui import rich_results
 from isol8_tui.keys import bindings, key_labels
+from isol8_tui.widgets.output import clean
 
 
 class ResultView(Vertical, can_focus=True):
@@ -68,11 +69,13 @@ class ResultView(Vertical, can_focus=True):
                 ]
 
             table: DataTable[Text] = DataTable(show_cursor=False, zebra_stripes=True, classes="result-table")
-            table.add_columns(*(Text(name) for name in aligned(header)))
-            table.add_rows([[Text(cell) for cell in aligned(row)] for row in rows])
+            table.add_columns(*(Text(clean(name)) for name in aligned(header)))
+            table.add_rows([[Text(clean(cell)) for cell in aligned(row)] for row in rows])
             yield table
         elif shown.kind == "markdown":
-            yield Markdown(self.result.data.get("text/markdown", ""), classes="result-markdown")
+            # links are not followed: the text is the untrusted code's
+            markdown = clean(self.result.data.get("text/markdown", ""))
+            yield Markdown(markdown, classes="result-markdown", open_links=False)
         elif shown.kind in ("image", "file"):
             save = key_labels(self).bound(ResultView, "save_result")
             caption = Text(rich_results.describe(self.result, shown.mime))
@@ -83,9 +86,10 @@ class ResultView(Vertical, can_focus=True):
                 if picture is not None:
                     yield picture
         else:
-            yield Static(Text(self.result.data.get(shown.mime, "")), classes="result-text")
+            yield Static(Text(clean(self.result.data.get(shown.mime, ""))), classes="result-text")
 
     def _picture(self) -> Widget | None:
+        """The image as textual-image draws it; None when Pillow cannot read it."""
         from PIL import Image, UnidentifiedImageError
 
         try:
@@ -126,8 +130,6 @@ class ResultsPane(VerticalScroll):
     def _update(self) -> None:
         self.border_title = f"results[dim] · {self.count}[/]" if self.count else "results"
         self.set_class(self.count > 0, "-has-results")
-        if self.parent is not None:
-            self.parent.set_class(self.count > 0, "-has-results")
 
 
 def _is_number(text: str) -> bool:

@@ -191,7 +191,7 @@ async def results(pilot: Pilot[Any]) -> None:
     screen = await started(pilot)
     screen.create_session(STATEFUL)
     await run_to_end(pilot)
-    await settle(pilot, lambda: screen.outputs.results.count == 2)
+    await settle(pilot, lambda: screen.result_pane.count == 2)
 
 
 async def session_dialog(pilot: Pilot[Any]) -> None:

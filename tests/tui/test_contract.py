@@ -138,7 +138,7 @@ async def test_a_stateful_session_keeps_variables_until_reset(any_backend: Backe
         await wait_for(pilot, lambda: session.state == "idle", timeout=60)
 
         def results() -> list[tuple[str, bool]]:
-            return [(v.result.text(), v.result.is_main_result) for v in screen.outputs.results.query(ResultView)]
+            return [(v.result.text(), v.result.is_main_result) for v in screen.result_pane.query(ResultView)]
 
         await run_and_wait(pilot, timeout=60)
         assert shown(screen) == ([], [], "✓ exit 0 · <duration> · state fresh") and results() == []

@@ -55,7 +55,7 @@ async def test_variables_survive_two_runs_and_an_html_table_is_shown_as_a_table(
         status = str(screen.runbar.query_one("#status").render())
         assert "✓ exit 0" in status and "state kept" in status, (status, screen.outputs.stderr.lines)
         assert screen.outputs.stdout.lines == ["42", ""]
-        [view] = screen.outputs.results.query(ResultView)
+        [view] = screen.result_pane.query(ResultView)
         assert view.result.is_main_result and view.result.text() == "Scores(2 rows)"
         assert view.shown.kind == "table"
         table = view.query_one(DataTable)
@@ -101,7 +101,7 @@ async def test_an_image_result_is_named_by_its_line_and_saved_as_its_png(
         assert session is not None
         await wait_for(pilot, lambda: session.state == "idle", timeout=90)
         await run_and_wait(pilot, timeout=90)
-        [view] = screen.outputs.results.query(ResultView)
+        [view] = screen.result_pane.query(ResultView)
         assert view.shown.kind == "image", view.result.data.keys()
         caption = str(view.query_one(".result-caption").render())
         assert caption.startswith("image/png · 3×2 px · "), caption
@@ -136,4 +136,4 @@ async def test_re_running_on_save_keeps_the_interpreters_variables(docker_client
         assert screen.selected is session
         status = str(screen.runbar.query_one("#status").render())
         assert "✓ exit 0" in status and "state kept" in status, (status, screen.outputs.stderr.lines)
-        assert [v.result.text() for v in screen.outputs.results.query(ResultView)] == ["42"]
+        assert [v.result.text() for v in screen.result_pane.query(ResultView)] == ["42"]

@@ -36,7 +36,7 @@ def status_of(screen: MainScreen) -> str:
 
 
 def results_of(screen: MainScreen) -> list[ResultView]:
-    return list(screen.outputs.results.query(ResultView))
+    return list(screen.result_pane.query(ResultView))
 
 
 async def stateful_session(pilot, screen: MainScreen) -> Session:  # type: ignore[no-untyped-def]
@@ -135,7 +135,7 @@ async def test_a_session_that_is_not_stateful_keeps_no_variables_and_says_nothin
         await run_and_wait(pilot)
         await run_code(pilot, screen, "x + 1\n")
         assert "state" not in status_of(screen) and results_of(screen) == []
-        assert not screen.outputs.results.display
+        assert not screen.result_pane.display
 
 
 async def test_reset_ends_the_interpreter_so_the_next_run_starts_fresh(fake_app) -> None:
@@ -218,8 +218,8 @@ async def test_a_table_and_a_figure_show_under_the_output(fake_app) -> None:
         assert caption.startswith("image/png · 64×48 px · 287 bytes")
         assert "s saves it" in caption
         assert not image_view.query(TerminalImage)  # images off: the line only
-        assert str(screen.outputs.results.border_title).startswith("results") and "· 2" in str(
-            screen.outputs.results.border_title
+        assert str(screen.result_pane.border_title).startswith("results") and "· 2" in str(
+            screen.result_pane.border_title
         )
 
 
@@ -344,3 +344,27 @@ def test_an_image_that_is_not_one_is_named_as_such() -> None:
     assert rich_results.describe(broken, "image/png") == "image/png · not a readable image · 9 bytes"
     garbled = RichResult(data={"image/png": "abc"})
     assert rich_results.describe(garbled, "image/png") == "image/png · not valid base64"
+
+
+async def test_a_results_text_cannot_drive_the_terminal(fake_app) -> None:
+    """Escape sequences and control characters in a result (the untrusted code's text) are dropped, as
+    in the output panes; markdown links are not followed."""
+    from textual.widgets import Static
+
+    app = fake_app(settings=NO_IMAGES)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = main_screen(app)
+        await wait_for(pilot, lambda: screen.started)
+        pane = screen.result_pane
+        pane.add(RichResult(data={"text/plain": "\x1b]52;c;Y2F0\x07\x1b[2Jcleared\x07 screen\x1b[31m"}))
+        html = "<table><tr><th>\x1b[5mh</th></tr><tr><td>\x1b[2Jc\x08ell</td></tr></table>"
+        pane.add(RichResult(data={"text/html": html, "text/plain": "t"}))
+        pane.add(RichResult(data={"text/markdown": "[x](https://evil.example)\x1b[2J"}))
+        await pilot.pause()
+        text_view, table_view, markdown_view = results_of(screen)
+        assert str(text_view.query_one(Static).render()) == "cleared screen"
+        table = table_view.query_one(DataTable)
+        assert [str(c.label) for c in table.columns.values()] == ["h"]
+        assert [str(cell) for cell in table.get_row_at(0)] == ["ell"]  # the backspace took the c back
+        markdown = markdown_view.query_one(Markdown)
+        assert markdown.source == "[x](https://evil.example)" and markdown._open_links is False
