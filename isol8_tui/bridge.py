@@ -32,7 +32,7 @@ from engine.models import InterpreterState, RichResult
 from engine.runtimes import RUNTIME_NAMES, RUNTIMES, detect_runtime
 from engine.terminal import Terminal
 from isol8_tui.output import one_line
-from isol8_tui.sessions import RunSettings, Session, SessionSpec, SessionState
+from isol8_tui.sessions import STATEFUL_RUNTIMES, RunSettings, Session, SessionSpec, SessionState, stateless_reason
 
 log = logging.getLogger("isol8.tui")
 
@@ -296,8 +296,10 @@ class EngineBridge:
 
     def create_session(self, spec: SessionSpec) -> Session:
         """A persistent engine; its container starts with `warm_up` or the first run. Bad patterns or
-        ports raise ValueError (the dialog checks them first). The config's
-        `network.whitelistReachesPrivate` still applies."""
+        ports, or stateful for a runtime without an interpreter, raise ValueError (the dialog checks
+        them first). The config's `network.whitelistReachesPrivate` still applies."""
+        if spec.stateful and spec.runtime not in STATEFUL_RUNTIMES:
+            raise ValueError(stateless_reason(spec.runtime))
         network_filter = NetworkFilter(
             whitelist=list(spec.whitelist),
             blacklist=list(spec.blacklist),

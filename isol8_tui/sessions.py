@@ -17,11 +17,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.interface import Engine
 from engine.models import NetworkMode, parse_size
+from engine.runtimes import RUNTIME_NAMES, RUNTIMES
 
 SessionState = Literal["new", "starting", "idle", "running", "error"]
 
 NETWORK_POLICIES: tuple[NetworkMode, ...] = tuple(sorted(get_args(NetworkMode), key=lambda mode: mode == "host"))
 """The engine's network modes as the pickers list them: the one that opens this machine's network last."""
+STATEFUL_RUNTIMES: tuple[str, ...] = tuple(name for name in RUNTIME_NAMES if RUNTIMES[name].kernel is not None)
+"""The runtimes with a long-lived interpreter, which a stateful session keeps (engine/runtimes.py)."""
+
+
+def stateless_reason(runtime: str) -> str:
+    """Why a session of `runtime` cannot be stateful (the dialog's note, the bridge's refusal)."""
+    return (
+        f"{runtime} has no long-lived interpreter: each run is a new process. Stateful sessions run "
+        f"{', '.join(STATEFUL_RUNTIMES)}."
+    )
 
 
 class RunSettings(BaseModel):

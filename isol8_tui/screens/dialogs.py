@@ -25,7 +25,7 @@ from engine.models import NetworkMode
 from engine.runtimes import RUNTIME_NAMES
 from isol8_tui.keys import key_labels
 from isol8_tui.output import one_line
-from isol8_tui.sessions import NETWORK_POLICIES, RunSettings, SessionSpec
+from isol8_tui.sessions import NETWORK_POLICIES, STATEFUL_RUNTIMES, RunSettings, SessionSpec, stateless_reason
 from isol8_tui.widgets.bars import MarkBox
 from isol8_tui.widgets.network import describe
 
@@ -162,7 +162,18 @@ class NewSessionScreen(Dialog):
 
     def on_mount(self) -> None:
         self._network_changed()
+        self._runtime_changed()
         self.query_one("#ns-runtime", Select).focus()
+
+    @on(Select.Changed, "#ns-runtime")
+    def _runtime_changed(self) -> None:
+        """Stateful only where the runtime has a long-lived interpreter."""
+        runtime = str(self.query_one("#ns-runtime", Select).value)
+        box = self.query_one("#ns-stateful", Checkbox)
+        box.disabled = runtime not in STATEFUL_RUNTIMES
+        box.tooltip = stateless_reason(runtime) if box.disabled else None
+        if box.disabled:
+            box.value = False
 
     @property
     def network(self) -> NetworkMode:

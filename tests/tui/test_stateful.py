@@ -368,3 +368,30 @@ async def test_a_results_text_cannot_drive_the_terminal(fake_app) -> None:
         assert [str(cell) for cell in table.get_row_at(0)] == ["ell"]  # the backspace took the c back
         markdown = markdown_view.query_one(Markdown)
         assert markdown.source == "[x](https://evil.example)" and markdown._open_links is False
+
+
+async def test_stateful_is_offered_only_for_runtimes_with_an_interpreter(fake_app) -> None:
+    from textual.widgets import Checkbox, Select
+
+    from isol8_tui.bridge import EngineBridge
+    from isol8_tui.sessions import STATEFUL_RUNTIMES, SessionSpec
+
+    assert STATEFUL_RUNTIMES == ("python", "node", "bash")
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = main_screen(app)
+        await wait_for(pilot, lambda: screen.started)
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: isinstance(app.screen, NewSessionScreen))
+        dialog = app.screen
+        box = dialog.query_one("#ns-stateful", Checkbox)
+        box.value = True
+        dialog.query_one("#ns-runtime", Select).value = "bun"
+        await pilot.pause()
+        assert box.disabled and not box.value and "bun has no long-lived interpreter" in str(box.tooltip)
+        assert dialog.spec() is not None and not dialog.spec().stateful  # type: ignore[union-attr]
+        dialog.query_one("#ns-runtime", Select).value = "node"
+        await pilot.pause()
+        assert not box.disabled
+    with pytest.raises(ValueError, match="deno has no long-lived interpreter"):
+        EngineBridge(FakeBackend()).create_session(SessionSpec("deno", stateful=True))
