@@ -395,3 +395,24 @@ async def test_stateful_is_offered_only_for_runtimes_with_an_interpreter(fake_ap
         assert not box.disabled
     with pytest.raises(ValueError, match="deno has no long-lived interpreter"):
         EngineBridge(FakeBackend()).create_session(SessionSpec("deno", stateful=True))
+
+
+async def test_f1_on_a_result_lists_its_save_key_and_everywhere_the_reset_key(fake_app) -> None:
+    from isol8_tui.screens.help import HelpScreen
+
+    app = fake_app(ANALYSIS, settings=NO_IMAGES)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = main_screen(app)
+        await stateful_session(pilot, screen)
+        await run_and_wait(pilot)
+        results_of(screen)[1].focus()
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        help_screen = app.screen
+        assert isinstance(help_screen, HelpScreen)
+        assert "Result" in str(help_screen.query_one("#help-dialog").border_title)
+        assert [(k.keys, k.description) for k in help_screen.pane_keys] == [
+            ("s", "Save the selected result (an image as its file) to a file")
+        ]
+        reset = [k for k in help_screen.global_keys if "interpreter" in k.description]
+        assert [k.keys for k in reset] == ["shift+f9 f21"]
