@@ -46,7 +46,6 @@ KILL_DEADLINE_S = 2.0  # SIGKILL is not refused: only a task stuck in the kernel
 IPC_KINDS = {"shm": ("shmid", "-m"), "sem": ("semid", "-s"), "msg": ("msqid", "-q")}
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}  # what a client may send a running job
 END_OF_INPUT = b"\x04"  # a terminal's EOF character: ends a read at the start of a line
-KERNEL_GRACE_S = 2.0  # how long an interrupted cell may take to stop before its interpreter is killed
 
 
 class RefusedPath(Exception):
@@ -404,6 +403,8 @@ class Job:
                 return
             if "result" in line and self.status is None:
                 self._send_result(line["result"])
+            if line.get("ack"):
+                kernel.ack()
             elif "done" in line and self.status is None:
                 code = line["done"]
                 self.status = (code & 0xFF) << 8 if isinstance(code, int) else 1 << 8
@@ -545,7 +546,7 @@ class Job:
 
     def stop(self, *, timed_out: bool, keep_kernel: bool = True) -> None:
         """Kill every process of the job (timeout or the engine's `cancel`). A cell is first
-        interrupted: its interpreter (and state) survive when it stops within KERNEL_GRACE_S;
+        interrupted: its interpreter (and state) survive when it stops within its grace;
         past that, or where SIGINT cannot end a cell, the interpreter is killed too."""
         self.timed_out = self.timed_out or timed_out
         kernel = self.agent.kernel
@@ -553,7 +554,7 @@ class Job:
             if kernel.interruptible and not self.interrupted:
                 self.interrupted = True
                 kernel.interrupt()
-                self.deadline = time.monotonic() + KERNEL_GRACE_S
+                self.deadline = time.monotonic() + float(self.kernel_spec.get("grace_ms", 0)) / 1000
                 return
             keep_kernel = False
         self.killed = True
@@ -1231,8 +1232,12 @@ class Agent:
                 elif what == "kernel" and self.kernel is not None:
                     if self.job is not None and self.job.kernel_spec is not None:
                         self.job.take_kernel_lines()
-                    elif None in self.kernel.read_lines(1 << 20):  # between cells: nothing is owed
-                        self.reset_kernel()  # its results channel is broken: no cell could end
+                    else:  # between cells nothing is owed: results of threads a cell left go nowhere
+                        lines = self.kernel.read_lines(1 << 20)
+                        if None in lines:
+                            self.reset_kernel()  # its results channel is broken: no cell could end
+                        elif any(line and line.get("ack") for line in lines):
+                            self.kernel.ack()
                 elif what == "stdin" and self.job:
                     self.job.write_stdin()
             job = self.job
