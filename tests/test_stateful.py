@@ -3,6 +3,8 @@ rich results (MIME bundles). Real Docker, real interpreters."""
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import base64
 import struct
 import zlib
@@ -281,3 +283,20 @@ async def test_a_dataframe_comes_back_as_html_and_a_figure_as_png(dataviz_image:
         assert figure.binary("image/png").startswith(b"\x89PNG") and not figure.is_main_result
         again = await run(engine, "print(df['b'].sum())")  # the figure was shown and closed: nothing more
         assert (again.stdout, again.results) == ("7\n", [])
+
+
+async def test_nothing_of_the_interpreter_runs_between_executions(session: DockerIsol8) -> None:
+    """A thread a cell leaves behind is stopped with the interpreter until the next run: no work, no
+    network, no output outside an execution's time limit."""
+    started = await run(
+        session,
+        "import threading, time\nstamps = []\n"
+        "def tick():\n    while True:\n        stamps.append(time.monotonic())\n        time.sleep(0.005)\n"
+        "threading.Thread(target=tick, daemon=True).start()\ntime.sleep(0.05)\ntime.monotonic()",
+    )
+    ended = float(started.results[0].text())  # type: ignore[index]
+    await asyncio.sleep(0.6)
+    later = await run(session, "begun = time.monotonic()\n[begun, [s for s in stamps if s > " + repr(ended) + "]]")
+    begun, between = ast.literal_eval(later.results[0].text())  # type: ignore[index]
+    assert begun - ended > 0.5
+    assert not [stamp for stamp in between if ended + 0.05 < stamp < begun - 0.05]

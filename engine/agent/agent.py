@@ -384,6 +384,7 @@ class Job:
                 os.chdir("/")
             self.fresh_kernel = True
         self.proc = kernel.proc
+        kernel.resume()  # stopped since the last run ended
         self.started = time.monotonic()
         self.deadline = self.started + self.timeout
         self.streams = dict(kernel.outputs)
@@ -397,7 +398,7 @@ class Job:
         kernel = self.agent.kernel
         if kernel is None:
             return
-        for line in kernel.read_lines(self.max_file_size * 2 + 4096):
+        for line in kernel.read_lines(self.max_file_size * 4 // 3 + 65536):  # a bundle's base64, and its JSON
             if line is None:  # not one of its lines: the interpreter cannot be trusted to go on
                 self.stop(timed_out=False, keep_kernel=False)
                 return
@@ -927,32 +928,28 @@ class Agent:
         double forks, processes whose main thread exited, leftovers of earlier uids); False when
         some still exist at the deadline.
 
-        `spare`, a stateful session's interpreter, lives on. Its uid's processes are first all
-        stopped in one kill(-1) pass, so none can fork while the others are killed one by one
-        (kill(-1, SIGKILL) would take the interpreter too); then the interpreter goes on."""
+        `spare`, a stateful session's interpreter, lives on, stopped. Its uid's processes are first
+        all stopped in one kill(-1) pass, so none can fork while the others are killed one by one
+        (kill(-1, SIGKILL) would take the interpreter too). The interpreter stays stopped until its
+        next cell: nothing of it (a thread a cell left) runs outside an execution's time limit."""
         self.take_waiting(None)  # it dies too (a scrub starts a new one for the next uid)
         if spare is not None:
             kill_every_process_of(self.uid, signal.SIGSTOP)
-        try:
-            deadline = time.monotonic() + KILL_DEADLINE_S
-            pause = 0.0002
-            while found := self.sandbox_processes(spare):
-                if time.monotonic() > deadline:
-                    return False
-                for pid in found:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                for uid in set().union(*found.values()):
-                    if spare is None or uid != self.uid:
-                        kill_every_process_of(uid)
-                self.reap()
-                time.sleep(pause)
-                pause = min(pause * 2, 0.01)
-            return True
-        finally:
-            if spare is not None:
+        deadline = time.monotonic() + KILL_DEADLINE_S
+        pause = 0.0002
+        while found := self.sandbox_processes(spare):
+            if time.monotonic() > deadline:
+                return False
+            for pid in found:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(spare, signal.SIGCONT)
+                    os.kill(pid, signal.SIGKILL)
+            for uid in set().union(*found.values()):
+                if spare is None or uid != self.uid:
+                    kill_every_process_of(uid)
+            self.reap()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+        return True
 
     def forget_kernel(self) -> None:
         """Let go of an interpreter that has ended (its state is gone; the next cell starts anew)."""

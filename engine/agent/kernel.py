@@ -115,6 +115,10 @@ class Kernel:
         with contextlib.suppress(OSError):
             _write(self.control, b"ack\n")
 
+    def resume(self) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGCONT)
+
     def interrupt(self) -> None:
         with contextlib.suppress(OSError):
             os.kill(self.pid, signal.SIGINT)

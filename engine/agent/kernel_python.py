@@ -221,6 +221,8 @@ def _reap_children() -> None:
 
 def main() -> None:
     control_fd, results_fd = (int(fd) for fd in os.environ.pop("ISOL8_KERNEL_FDS").split(","))
+    for fd in (control_fd, results_fd):
+        os.set_inheritable(fd, False)  # a cell's `os.system` child gets neither
     sys.path[0] = "/sandbox"  # as for a file run from /sandbox; not this file's folder
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures are drawn to PNG, never to a window
     kernel = Kernel(control_fd, results_fd)
