@@ -300,3 +300,13 @@ async def test_nothing_of_the_interpreter_runs_between_executions(session: Docke
     begun, between = ast.literal_eval(later.results[0].text())  # type: ignore[index]
     assert begun - ended > 0.5
     assert not [stamp for stamp in between if ended + 0.05 < stamp < begun - 0.05]
+
+
+async def test_a_module_written_after_the_interpreter_started_imports(session: DockerIsol8) -> None:
+    """Packages installed into the session later (pip's user site, made after the interpreter
+    started) import in the next cell."""
+    first = await run(session, "import site\nx = 1\nsite.getusersitepackages()")
+    site = ast.literal_eval(first.results[0].text()) + "/latecomer.py"  # type: ignore[index]
+    result = await run(session, "import latecomer\nlatecomer.VALUE + x", files={site: "VALUE = 41"})
+    assert result.exit_code == 0, result.stderr
+    assert result.results[0].text() == "42"  # type: ignore[index]

@@ -141,6 +141,7 @@ class Kernel:
             while line := self.control.readline():
                 cell = json.loads(line)
                 _reap_children()
+                _see_new_packages()
                 signal.signal(signal.SIGINT, self.on_sigint)  # the cell may have replaced it
                 code = self.run_cell(cell)
                 _flush()
@@ -206,6 +207,18 @@ def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+
+
+def _see_new_packages() -> None:
+    """Packages installed since the interpreter started (`pip install --user` made its site folder
+    after `site` looked for it) import like the others."""
+    import importlib
+    import site
+
+    user_site = site.getusersitepackages()
+    if user_site not in sys.path and os.path.isdir(user_site):
+        site.addsitedir(user_site)
+    importlib.invalidate_caches()
 
 
 def _reap_children() -> None:
