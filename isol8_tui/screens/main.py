@@ -343,6 +343,15 @@ class MainScreen(Screen[None]):
             if view.interactive is not None and view.run == view.interactive.run_id:
                 self._open_terminal(view.interactive)
                 return
+            if session.stateful:
+                new = keys.key_labels(self)["new-session"]
+                self.notify(
+                    f"{session.name} is stateful: its interpreter reads only its cells, no terminal. Run it "
+                    f"interactively in a session without stateful ({new}).",
+                    title="No interactive run",
+                    severity="warning",
+                )
+                return
         rows, cols = terminal_size(self.app.size)
         self.start_run(self.editor_pane.text, "interactive", Terminal(rows, cols))
 

@@ -264,6 +264,16 @@ class FakeEngine:
                 f'Cannot switch runtime from "{self.options.runtime}" to "{request.runtime}". Each persistent '
                 "container supports a single runtime. Create a new engine for a different runtime."
             )
+        if self.options.stateful and request.cmd is None:
+            if terminal is not None or request.stdin is not None:
+                raise Isol8Error(
+                    "A stateful session's interpreter takes no stdin and no terminal: pass the data in files, "
+                    "or run it with cmd."
+                )
+            if request.args:
+                raise Isol8Error(
+                    "A stateful session's code runs in its interpreter, which takes no args: set variables."
+                )
         self.requests.append(request)
         self.running += 1
         if self.options.mode == "persistent":

@@ -416,3 +416,20 @@ async def test_f1_on_a_result_lists_its_save_key_and_everywhere_the_reset_key(fa
         ]
         reset = [k for k in help_screen.global_keys if "interpreter" in k.description]
         assert [k.keys for k in reset] == ["shift+f9 f21"]
+
+
+async def test_an_interactive_run_is_refused_in_a_stateful_session_and_args_fail_with_the_engines_reason(
+    fake_app,
+) -> None:
+    from isol8_tui.sessions import RunSettings
+
+    app = fake_app("x = 41\n", settings=NO_IMAGES)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        screen = main_screen(app)
+        session = await stateful_session(pilot, screen)
+        await pilot.press("shift+f5")
+        await wait_for(pilot, lambda: any(n.title == "No interactive run" for n in app._notifications))
+        assert app.screen is screen and screen.current_run is None and session.runs == 0
+        await screen.bridge.configure(session, RunSettings(args=["--fast"]))
+        await run_and_wait(pilot)
+        assert "takes no args" in status_of(screen)
