@@ -4,6 +4,7 @@ outcome, so the fake the other tests rely on cannot drift from the engine it sta
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -118,13 +119,42 @@ async def test_an_interactive_run_answers_input_through_the_terminal_screen(any_
         assert list(screen.outputs.stderr.lines) == []
 
 
-async def test_a_stateful_session_keeps_variables_until_reset(any_backend: Backend, workdir) -> None:
+@dataclass(frozen=True)
+class StatefulCase:
+    """Two runs on one interpreter, then one after a reset, in one runtime's spelling."""
+
+    file: str
+    define: str
+    use: str
+    used: tuple[list[str], list[tuple[str, bool]]]  # stdout and (result text, main) after `use`
+    forgotten: tuple[list[str], str, str]  # stdout, a stderr line and the exit after the reset
+
+
+STATEFUL_CASES = {
+    "python": StatefulCase(
+        "main.py", "x = 41\n", "x + 1\n", ([], [("42", True)]), ([], "NameError: name 'x' is not defined", "✗ exit 1")
+    ),
+    "node": StatefulCase(
+        "main.js",
+        "let x = 41;\n",
+        "x + 1\n",
+        ([], [("42", True)]),
+        ([], "ReferenceError: x is not defined", "✗ exit 1"),
+    ),
+    "bash": StatefulCase("main.sh", "X=41\n", 'echo "got $X"\n', (["got 41", ""], []), (["got ", ""], "", "✓ exit 0")),
+}
+
+
+@pytest.mark.parametrize("runtime", STATEFUL_CASES)
+async def test_a_stateful_session_keeps_variables_until_reset(any_backend: Backend, workdir, runtime: str) -> None:
     """On both engines: the dialog's toggle makes a stateful session; a variable survives into the next
-    run, whose last expression is its main result; a reset ends the interpreter, so the name is gone."""
+    run (whose last expression is its main result, where the runtime has one); a reset ends the
+    interpreter, so the name is gone."""
     from isol8_tui.widgets.results import ResultView
 
-    (workdir / "main.py").write_text("x = 41\n")
-    app = contract_app(workdir / "main.py", any_backend, Isol8Config())
+    case = STATEFUL_CASES[runtime]
+    (workdir / case.file).write_text(case.define)
+    app = contract_app(workdir / case.file, any_backend, Isol8Config())
     async with app.run_test(size=(120, 36), notifications=True) as pilot:
         screen = main_screen(app)
         await wait_for(pilot, lambda: screen.started)
@@ -132,7 +162,7 @@ async def test_a_stateful_session_keeps_variables_until_reset(any_backend: Backe
         await wait_for(pilot, lambda: isinstance(app.screen, NewSessionScreen))
         await pilot.click("#ns-stateful")
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: screen.selected is not None and screen.selected.name == "python-2")
+        await wait_for(pilot, lambda: screen.selected is not None and screen.selected.name == f"{runtime}-2")
         session = screen.selected
         assert session is not None and session.stateful
         await wait_for(pilot, lambda: session.state == "idle", timeout=60)
@@ -143,13 +173,16 @@ async def test_a_stateful_session_keeps_variables_until_reset(any_backend: Backe
         await run_and_wait(pilot, timeout=60)
         assert shown(screen) == ([], [], "✓ exit 0 · <duration> · state fresh") and results() == []
 
-        screen.query_one(TextArea).text = "x + 1\n"
+        screen.query_one(TextArea).text = case.use
         await run_and_wait(pilot, timeout=60)
-        assert shown(screen) == ([], [], "✓ exit 0 · <duration> · state kept") and results() == [("42", True)]
+        stdout, expected = case.used
+        assert shown(screen) == (stdout, [], "✓ exit 0 · <duration> · state kept") and results() == expected
 
         await pilot.press("shift+f9")
         await wait_for(pilot, lambda: any("was reset" in str(n.message) for n in app._notifications), timeout=60)
         await run_and_wait(pilot, timeout=60)
-        stdout, stderr, status = shown(screen)
-        assert stdout == [] and status == "✗ exit 1 · <duration> · state fresh" and results() == []
-        assert [line for line in stderr if line][-1] == "NameError: name 'x' is not defined"
+        stdout, error, exit_status = case.forgotten
+        assert shown(screen)[0] == stdout and shown(screen)[2] == f"{exit_status} · <duration> · state fresh"
+        assert results() == []
+        if error:
+            assert error in shown(screen)[1], shown(screen)[1]
