@@ -567,9 +567,7 @@ class MainScreen(Screen[None]):
         self._set_status(view, finished, shown)
         if message.interpreter == "lost":
             session = self.bridge.sessions.get(message.session_id)
-            why = (
-                message.interpreter_lost or "its interpreter ended: its variables are gone, the next run starts afresh"
-            )
+            why = message.interpreter_lost or "Its interpreter ended: its variables are gone; the next run starts anew."
             title = f"{session.name if session else 'The session'}: state lost"
             self.notify(why, title=title, severity="warning", timeout=10)
         if message.error:
