@@ -6,6 +6,8 @@ coloured half cells), else a line naming it; `s` saves the selected result to a 
 from __future__ import annotations
 
 import io
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,14 +18,29 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import DataTable, Markdown, Static
 
-# textual-image asks the terminal what it can draw when it is imported, which only works before
-# Textual starts reading the terminal: this module is imported with the app, ahead of `App.run`.
-from textual_image.widget import Image as TerminalImage
-
 from engine.models import MimeType, RichResult
 from isol8_tui import rich_results
 from isol8_tui.keys import bindings, key_labels
 from isol8_tui.widgets.output import clean
+
+log = logging.getLogger("isol8.tui")
+
+
+def terminal_image() -> Callable[..., Widget] | None:
+    """textual-image's widget, which draws with what the terminal can (sixel, kitty graphics, half
+    cells); None when the library cannot ask the terminal (a pseudo-terminal of size 0 makes it divide
+    by zero): images are then shown as their line."""
+    try:
+        from textual_image.widget import Image
+    except Exception as exc:  # a third-party import that talks to the terminal: never the app's end
+        log.warning("images are shown as their line: textual-image could not start (%s)", exc)
+        return None
+    return Image
+
+
+# textual-image asks the terminal what it can draw when it is imported, which only works before
+# Textual starts reading the terminal: this module is imported with the app, ahead of `App.run`.
+TERMINAL_IMAGE = terminal_image()
 
 
 class ResultView(Vertical, can_focus=True):
@@ -81,7 +98,7 @@ class ResultView(Vertical, can_focus=True):
             caption = Text(rich_results.describe(self.result, shown.mime))
             caption.append(f" · {save} saves it", style="dim")
             yield Static(caption, classes="result-caption")
-            if shown.kind == "image" and self.images:
+            if shown.kind == "image" and self.images and TERMINAL_IMAGE is not None:
                 picture = self._picture()
                 if picture is not None:
                     yield picture
@@ -97,7 +114,7 @@ class ResultView(Vertical, can_focus=True):
             image.load()
         except (UnidentifiedImageError, OSError, ValueError):
             return None  # the caption says it is not a readable image
-        return TerminalImage(image, classes="result-image")
+        return TERMINAL_IMAGE(image, classes="result-image") if TERMINAL_IMAGE is not None else None
 
     def action_save_result(self) -> None:
         self.post_message(self.SaveRequested(self))

@@ -433,3 +433,30 @@ async def test_an_interactive_run_is_refused_in_a_stateful_session_and_args_fail
         await screen.bridge.configure(session, RunSettings(args=["--fast"]))
         await run_and_wait(pilot)
         assert "takes no args" in status_of(screen)
+
+
+def test_an_image_library_that_cannot_start_leaves_images_as_their_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """textual-image asks the terminal at import (a pseudo-terminal of size 0 makes it divide by zero):
+    the workbench then starts all the same and names images by their line."""
+    import sys
+
+    from isol8_tui.widgets import results
+
+    monkeypatch.setitem(sys.modules, "textual_image.widget", None)  # its import now fails
+    assert results.terminal_image() is None
+
+
+async def test_without_the_image_library_an_image_is_its_line_even_with_images_on(
+    fake_app, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from isol8_tui.widgets import results
+
+    monkeypatch.setattr(results, "TERMINAL_IMAGE", None)
+    app = fake_app(ANALYSIS)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = main_screen(app)
+        await stateful_session(pilot, screen)
+        await run_and_wait(pilot)
+        image_view = results_of(screen)[1]
+        assert str(image_view.query_one(".result-caption").render()).startswith("image/png · 64×48 px")
+        assert not image_view.query(TerminalImage)
