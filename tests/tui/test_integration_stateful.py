@@ -137,3 +137,30 @@ async def test_re_running_on_save_keeps_the_interpreters_variables(docker_client
         status = str(screen.runbar.query_one("#status").render())
         assert "✓ exit 0" in status and "state kept" in status, (status, screen.outputs.stderr.lines)
         assert [v.result.text() for v in screen.result_pane.query(ResultView)] == ["42"]
+
+
+async def test_a_run_killed_at_the_memory_limit_says_in_the_status_that_the_state_is_lost(
+    docker_client: DockerClient, workdir: Path
+) -> None:
+    from isol8_tui.sessions import RunSettings
+
+    path = workdir / "hog.py"
+    path.write_text("x = 1\n")
+    app = make_app(path, watch=False, cursor_blink=False, animations=False, settings=TuiSettings(images=False))
+    async with app.run_test(size=(160, 36), notifications=True) as pilot:
+        screen = main_screen(app)
+        await wait_for(pilot, lambda: screen.started, timeout=60)
+        spec = SessionSpec("python", settings=RunSettings(memory_limit="128m"), stateful=True)
+        session = screen.create_session(spec)
+        assert session is not None
+        await wait_for(pilot, lambda: session.state == "idle", timeout=90)
+        await run_and_wait(pilot, timeout=90)
+        screen.editor_pane.editor.text = "hog = b'x' * (400 << 20)\n"
+        await run_and_wait(pilot, timeout=90)
+        status = str(screen.runbar.query_one("#status").render())
+        assert "out of memory" in status and "state lost: OUT OF MEMORY; INTERPRETER STATE LOST" in status, status
+        assert any("killed at the memory limit" in str(n.message) for n in app._notifications)
+        screen.editor_pane.editor.text = "print('x' in globals())\n"
+        await run_and_wait(pilot, timeout=90)
+        assert screen.outputs.stdout.lines == ["False", ""]
+        assert "state fresh" in str(screen.runbar.query_one("#status").render())
