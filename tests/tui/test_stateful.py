@@ -460,3 +460,15 @@ async def test_without_the_image_library_an_image_is_its_line_even_with_images_o
         image_view = results_of(screen)[1]
         assert str(image_view.query_one(".result-caption").render()).startswith("image/png · 64×48 px")
         assert not image_view.query(TerminalImage)
+
+
+def test_a_project_file_written_before_stateful_sessions_loads_them_as_not_stateful(workdir: Path) -> None:
+    from isol8_tui import project
+
+    path = workdir / PROJECT_FILE
+    path.write_text('{"version": 1, "sessions": [{"runtime": "python", "network": "none"}]}')
+    loaded = project.load(path)
+    assert loaded is not None and [s.spec().stateful for s in loaded.sessions] == [False]
+    path.write_text('{"version": 1, "sessions": [{"runtime": "python", "stateful": "yes please"}]}')
+    with pytest.raises(project.ProjectFileInvalid, match=r"sessions\.0\.stateful"):
+        project.load(path)
