@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from typing import Any
 
 MIME_METHODS = (
@@ -238,6 +239,8 @@ def main() -> None:
         os.set_inheritable(fd, False)  # a cell's `os.system` child gets neither
     sys.path[0] = "/sandbox"  # as for a file run from /sandbox; not this file's folder
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures are drawn to PNG, never to a window
+    # `plt.show()` on Agg would only warn: the figures it means are shown at the cell's end.
+    warnings.filterwarnings("ignore", "FigureCanvasAgg is non-interactive", UserWarning)
     kernel = Kernel(control_fd, results_fd)
     signal.signal(signal.SIGINT, kernel.on_sigint)
     kernel.serve()
