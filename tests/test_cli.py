@@ -229,9 +229,7 @@ def test_file_flag_errors(tmp_path: Path) -> None:
 
 
 def test_persistent_stateful_files_share_variables_and_results_go_to_files(tmp_path: Path) -> None:
-    (tmp_path / "a.py").write_text(
-        "import base64\nclass Pdf:\n    def _repr_pdf_(self):\n        return b'%PDF-1.4 x'\nx = 41\n"
-    )
+    (tmp_path / "a.py").write_text("class Pdf:\n    def _repr_pdf_(self):\n        return b'%PDF-1.4 x'\nx = 41\n")
     (tmp_path / "b.py").write_text("display(Pdf())\nx + 1\n")
     result = run_cli("run", "--persistent", "--stateful", "a.py", "b.py", cwd=tmp_path)
     assert (result.returncode, result.stdout) == (0, "42\n"), result.stderr
