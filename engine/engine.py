@@ -33,16 +33,20 @@ from engine.errors import (
 from engine.hardening import MANAGED_LABEL, OWNER_LABEL, container_config, owner_alive
 from engine.images.custom import find_custom, label
 from engine.models import (
+    BINARY_MIME_TYPES,
     CONTAINER_LIMITS,
+    MIME_TYPES,
     CleanupReport,
     ExecutionRequest,
     ExecutionResult,
+    InterpreterState,
     Isol8Options,
     NetworkFilter,
     NetworkLogEntry,
     PoolState,
     RequestLimits,
     ResourceUsage,
+    RichResult,
     SecurityEvent,
     StreamEvent,
     sandbox_path,
@@ -102,6 +106,8 @@ class Outcome:
     container_id: str | None = None
     files: dict[str, bytes] = field(default_factory=dict)
     usage: ResourceUsage | None = None
+    state: InterpreterState | None = None  # a stateful session's interpreter after the run
+    results_dropped: int = 0  # rich results over maxFileSize, left out
 
 
 class DockerIsol8:
@@ -195,6 +201,7 @@ class DockerIsol8:
         text: dict[str, list[str]] = {"stdout": [], "stderr": []}
         setup_stderr: list[str] = []
         network: list[NetworkLogEntry] = []
+        results: list[RichResult] = []
         outcome = Outcome(exit_code=1)
         execution_id = str(uuid.uuid4())
         observed = self._observed(request, execution_id, current_caller(), tracing.current())
@@ -204,6 +211,8 @@ class DockerIsol8:
                     outcome = item
                 elif item.entry is not None:
                     network.append(item.entry)
+                elif item.result is not None:
+                    results.append(item.result)
                 elif item.phase == "setup":
                     if item.type == "stderr":
                         setup_stderr.append(item.data)
@@ -231,6 +240,8 @@ class DockerIsol8:
             resource_usage=outcome.usage,
             network_logs=network if self.options.log_network and self.options.network == "filtered" else None,
             security_events=[_blocked(entry) for entry in network if entry.action == "BLOCK"] or None,
+            results=results if outcome.state is not None else None,
+            state=outcome.state,
         )
 
     def execute_stream(
@@ -361,6 +372,7 @@ class DockerIsol8:
                 steps.append(Step("setup", job(["bash", SETUP_FILE], files=setup_files), "Setup script failed"))
                 files = {}
         warm_argv = None
+        kernel = spec.kernel if self.options.stateful and request.cmd is None else None
         if request.cmd is not None:
             argv = ["bash", "-c", request.cmd]
         else:
@@ -369,6 +381,10 @@ class DockerIsol8:
             argv = [*spec.argv(path), *request.args]
             warm_argv = spec.warm_argv(path, env) if not request.args else None  # the warm paths take no args
         interactive = terminal is not None  # a new process on the terminal: no zygote, no warm start
+        if kernel is not None:  # the session's interpreter runs the file: no zygote, no warm start
+            # Its working directory persists between runs; `workdir` moves it.
+            cell = {**kernel.spec(), "cwd": resolve_workdir(request.workdir) if request.workdir else None}
+            return [*steps, Step("code", job(argv, files=files, kernel=cell, prestart=False))]
         code = job(
             argv,
             env={"TERM": TERMINAL_TYPE, **env} if interactive else env,
@@ -520,6 +536,8 @@ class DockerIsol8:
         if self.options.mode == "persistent":
             self._check_session_runtime(spec.name)
             self._check_session_limits(request)
+        if self.options.stateful and request.cmd is None:
+            _check_stateful(request, spec.name, spec.kernel is not None, terminal is not None)
             packages = [p for p in packages if p not in self._installed]
         image, packages, image_setup = await asyncio.to_thread(self._image_for, spec.name, packages)
         log.debug("run: runtime %s, mode %s, image %s", spec.name, self.options.mode, image)
@@ -579,6 +597,11 @@ class DockerIsol8:
                 if item.entry is not None:
                     entry = NetworkLogEntry.model_validate(_masked(item.entry, masker))
                     yield StreamEvent(type="network", data=entry.host, phase=step.phase, entry=entry)
+                    continue
+                if item.result is not None:
+                    result = _rich_result(item.result, masker)
+                    if result is not None:
+                        yield StreamEvent(type="result", data=result.text(), phase=step.phase, result=result)
                     continue
                 if item.exit is None:
                     data = streams[item.stream].feed(item.data)
@@ -819,6 +842,8 @@ def _closing_events(outcome: Outcome) -> list[StreamEvent]:
         message = f"{outcome.failed} (exit code {outcome.exit_code})"
     elif outcome.error:
         message = outcome.error
+    if outcome.state == "lost":
+        message = f"{message}; {state_lost(outcome)}" if message else state_lost(outcome)
     events = [StreamEvent(type="error", data=message, phase=outcome.phase)] if message else []
     truncated = outcome.stdout_truncated or outcome.stderr_truncated
     exit_event = StreamEvent(
@@ -828,6 +853,7 @@ def _closing_events(outcome: Outcome) -> list[StreamEvent]:
         truncated=truncated,
         timed_out=outcome.timed_out,
         oom_killed=outcome.oom_killed,
+        state=outcome.state,
     )
     events.append(exit_event)
     return events
@@ -884,19 +910,80 @@ def _outcome(item: Output, limit: int, phase: Phase) -> Outcome:
         container_id=report.get("container_id"),
         files=item.files,
         usage=usage,
+        state=report.get("kernel"),
+        results_dropped=int(report.get("results_dropped") or 0),
     )
 
 
 def _end_markers(outcome: Outcome, request: ExecutionRequest, options: Isol8Options) -> list[str]:
-    """The lines a buffered result's stderr ends with, saying why the run ended abnormally."""
+    """The lines a buffered result's stderr ends with, saying why the run ended abnormally (and
+    what became of a stateful session's interpreter and results)."""
+    markers = [*_state_markers(outcome, options)]
     if outcome.timed_out:
-        return [TIMEOUT_MARKER, *([outcome.error] if outcome.error else [])]
+        return [TIMEOUT_MARKER, *([outcome.error] if outcome.error else []), *markers]
     if outcome.oom_killed:
         limit = request.memory_limit or options.memory_limit
-        return [f"--- OUT OF MEMORY (limit: {limit}) ---"]
+        return [f"--- OUT OF MEMORY (limit: {limit}) ---", *markers]
     if outcome.error:
-        return [outcome.error]
-    return []
+        return [outcome.error, *markers]
+    return markers
+
+
+def _state_markers(outcome: Outcome, options: Isol8Options) -> list[str]:
+    markers = []
+    if outcome.results_dropped:
+        markers.append(
+            f"--- {outcome.results_dropped} RESULT(S) LEFT OUT: the run's results passed maxFileSize "
+            f"({options.max_file_size} bytes); display less, or raise maxFileSize ---"
+        )
+    if outcome.state == "lost":
+        markers.append(f"--- {state_lost(outcome)} ---")
+    return markers
+
+
+def state_lost(outcome: Outcome) -> str:
+    """Why a stateful session's interpreter is gone, and what that means, in one line."""
+    if outcome.oom_killed:
+        why = "the interpreter was killed at the memory limit"
+    elif outcome.timed_out:
+        why = "the run reached its timeout and the interpreter was killed with it"
+    elif outcome.error:
+        why = "the interpreter could not run the code"
+    else:
+        why = f"the interpreter ended (exit code {outcome.exit_code})"
+    return (
+        f"INTERPRETER STATE LOST: {why}; its variables are gone (files in /sandbox remain). "
+        "The next run starts a fresh interpreter"
+    )
+
+
+def _rich_result(event: dict[str, Any], masker: Masker) -> RichResult | None:
+    """A displayed value from the interpreter (the user's own process: anything it sends that is not
+    a bundle of known types is left out), its text types masked like output."""
+    data = event.get("data")
+    if not isinstance(data, dict):
+        return None
+    known = {mime: value for mime, value in data.items() if mime in MIME_TYPES and isinstance(value, str)}
+    masked = {mime: value if mime in BINARY_MIME_TYPES else masker.mask_text(value) for mime, value in known.items()}
+    if not masked:
+        return None
+    return RichResult.model_validate({"data": masked, "is_main_result": bool(event.get("main"))})
+
+
+def _check_stateful(request: ExecutionRequest, runtime: str, has_kernel: bool, interactive: bool) -> None:
+    """What a stateful session's interpreter cannot take, refused before any container."""
+    if not has_kernel:
+        raise Isol8Error(
+            f'A stateful session runs python, node or bash; "{runtime}" runs each execution as a new process. '
+            "Use a session without stateful for it."
+        )
+    if request.stdin is not None or interactive:
+        raise Isol8Error(
+            "A stateful session's interpreter takes no stdin and no terminal: pass the data in files, "
+            "or run it with cmd."
+        )
+    if request.args:
+        raise Isol8Error("A stateful session's code runs in its interpreter, which takes no args: set variables.")
 
 
 def cleanup(images: bool = False) -> CleanupReport:

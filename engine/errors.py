@@ -27,7 +27,7 @@ class can be rebuilt from the wire; the classmethods build the common messages.
     │   └── FileTooLarge         413 file_too_large
     ├── InputTooLarge            413 input_too_large  more keys than one interactive run may take
     ├── NotFiltered              400 not_filtered     allow and deny lists for a network that is not filtered
-    ├── NotStateful              400 not_stateful     a reset (or a stateful-only request) for a session that is not stateful
+    ├── NotStateful              400 not_stateful     a reset for a session that is not stateful
     ├── SessionNotFound          404 session_not_found
     ├── TooManySessions          429 too_many_sessions
     ├── PolicyRefused            403 policy_refused   the operator's policy does not allow the request

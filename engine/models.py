@@ -11,7 +11,7 @@ import posixpath
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -273,6 +273,7 @@ MimeType = Literal[
     "application/pdf",
 ]
 """What a rich result may hold (the code-interpreter model's MIME bundle)."""
+MIME_TYPES: frozenset[str] = frozenset(get_args(MimeType))
 BINARY_MIME_TYPES: frozenset[str] = frozenset({"image/png", "image/jpeg", "application/pdf"})
 """Bundle values that are bytes, held base64-encoded (as Jupyter holds them); the others are text
 (`application/json` as its JSON text) and are masked like output."""

@@ -27,6 +27,20 @@ Argv = Callable[[list[str]], list[str]]
 
 
 @dataclass(frozen=True)
+class Kernel:
+    """A stateful session's long-lived interpreter (engine/agent/kernel.py starts it): its argv, how
+    a cell is written to it (JSON, or words for bash), and whether SIGINT ends a cell and keeps
+    the interpreter's state (else a timeout kills it and the state is lost)."""
+
+    argv: tuple[str, ...]
+    cells: Literal["json", "words"] = "json"
+    interruptible: bool = True
+
+    def spec(self) -> dict[str, object]:
+        return {"argv": list(self.argv), "cells": self.cells, "interruptible": self.interruptible}
+
+
+@dataclass(frozen=True)
 class RuntimeSpec:
     """A runtime. `warm` is the option that gives its interpreter the agent's preload, so the
     interpreter can be started before its job (the preload waits for the job's env and cwd, then
@@ -41,6 +55,7 @@ class RuntimeSpec:
     image_install: Argv | None  # an image build's exec-form RUN installing system-wide, if supported
     warm: tuple[str, ...] = ()
     startup_env: tuple[str, ...] = ()
+    kernel: Kernel | None = None  # a stateful session's interpreter, where the runtime has one
 
     @property
     def image(self) -> str:
@@ -69,6 +84,12 @@ class RuntimeSpec:
 
 def _starts_with(name: str, patterns: tuple[str, ...]) -> bool:
     return any(name == pattern or (pattern.endswith("_") and name.startswith(pattern)) for pattern in patterns)
+
+
+def start_from_agent_dir(module: str) -> str:
+    """Python code that runs /opt/isol8/<module>.py's main() from its compiled form (a script is
+    compiled at each start), its folder, not the working directory, first on the path."""
+    return f"import sys; sys.path[0] = {AGENT_DIR!r}; import {module}; {module}.main()"
 
 
 # Read by Node and Deno as they start (the loader's paths, TLS, locale, proxies), not later.
@@ -123,6 +144,7 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             registries=(r"pypi\.org", r"files\.pythonhosted\.org"),
             install=_pip_user,
             image_install=_pip_system,
+            kernel=Kernel(("python3", "-c", start_from_agent_dir("kernel_python"))),
         ),
         RuntimeSpec(
             "node",
@@ -133,6 +155,7 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             image_install=_npm_system,
             warm=("--require", f"{AGENT_DIR}/warm-node.cjs"),
             startup_env=(*_COMMON_STARTUP, "NODE_", "UV_", "OPENSSL_", "ICU_DATA"),
+            kernel=Kernel(("node", "--expose-internals", f"{AGENT_DIR}/kernel-node.cjs")),
         ),
         RuntimeSpec(
             "bun",
@@ -181,6 +204,7 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             registries=(r"deb\.debian\.org",),
             install=_NO_APT_AT_RUN_TIME,
             image_install=_apt_system,
+            kernel=Kernel(("bash", f"{AGENT_DIR}/kernel-bash.sh"), cells="words", interruptible=False),
         ),
     )
 }

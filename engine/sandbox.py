@@ -65,6 +65,7 @@ class Job:
     prestart: bool = False  # start the next interpreter after this job (more jobs follow on this uid)
     max_file_size: int = MAX_FILE_SIZE  # the output paths' bytes together
     terminal: Terminal | None = None  # run on a pseudo-terminal; its input follows `stdin`
+    kernel: dict[str, Any] | None = None  # run the code file (argv's last) on the session's interpreter
 
     def request(self) -> dict[str, Any]:
         return {
@@ -82,6 +83,7 @@ class Job:
             "prestart": self.prestart,
             "max_file_size": self.max_file_size,
             "tty": self.terminal.size.model_dump() if self.terminal else None,
+            "kernel": self.kernel,
         }
 
 
@@ -91,12 +93,13 @@ class Output:
     output paths read back (a path that does not exist is left out) and, per output path that
     could not be read, its error."""
 
-    stream: str  # "stdout" | "stderr" | "network" | "exit"
+    stream: str  # "stdout" | "stderr" | "network" | "result" | "exit"
     data: bytes = b""
     exit: dict[str, Any] | None = None
     files: dict[str, bytes] = field(default_factory=dict)
     file_errors: list[FileError] = field(default_factory=list)
     entry: dict[str, Any] | None = None  # a network log entry
+    result: dict[str, Any] | None = None  # a displayed value: {data: MIME bundle, main: bool}
 
 
 class Sandbox:
@@ -320,6 +323,8 @@ class Sandbox:
                         receiving = files.setdefault(event["path"], bytearray())
                 elif event.get("ev") == "net":
                     yield Output("network", entry=event["entry"])
+                elif event.get("ev") == "result":
+                    yield Output("result", result=event)
                 elif event.get("ev") == "exit":
                     self._open = None
                     contents = {path: bytes(data) for path, data in files.items()}
@@ -382,6 +387,19 @@ class Sandbox:
                 "replaced (a session's files are gone). Retry."
             ) from None
 
+    async def reset_kernel(self) -> None:
+        """End the session's interpreter (and everything of the sandbox user); the next cell starts anew."""
+        async with self._deadline("resetting the interpreter"):
+            await self._request("reset", {})
+            await self._writer.drain()
+            while True:
+                kind, payload = await self._next_frame()
+                if kind == P.EVENT and (event := P.loads(payload)).get("ev") == "reset":
+                    self._open = None
+                    if event.get("error"):
+                        raise SandboxError(f"Cannot reset the interpreter: {event['error']}")
+                    return
+
     async def scrub(self) -> str | None:
         """Have the agent erase the last execution; None when it verified the sandbox is clean."""
         await self._request("scrub", {})
@@ -414,7 +432,7 @@ def _ends(op: str, kind: int, event: dict[str, Any]) -> bool:
     """Whether this frame is the last one of request `op`."""
     if op == "get":  # a file item: its END, or its error (before or after some DATA)
         return kind == P.END or (event.get("ev") == "file" and bool(event.get("error")))
-    return event.get("ev") == {"run": "exit", "put": "done", "scrub": "scrubbed"}[op]
+    return event.get("ev") == {"run": "exit", "put": "done", "scrub": "scrubbed", "reset": "reset"}[op]
 
 
 def _file_error(verb: str, event: dict[str, Any]) -> FileError:

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 
 import protocol as P  # sibling files inside the image (/opt/isol8)
 import zygote
+from kernel import Kernel
 
 ROOTS = ("/sandbox", "/tmp")
 AGENT_DIR = os.path.dirname(os.path.abspath(__file__))  # /opt/isol8: these files, compiled
@@ -45,6 +46,7 @@ KILL_DEADLINE_S = 2.0  # SIGKILL is not refused: only a task stuck in the kernel
 IPC_KINDS = {"shm": ("shmid", "-m"), "sem": ("semid", "-s"), "msg": ("msqid", "-q")}
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}  # what a client may send a running job
 END_OF_INPUT = b"\x04"  # a terminal's EOF character: ends a read at the start of a line
+KERNEL_GRACE_S = 2.0  # how long an interrupted cell may take to stop before its interpreter is killed
 
 
 class RefusedPath(Exception):
@@ -131,8 +133,8 @@ def task_uids(status_path: str) -> list[int]:
     return []
 
 
-def kill_every_process_of(uid: int) -> None:
-    """SIGKILL every process of `uid` in one pass: kill(-1) from a child running as that uid.
+def kill_every_process_of(uid: int, number: int = signal.SIGKILL) -> None:
+    """Signal (SIGKILL) every process of `uid` in one pass: kill(-1) from a child running as that uid.
 
     The kernel walks every process under its task-list lock, so a fork bomb cannot slip a new
     child past it. The child is waited for here, so `reap` never counts it as a job's process.
@@ -144,7 +146,7 @@ def kill_every_process_of(uid: int) -> None:
     if pid == 0:
         try:
             os.setresuid(uid, uid, uid)
-            os.kill(-1, signal.SIGKILL)
+            os.kill(-1, number)
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
@@ -256,6 +258,12 @@ class Job:
         self.streams: dict[int, int] = {}
         self.max_rss_kb = 0
         self.before = (oom_kills(), cpu_ns(), net_bytes())
+        # A stateful session's cell: the code file runs on the session's interpreter (kernel.py).
+        self.kernel_spec: dict | None = request.get("kernel")
+        self.fresh_kernel = False  # this cell started the interpreter
+        self.interrupted = False  # SIGINT sent to end the cell (timeout, cancel)
+        self.results_left = self.max_file_size  # bytes of rich results this cell may still send
+        self.results_dropped = 0
         self._begin_next_file()
 
     # --- receiving files and stdin -------------------------------------------------------------
@@ -327,6 +335,9 @@ class Job:
                 cwd = confine(cwd)
                 os.makedirs(cwd, exist_ok=True)
             warm = self.agent.take_waiting(None if self.tty else req.get("warm_argv"))
+            if self.kernel_spec is not None:
+                self.start_cell(env, self.kernel_spec.get("cwd"))
+                return
             if self.tty:  # always a new process: the zygote and warm interpreters have pipes
                 self.proc = self._popen(req["argv"], cwd, env, terminal=self._open_terminal())
             elif self.agent.zygote and req.get("python_file"):
@@ -360,6 +371,54 @@ class Job:
         if stdin is not None:
             os.set_blocking(stdin, False)
             self.agent.want_stdin_write()
+
+    def start_cell(self, env: dict[str, str], cwd: str | None) -> None:
+        """Hand the code file to the session's interpreter (started now if there is none)."""
+        agent = self.agent
+        kernel = agent.kernel
+        if kernel is None:
+            with self.agent.as_sandbox():
+                os.chdir("/sandbox")
+            try:
+                kernel = agent.kernel = Kernel(self.kernel_spec or {}, env, agent.uid, agent.gid, agent.selector)
+            finally:
+                os.chdir("/")
+            self.fresh_kernel = True
+        self.proc = kernel.proc
+        self.started = time.monotonic()
+        self.deadline = self.started + self.timeout
+        self.streams = dict(kernel.outputs)
+        try:
+            kernel.send_cell(self.request["argv"][-1], cwd, self.request.get("env", {}))
+        except OSError:  # it died before the cell reached it: reaping says how
+            self.agent.reap()
+
+    def take_kernel_lines(self) -> None:
+        """The interpreter's results and its `done`: results go out after the output written before them."""
+        kernel = self.agent.kernel
+        if kernel is None:
+            return
+        for line in kernel.read_lines(self.max_file_size * 2 + 4096):
+            if line is None:  # not one of its lines: the interpreter cannot be trusted to go on
+                self.stop(timed_out=False, keep_kernel=False)
+                return
+            if "result" in line and self.status is None:
+                self._send_result(line["result"])
+            elif "done" in line and self.status is None:
+                code = line["done"]
+                self.status = (code & 0xFF) << 8 if isinstance(code, int) else 1 << 8
+
+    def _send_result(self, result: object) -> None:
+        if not isinstance(result, dict) or not isinstance(result.get("data"), dict):
+            return
+        size = sum(len(str(value)) for value in result["data"].values())
+        if size > self.results_left:
+            self.results_dropped += 1
+            return
+        self.results_left -= size
+        for fd in list(self.streams):
+            self.read_output(fd)
+        self.agent.event({"ev": "result", "data": result["data"], "main": bool(result.get("main"))})
 
     def _open_terminal(self) -> int:
         """A pseudo-terminal of the asked size: keeps its master, returns its slave (for the job)."""
@@ -484,15 +543,27 @@ class Job:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
 
-    def stop(self, *, timed_out: bool) -> None:
-        """Kill every process of the job (timeout or the engine's `cancel`)."""
+    def stop(self, *, timed_out: bool, keep_kernel: bool = True) -> None:
+        """Kill every process of the job (timeout or the engine's `cancel`). A cell is first
+        interrupted: its interpreter (and state) survive when it stops within KERNEL_GRACE_S;
+        past that, or where SIGINT cannot end a cell, the interpreter is killed too."""
         self.timed_out = self.timed_out or timed_out
+        kernel = self.agent.kernel
+        if self.kernel_spec is not None and kernel is not None and keep_kernel:
+            if kernel.interruptible and not self.interrupted:
+                self.interrupted = True
+                kernel.interrupt()
+                self.deadline = time.monotonic() + KERNEL_GRACE_S
+                return
+            keep_kernel = False
         self.killed = True
-        self.agent.kill_sandbox_processes()
+        self.agent.kill_sandbox_processes(spare=kernel.pid if kernel and keep_kernel else None)
 
     def usage(self) -> dict:
         ooms, cpu, net = self.before
         cpu_after, net_after = cpu_ns(), net_bytes()
+        if self.kernel_spec is not None and self.agent.kernel is not None:
+            self.max_rss_kb = max(self.max_rss_kb, self.agent.kernel.peak_rss_kb())
         return {
             "oom_killed": oom_kills() > ooms,
             "cpu_time_ms": round((cpu_after - cpu) / 1e6, 3) if cpu is not None and cpu_after else None,
@@ -500,6 +571,15 @@ class Job:
             "network_bytes_in": net_after[0] - net[0] if net and net_after else None,
             "network_bytes_out": net_after[1] - net[1] if net and net_after else None,
         }
+
+    def kernel_state(self) -> str | None:
+        """What became of the session's interpreter in this cell: fresh, kept or lost."""
+        if self.kernel_spec is None:
+            return None
+        kernel = self.agent.kernel
+        if kernel is None or not kernel.alive:
+            return "lost"
+        return "fresh" if self.fresh_kernel else "kept"
 
     def exit_code(self) -> int:
         if self.timed_out or (self.killed and self.status is None):
@@ -623,6 +703,7 @@ class Agent:
         # The interpreter started ahead of the next job (node, deno): its argv, as a job asks for it.
         self.warm_argv: list[str] | None = P.loads(self.base_env.pop("ISOL8_PRESTART", "null"))
         self.waiting: subprocess.Popen | None = None
+        self.kernel: Kernel | None = None  # a stateful session's interpreter, between and during cells
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wake_r = wake_r
         signal.set_wakeup_fd(wake_w)
@@ -805,6 +886,12 @@ class Agent:
                 _close_pipes(self.waiting)
                 self.waiting = None
                 continue
+            kernel = self.kernel
+            if kernel is not None and pid == kernel.pid:
+                kernel.status = status
+                kernel.proc.returncode = os.waitstatus_to_exitcode(status)
+                if self.job is None or self.job.kernel_spec is None:  # it died between cells
+                    self.forget_kernel()
             job = self.job
             if job:
                 job.max_rss_kb = max(job.max_rss_kb, rusage.ru_maxrss)
@@ -812,13 +899,17 @@ class Agent:
                     job.status = status
                     job.proc.returncode = os.waitstatus_to_exitcode(status)
 
-    def sandbox_processes(self) -> dict[int, set[int]]:
+    def sandbox_processes(self, spare: int | None = None) -> dict[int, set[int]]:
         """Each process with a task of any sandbox uid, whatever the task's state: pid -> those uids.
+        Not `spare` (a stateful session's interpreter), nor its children already dead (it collects
+        them before its next cell).
 
         Per task, because a thread-group leader that has exited is a zombie while its threads run."""
         found: dict[int, set[int]] = {}
         for name in os.listdir("/proc"):
             if not name.isdigit():
+                continue
+            if spare is not None and (int(name) == spare or _dead_child_of(name, spare)):
                 continue
             try:
                 tids = os.listdir(f"/proc/{name}/task")
@@ -830,25 +921,52 @@ class Agent:
                     found.setdefault(int(name), set()).update(uids)
         return found
 
-    def kill_sandbox_processes(self) -> bool:
+    def kill_sandbox_processes(self, spare: int | None = None) -> bool:
         """SIGKILL every process of every sandbox uid until none is left (fork bombs, `setsid` and
         double forks, processes whose main thread exited, leftovers of earlier uids); False when
-        some still exist at the deadline."""
+        some still exist at the deadline.
+
+        `spare`, a stateful session's interpreter, lives on. Its uid's processes are first all
+        stopped in one kill(-1) pass, so none can fork while the others are killed one by one
+        (kill(-1, SIGKILL) would take the interpreter too); then the interpreter goes on."""
         self.take_waiting(None)  # it dies too (a scrub starts a new one for the next uid)
-        deadline = time.monotonic() + KILL_DEADLINE_S
-        pause = 0.0002
-        while found := self.sandbox_processes():
-            if time.monotonic() > deadline:
-                return False
-            for pid in found:
+        if spare is not None:
+            kill_every_process_of(self.uid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + KILL_DEADLINE_S
+            pause = 0.0002
+            while found := self.sandbox_processes(spare):
+                if time.monotonic() > deadline:
+                    return False
+                for pid in found:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                for uid in set().union(*found.values()):
+                    if spare is None or uid != self.uid:
+                        kill_every_process_of(uid)
+                self.reap()
+                time.sleep(pause)
+                pause = min(pause * 2, 0.01)
+            return True
+        finally:
+            if spare is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            for uid in set().union(*found.values()):
-                kill_every_process_of(uid)
-            self.reap()
-            time.sleep(pause)
-            pause = min(pause * 2, 0.01)
-        return True
+                    os.kill(spare, signal.SIGCONT)
+
+    def forget_kernel(self) -> None:
+        """Let go of an interpreter that has ended (its state is gone; the next cell starts anew)."""
+        if self.kernel is not None:
+            self.kernel.close()
+            self.kernel = None
+
+    def reset_kernel(self) -> str | None:
+        """End the interpreter and everything it left; the next cell starts a fresh one."""
+        if self.job is not None:
+            return "a run is in progress"
+        if self.kernel is not None:
+            self.kill_sandbox_processes()
+            self.forget_kernel()
+        return None
 
     # --- reuse (the pool's `fast` strategy) -------------------------------------------------------
     def scrub(self) -> str | None:
@@ -945,6 +1063,8 @@ class Agent:
             self.send_file(req["path"], int(req["max_bytes"]))
         elif op == "scrub":
             self.event({"ev": "scrubbed", "error": self.scrub()})
+        elif op == "reset":
+            self.event({"ev": "reset", "error": self.reset_kernel()})
         else:
             self.event({"ev": "error", "message": f"unknown op {op!r}"})
 
@@ -969,18 +1089,26 @@ class Agent:
             self.receiver.on_end()
 
     def finish(self, job: Job) -> None:
-        """Drain output, kill leftovers, send output paths and the exit event."""
+        """Drain output, kill leftovers (a session's interpreter lives on unless the cell was killed),
+        send output paths and the exit event."""
         for fd in list(job.streams):
             job.read_output(fd)
-        self.kill_sandbox_processes()
-        for fd in list(job.streams):
-            self.selector.unregister(fd)
+        cell = job.kernel_spec is not None
+        kernel = self.kernel
+        spare = kernel.pid if kernel is not None and kernel.alive and not (cell and job.killed) else None
+        self.kill_sandbox_processes(spare)
+        if not cell:  # a cell's output descriptors are the interpreter's, kept for the next cell
+            for fd in list(job.streams):
+                self.selector.unregister(fd)
         job.streams.clear()
         job.close_stdin()
         if job.terminal is not None:
             os.close(job.terminal)
             job.terminal = None
-        if job.proc:
+        state = job.kernel_state()
+        if self.kernel is not None and not self.kernel.alive:
+            self.forget_kernel()
+        if job.proc and not cell:
             for pipe in (job.proc.stdout, job.proc.stderr):
                 if pipe and not pipe.closed:
                     with contextlib.suppress(OSError):
@@ -1002,6 +1130,8 @@ class Agent:
                 "stdout_bytes": job.total[P.STDOUT],
                 "stderr_bytes": job.total[P.STDERR],
                 "error": job.error,
+                "kernel": state,
+                "results_dropped": job.results_dropped,
                 **job.usage(),
             }
         )
@@ -1094,18 +1224,35 @@ class Agent:
                     self.read_proxy()
                 elif what == "zygote" and self.zygote:
                     self.zygote.read()
-                elif what == "output" and self.job:
+                elif what == "output" and self.job and key.fd in self.job.streams:
                     self.job.read_output(key.fd)
+                elif what == "output" and self.kernel is not None:
+                    self.kernel.drop_output(key.fd)
+                elif what == "kernel" and self.kernel is not None:
+                    if self.job is not None and self.job.kernel_spec is not None:
+                        self.job.take_kernel_lines()
+                    elif None in self.kernel.read_lines(1 << 20):  # between cells: nothing is owed
+                        self.reset_kernel()  # its results channel is broken: no cell could end
                 elif what == "stdin" and self.job:
                     self.job.write_stdin()
             job = self.job
             if job and job.proc:
                 if not job.killed and time.monotonic() >= job.deadline and job.status is None:
-                    job.stop(timed_out=True)
+                    job.stop(timed_out=not job.interrupted)  # an interrupted cell's grace is over
                 if job.status is None:
                     self.reap()
                 if job.status is not None:
                     self.finish(job)
+
+
+def _dead_child_of(pid: str, parent: int) -> bool:
+    """Whether process `pid` is a zombie whose parent is `parent`."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            fields = stat_file.read().rpartition(b")")[2].split()
+        return fields[0] == b"Z" and int(fields[1]) == parent
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def _take_controlling_terminal() -> None:

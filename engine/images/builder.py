@@ -24,7 +24,7 @@ from engine.docker import DockerClient, Progress
 from engine.errors import Isol8Error
 from engine.hardening import PROXY_UID, SANDBOX_UIDS
 from engine.images import tools
-from engine.runtimes import RUNTIMES, get_runtime
+from engine.runtimes import RUNTIMES, get_runtime, start_from_agent_dir
 
 REPOSITORY = "isol8"
 BASE_TAG = "base"
@@ -44,7 +44,19 @@ PACKAGES = (
     "procps",
 )
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
-AGENT_FILES = ("agent.py", "protocol.py", "zygote.py", "proxy.py", "node-proxy.cjs", "warm-node.cjs", "warm-deno.js")
+AGENT_FILES = (
+    "agent.py",
+    "protocol.py",
+    "zygote.py",
+    "proxy.py",
+    "kernel.py",
+    "kernel_python.py",
+    "kernel-node.cjs",
+    "kernel-bash.sh",
+    "node-proxy.cjs",
+    "warm-node.cjs",
+    "warm-deno.js",
+)
 
 # Everything a job sees by default. Installs land in /sandbox because /tmp is noexec.
 ENVIRONMENT = {
@@ -120,14 +132,8 @@ def _runtime_dockerfile(runtime: str, build_hash: str) -> str:
         f"ENV ISOL8_RUNTIME={runtime}\n"
         f'LABEL {HASH_LABEL}="{build_hash}" isol8.runtime="{runtime}" isol8.managed="true"\n'
         "WORKDIR /sandbox\n"
-        f'ENTRYPOINT ["python3", "-E", "-s", "-S", "-B", "-c", "{_start_from_pyc("agent")}"]\n'
+        f'ENTRYPOINT ["python3", "-E", "-s", "-S", "-B", "-c", "{start_from_agent_dir("agent")}"]\n'
     )
-
-
-def _start_from_pyc(module: str) -> str:
-    """Python code that runs /opt/isol8/<module>.py from its compiled form (a script is compiled at
-    each start); its folder, not the working directory, first on the path."""
-    return f"import sys; sys.path[0] = '/opt/isol8'; import {module}; {module}.main()"
 
 
 def _base_dockerfile(source: str, pulled: bool, build_hash: str, with_ca: bool) -> str:
