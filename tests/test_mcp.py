@@ -228,6 +228,7 @@ async def test_a_stateful_session_keeps_variables_returns_images_and_html_and_re
         assert (await refused(session, "reset_session", session_id=plain)).startswith("This session is not stateful")
         assert (await call(session, "run_code", code="1", session_id=plain))["results"] is None
         assert "not found" in await refused(session, "reset_session", session_id="no-such-session")
+        assert "deno" in await refused(session, "create_session", runtime="deno", stateful=True)
         for closing in (sid, plain):
             await call(session, "close_session", session_id=closing)
 

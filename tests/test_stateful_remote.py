@@ -256,3 +256,16 @@ def test_reset_of_a_plain_session_from_the_cli_says_why(server: ServerProcess) -
     refused = run_cli("session", "reset", sid, "--host", server.url, "--key", server.key)
     assert refused.returncode == 1 and "This session is not stateful" in refused.stderr
     run_cli("session", "delete", sid, "--host", server.url, "--key", server.key)
+
+
+async def test_a_lost_interpreter_is_said_over_the_wire(server: ServerProcess) -> None:
+    async with RemoteIsol8(server.url, server.key, "kernel-lost", OPTIONS) as remote:
+        await remote.execute(ExecutionRequest(code="x = 1"))
+        lost = await remote.execute(ExecutionRequest(code="import os\nos._exit(3)"))
+        assert lost.state == "lost" and "INTERPRETER STATE LOST" in lost.stderr.splitlines()[-1]
+        fresh = await remote.execute(ExecutionRequest(code="x"))
+        assert "NameError" in fresh.stderr and fresh.state == "fresh"
+        events = [e async for e in remote.execute_stream(ExecutionRequest(code="import os\nos._exit(3)"))]
+        errors = [e.data for e in events if e.type == "error"]
+        assert len(errors) == 1 and "INTERPRETER STATE LOST" in errors[0]
+        assert events[-1].type == "exit" and events[-1].state == "lost"

@@ -43,7 +43,7 @@ from engine.models import (
     Pattern,
     RichResult,
 )
-from engine.runtimes import RuntimeName
+from engine.runtimes import RuntimeName, get_runtime
 from engine.server.auth import Principal
 from engine.server.policy import ClientOptions
 from engine.server.sessions import Session, SessionInfo
@@ -375,6 +375,11 @@ class Toolbox:
         with tool_errors():
             caller = self.identify(ctx)
             chosen = runtime or self.settings.runtime
+            if stateful and get_runtime(chosen).kernel is None:
+                raise Isol8Error(
+                    f'A stateful session runs python, node or bash; "{chosen}" runs each execution as a new '
+                    "process: create the session without stateful"
+                )
             options = self._options(network, allow, deny, memory_limit).model_copy(update={"stateful": stateful})
             probe = ExecutionRequest(cmd="true", runtime=chosen, timeout_ms=self.settings.timeout_ms)
             plan = self.state.policy.plan(probe, options)
