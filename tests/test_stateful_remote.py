@@ -269,3 +269,15 @@ async def test_a_lost_interpreter_is_said_over_the_wire(server: ServerProcess) -
         errors = [e.data for e in events if e.type == "error"]
         assert len(errors) == 1 and "INTERPRETER STATE LOST" in errors[0]
         assert events[-1].type == "exit" and events[-1].state == "lost"
+
+
+def test_a_timeout_interrupts_the_cell_and_the_reply_says_the_state_was_kept(http: httpx.Client) -> None:
+    sid = "kernel-timeout"
+    execute(http, "x = 5", options=STATEFUL, sessionId=sid)
+    reply = http.post(
+        "/execute", json={"request": {"code": "import time\ntime.sleep(60)", "timeoutMs": 1500}, "sessionId": sid}
+    )
+    slow = reply.json()
+    assert (slow["timedOut"], slow["state"]) == (True, "kept"), slow
+    assert main_text(execute(http, "x", sessionId=sid)) == "5"
+    http.delete(f"/session/{sid}")
