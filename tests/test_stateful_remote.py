@@ -281,3 +281,20 @@ def test_a_timeout_interrupts_the_cell_and_the_reply_says_the_state_was_kept(htt
     assert (slow["timedOut"], slow["state"]) == (True, "kept"), slow
     assert main_text(execute(http, "x", sessionId=sid)) == "5"
     http.delete(f"/session/{sid}")
+
+
+@pytest.mark.parametrize(
+    ("runtime", "first", "second"),
+    [("node", "let y = 2", "console.log(y * 21)"), ("bash", "Y=42; cd /tmp", 'echo "$Y $PWD"')],
+)
+def test_node_and_bash_sessions_keep_state_through_the_server(
+    http: httpx.Client, runtime: str, first: str, second: str
+) -> None:
+    sid = f"kernel-{runtime}"
+    made = http.post(
+        "/execute", json={"request": {"code": first, "runtime": runtime}, "options": STATEFUL, "sessionId": sid}
+    )
+    assert made.status_code == 200 and made.json()["state"] == "fresh", made.text
+    again = http.post("/execute", json={"request": {"code": second, "runtime": runtime}, "sessionId": sid}).json()
+    assert (again["stdout"], again["state"]) == ("42\n" if runtime == "node" else "42 /tmp\n", "kept"), again
+    http.delete(f"/session/{sid}")
