@@ -298,3 +298,18 @@ def test_node_and_bash_sessions_keep_state_through_the_server(
     again = http.post("/execute", json={"request": {"code": second, "runtime": runtime}, "sessionId": sid}).json()
     assert (again["stdout"], again["state"]) == ("42\n" if runtime == "node" else "42 /tmp\n", "kept"), again
     http.delete(f"/session/{sid}")
+
+
+async def test_racing_first_requests_make_one_kind_of_session(server: ServerProcess) -> None:
+    sid = "kernel-race"
+
+    async def first(client: httpx.AsyncClient, stateful: bool) -> int:
+        body = {"request": {"code": "1"}, "options": {"stateful": stateful}, "sessionId": sid}
+        return (await client.post("/execute", json=body)).status_code
+
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=120) as client:
+        statuses = await asyncio.gather(*(first(client, n % 2 == 0) for n in range(6)))
+        listed = {s["id"]: s for s in (await client.get("/sessions")).json()["sessions"]}
+        await client.delete(f"/session/{sid}")
+    made = listed[sid]["stateful"]
+    assert statuses == [200 if (n % 2 == 0) == made else 400 for n in range(6)], statuses
