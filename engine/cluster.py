@@ -264,16 +264,27 @@ def _pinned(node_id: str) -> Any:
 
 
 # --- connecting ---------------------------------------------------------------------------------
+CLIENT_ATTEMPTS = 3
+
+
 def connect(address: str | None) -> ModuleType:
     """Join the cluster at `address` (`ray://host:10001`, `host:6379` or `auto`) once per process."""
     ray = ray_module()
-    if not ray.is_initialized():
+    # Ray Client's proxy starts a server process per client, which can fail on a loaded head: a
+    # `ray://` join is tried again before it is given up.
+    attempts = CLIENT_ATTEMPTS if (address or "").startswith("ray://") else 1
+    for attempt in range(1, attempts + 1):
+        if ray.is_initialized():
+            break
         try:
             ray.init(address=address or "auto", namespace=NAMESPACE, log_to_driver=False, logging_level="error")
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ClusterUnavailable(
-                f"Cannot join the Ray cluster at {address or 'auto'} ({exc}); check the address and that its head runs."
-            ) from None
+            if attempt == attempts:
+                raise ClusterUnavailable(
+                    f"Cannot join the Ray cluster at {address or 'auto'} ({exc}); check the address and that its "
+                    "head runs."
+                ) from None
+            time.sleep(1.0)
     return ray
 
 

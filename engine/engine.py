@@ -625,9 +625,10 @@ class DockerIsol8:
 
     async def _run_job(self, sandbox: Sandbox, job: Job) -> AsyncGenerator[Output, None]:
         started = time.monotonic()
+        grace = BACKSTOP_GRACE_S + (job.kernel or {}).get("grace_ms", 0) / 1000  # an interrupted cell's too
         try:
             async with (
-                asyncio.timeout(job.timeout_ms / 1000 + BACKSTOP_GRACE_S),
+                asyncio.timeout(job.timeout_ms / 1000 + grace),
                 contextlib.aclosing(sandbox.run(job)) as outputs,
             ):
                 async for item in outputs:
@@ -635,7 +636,10 @@ class DockerIsol8:
                         item.exit["container_id"] = sandbox.container_id
                     yield item
         except (TimeoutError, SandboxError) as exc:
-            yield await self._lost(sandbox, exc, started)
+            lost = await self._lost(sandbox, exc, started)
+            if job.kernel is not None and lost.exit is not None:
+                lost.exit["kernel"] = "lost"  # the container went, and its interpreter with it
+            yield lost
         except (GeneratorExit, asyncio.CancelledError):
             # The consumer left mid-run: stop the job so the sandbox is free (or goes) at once.
             await asyncio.shield(self._abort(sandbox))

@@ -30,14 +30,17 @@ Argv = Callable[[list[str]], list[str]]
 class Kernel:
     """A stateful session's long-lived interpreter (engine/agent/kernel.py starts it): its argv, how
     a cell is written to it (JSON, or words for bash), and whether SIGINT ends a cell and keeps
-    the interpreter's state (else a timeout kills it and the state is lost)."""
+    the interpreter's state (else a timeout kills it and the state is lost). An interrupted cell
+    has `grace_ms` to stop before the interpreter is killed."""
 
     argv: tuple[str, ...]
     cells: Literal["json", "words"] = "json"
     interruptible: bool = True
+    grace_ms: int = 1000
 
     def spec(self) -> dict[str, object]:
-        return {"argv": list(self.argv), "cells": self.cells, "interruptible": self.interruptible}
+        return {"argv": list(self.argv), "cells": self.cells, "interruptible": self.interruptible,
+                "grace_ms": self.grace_ms if self.interruptible else 0}  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,6 @@ KILL_DEADLINE_S = 2.0  # SIGKILL is not refused: only a task stuck in the kernel
 IPC_KINDS = {"shm": ("shmid", "-m"), "sem": ("semid", "-s"), "msg": ("msqid", "-q")}
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}  # what a client may send a running job
 END_OF_INPUT = b"\x04"  # a terminal's EOF character: ends a read at the start of a line
-KERNEL_GRACE_S = 2.0  # how long an interrupted cell may take to stop before its interpreter is killed
 
 
 class RefusedPath(Exception):
@@ -385,6 +384,7 @@ class Job:
                 os.chdir("/")
             self.fresh_kernel = True
         self.proc = kernel.proc
+        kernel.resume()  # stopped since the last run ended
         self.started = time.monotonic()
         self.deadline = self.started + self.timeout
         self.streams = dict(kernel.outputs)
@@ -398,12 +398,14 @@ class Job:
         kernel = self.agent.kernel
         if kernel is None:
             return
-        for line in kernel.read_lines(self.max_file_size * 2 + 4096):
+        for line in kernel.read_lines(self.max_file_size * 4 // 3 + 65536):  # a bundle's base64, and its JSON
             if line is None:  # not one of its lines: the interpreter cannot be trusted to go on
                 self.stop(timed_out=False, keep_kernel=False)
                 return
             if "result" in line and self.status is None:
                 self._send_result(line["result"])
+            if line.get("ack"):
+                kernel.ack()
             elif "done" in line and self.status is None:
                 code = line["done"]
                 self.status = (code & 0xFF) << 8 if isinstance(code, int) else 1 << 8
@@ -545,7 +547,7 @@ class Job:
 
     def stop(self, *, timed_out: bool, keep_kernel: bool = True) -> None:
         """Kill every process of the job (timeout or the engine's `cancel`). A cell is first
-        interrupted: its interpreter (and state) survive when it stops within KERNEL_GRACE_S;
+        interrupted: its interpreter (and state) survive when it stops within its grace;
         past that, or where SIGINT cannot end a cell, the interpreter is killed too."""
         self.timed_out = self.timed_out or timed_out
         kernel = self.agent.kernel
@@ -553,7 +555,7 @@ class Job:
             if kernel.interruptible and not self.interrupted:
                 self.interrupted = True
                 kernel.interrupt()
-                self.deadline = time.monotonic() + KERNEL_GRACE_S
+                self.deadline = time.monotonic() + float(self.kernel_spec.get("grace_ms", 0)) / 1000
                 return
             keep_kernel = False
         self.killed = True
@@ -926,32 +928,28 @@ class Agent:
         double forks, processes whose main thread exited, leftovers of earlier uids); False when
         some still exist at the deadline.
 
-        `spare`, a stateful session's interpreter, lives on. Its uid's processes are first all
-        stopped in one kill(-1) pass, so none can fork while the others are killed one by one
-        (kill(-1, SIGKILL) would take the interpreter too); then the interpreter goes on."""
+        `spare`, a stateful session's interpreter, lives on, stopped. Its uid's processes are first
+        all stopped in one kill(-1) pass, so none can fork while the others are killed one by one
+        (kill(-1, SIGKILL) would take the interpreter too). The interpreter stays stopped until its
+        next cell: nothing of it (a thread a cell left) runs outside an execution's time limit."""
         self.take_waiting(None)  # it dies too (a scrub starts a new one for the next uid)
         if spare is not None:
             kill_every_process_of(self.uid, signal.SIGSTOP)
-        try:
-            deadline = time.monotonic() + KILL_DEADLINE_S
-            pause = 0.0002
-            while found := self.sandbox_processes(spare):
-                if time.monotonic() > deadline:
-                    return False
-                for pid in found:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                for uid in set().union(*found.values()):
-                    if spare is None or uid != self.uid:
-                        kill_every_process_of(uid)
-                self.reap()
-                time.sleep(pause)
-                pause = min(pause * 2, 0.01)
-            return True
-        finally:
-            if spare is not None:
+        deadline = time.monotonic() + KILL_DEADLINE_S
+        pause = 0.0002
+        while found := self.sandbox_processes(spare):
+            if time.monotonic() > deadline:
+                return False
+            for pid in found:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(spare, signal.SIGCONT)
+                    os.kill(pid, signal.SIGKILL)
+            for uid in set().union(*found.values()):
+                if spare is None or uid != self.uid:
+                    kill_every_process_of(uid)
+            self.reap()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.01)
+        return True
 
     def forget_kernel(self) -> None:
         """Let go of an interpreter that has ended (its state is gone; the next cell starts anew)."""
@@ -1231,8 +1229,12 @@ class Agent:
                 elif what == "kernel" and self.kernel is not None:
                     if self.job is not None and self.job.kernel_spec is not None:
                         self.job.take_kernel_lines()
-                    elif None in self.kernel.read_lines(1 << 20):  # between cells: nothing is owed
-                        self.reset_kernel()  # its results channel is broken: no cell could end
+                    else:  # between cells nothing is owed: results of threads a cell left go nowhere
+                        lines = self.kernel.read_lines(1 << 20)
+                        if None in lines:
+                            self.reset_kernel()  # its results channel is broken: no cell could end
+                        elif any(line and line.get("ack") for line in lines):
+                            self.kernel.ack()
                 elif what == "stdin" and self.job:
                     self.job.write_stdin()
             job = self.job

@@ -4,12 +4,11 @@
 // --expose-internals for the REPL's own top-level-await rewrite.
 //
 // One cell per line (JSON {path, cwd, env}) on the control descriptor; per line on the results
-// descriptor, {"result": {data, main}} for each displayed value and {"done": code} at the cell's
-// end. A value's bundle is its `toMimeBundle()` (an object of MIME type -> string, or Buffer for
+// descriptor, {"result": {data, main}, "ack": true} for each displayed value (then it waits for the
+// agent's `ack` line) and {"done": code} at the cell's end. A value's bundle is its `toMimeBundle()` (an object of MIME type -> string, or Buffer for
 // binary types), else its util.inspect text. SIGINT (the agent's timeout) ends the cell only.
 'use strict';
 const fs = require('node:fs');
-const readline = require('node:readline');
 const util = require('node:util');
 const vm = require('node:vm');
 const { createRequire } = require('node:module');
@@ -49,8 +48,33 @@ function bundleOf(value) {
   return bundle;
 }
 
+// The control pipe is read synchronously, a line at a time: a cell's line, or the agent's `ack`
+// after each result (so output printed after a result never overtakes it).
+let pending = Buffer.alloc(0);
+function readLineSync() {
+  const chunk = Buffer.alloc(65536);
+  for (;;) {
+    const end = pending.indexOf(10);
+    if (end >= 0) {
+      const line = pending.subarray(0, end).toString('utf8');
+      pending = pending.subarray(end + 1);
+      return line;
+    }
+    let read;
+    try {
+      read = fs.readSync(controlFd, chunk, 0, chunk.length, null);
+    } catch (error) {
+      if (error.code === 'EAGAIN' || error.code === 'EINTR') continue;
+      throw error;
+    }
+    if (read === 0) return null;
+    pending = Buffer.concat([pending, chunk.subarray(0, read)]);
+  }
+}
+
 function sendResult(bundle, main) {
-  fs.writeSync(resultsFd, JSON.stringify({ result: { data: bundle, main } }) + '\n');
+  fs.writeSync(resultsFd, JSON.stringify({ result: { data: bundle, main }, ack: true }) + '\n');
+  readLineSync();
 }
 
 globalThis.display = (...values) => {
@@ -125,8 +149,7 @@ async function runCell(cell) {
 }
 
 async function serve() {
-  const lines = readline.createInterface({ input: fs.createReadStream(null, { fd: controlFd }) });
-  for await (const line of lines) {
+  for (let line = readLineSync(); line !== null; line = readLineSync()) {
     const code = await runCell(JSON.parse(line));
     fs.writeSync(resultsFd, JSON.stringify({ done: code }) + '\n');
   }

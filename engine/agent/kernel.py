@@ -110,6 +110,15 @@ class Kernel:
             found.append(value if isinstance(value, dict) else None)
         return [*found, None] if ended else found
 
+    def ack(self) -> None:
+        """The interpreter may go on after a result (its output before the result has gone out)."""
+        with contextlib.suppress(OSError):
+            _write(self.control, b"ack\n")
+
+    def resume(self) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGCONT)
+
     def interrupt(self) -> None:
         with contextlib.suppress(OSError):
             os.kill(self.pid, signal.SIGINT)

@@ -3,9 +3,12 @@ notebook's cells, and reports the values it displays as MIME bundles. Stdlib onl
 
 Started by the agent (engine/agent/kernel.py) as the sandbox user. It reads one cell per line
 (JSON `{path, cwd, env}`) from the control descriptor and writes, per line on the results
-descriptor, `{"result": {"data": bundle, "main": bool}}` for each displayed value and
-`{"done": code}` when the cell ends. Its stdout and stderr are the cell's output. A cell's
-SIGINT (the agent's timeout) raises KeyboardInterrupt in the cell only, never in this loop.
+descriptor, `{"result": {"data": bundle, "main": bool}, "ack": true}` for each displayed value and
+`{"done": code}` when the cell ends. After a result it waits for the agent's `ack` line, so what
+the cell prints next cannot overtake the result (the agent sends the output written before it
+first); a result from another thread asks no `ack` (the main thread owns the control pipe).
+Its stdout and stderr are the cell's output. A cell's SIGINT (the agent's timeout) raises
+KeyboardInterrupt in the cell only, never in this loop.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import linecache
 import os
 import signal
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -37,7 +41,8 @@ KNOWN = {"text/plain", *(mime for mime, _ in MIME_METHODS)}
 
 
 class Kernel:
-    def __init__(self, results_fd: int) -> None:
+    def __init__(self, control_fd: int, results_fd: int) -> None:
+        self.control = os.fdopen(control_fd, "rb")
         self.results = os.fdopen(results_fd, "w", encoding="utf-8", closefd=True)
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "display": self.display}
         self.running = False  # a cell's own code runs: a SIGINT interrupts it
@@ -51,8 +56,11 @@ class Kernel:
 
     def send_result(self, bundle: dict[str, str], main: bool) -> None:
         _flush()  # what the cell printed before comes first
-        self.results.write(json.dumps({"result": {"data": bundle, "main": main}}) + "\n")
+        ack = threading.current_thread() is threading.main_thread()
+        self.results.write(json.dumps({"result": {"data": bundle, "main": main}, "ack": ack}) + "\n")
         self.results.flush()
+        if ack:
+            self.control.readline()
 
     def show_figures(self) -> None:
         """Every open matplotlib figure, as PNG, then closed (as a notebook's inline backend does)."""
@@ -72,7 +80,8 @@ class Kernel:
     # --- running -------------------------------------------------------------------------------
     def run_cell(self, cell: dict[str, Any]) -> int:
         path = cell["path"]
-        os.chdir(cell.get("cwd") or "/sandbox")
+        if cell.get("cwd"):  # else it stays where the last cell left it
+            os.chdir(cell["cwd"])
         os.environ.update(cell.get("env") or {})
         try:
             with open(path, encoding="utf-8") as file:
@@ -127,11 +136,12 @@ class Kernel:
         if self.running:
             raise KeyboardInterrupt
 
-    def serve(self, control_fd: int) -> None:
-        with os.fdopen(control_fd, "rb") as control:
-            for line in control:
+    def serve(self) -> None:
+        with self.control:
+            while line := self.control.readline():
                 cell = json.loads(line)
                 _reap_children()
+                _see_new_packages()
                 signal.signal(signal.SIGINT, self.on_sigint)  # the cell may have replaced it
                 code = self.run_cell(cell)
                 _flush()
@@ -199,6 +209,18 @@ def _flush() -> None:
             stream.flush()
 
 
+def _see_new_packages() -> None:
+    """Packages installed since the interpreter started (`pip install --user` made its site folder
+    after `site` looked for it) import like the others."""
+    import importlib
+    import site
+
+    user_site = site.getusersitepackages()
+    if user_site not in sys.path and os.path.isdir(user_site):
+        site.addsitedir(user_site)
+    importlib.invalidate_caches()
+
+
 def _reap_children() -> None:
     """Collect the children the agent killed after the last cell (they stay zombies otherwise)."""
     while True:
@@ -212,8 +234,10 @@ def _reap_children() -> None:
 
 def main() -> None:
     control_fd, results_fd = (int(fd) for fd in os.environ.pop("ISOL8_KERNEL_FDS").split(","))
+    for fd in (control_fd, results_fd):
+        os.set_inheritable(fd, False)  # a cell's `os.system` child gets neither
     sys.path[0] = "/sandbox"  # as for a file run from /sandbox; not this file's folder
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures are drawn to PNG, never to a window
-    kernel = Kernel(results_fd)
+    kernel = Kernel(control_fd, results_fd)
     signal.signal(signal.SIGINT, kernel.on_sigint)
-    kernel.serve(control_fd)
+    kernel.serve()

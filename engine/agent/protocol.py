@@ -11,14 +11,18 @@ Frame: `!BI` header (kind, payload length) followed by the payload.
 Engine -> agent
   REQUEST  JSON object; `op` is one of:
            run    {argv, env, cwd, timeout_ms, max_output, max_file_size, files: [path...],
-                   stdin: bool, output_paths: [path...], python_file, warm_argv, prestart, tty}
+                   stdin: bool, output_paths: [path...], python_file, warm_argv, prestart, tty,
+                   kernel}
                   followed by one DATA*/END item per file, in order, then one DATA*/END
                   item for stdin when `stdin` is true (its DATA may keep coming while the
                   job runs). `python_file`: run on the zygote; `warm_argv`: run on the
                   pre-started interpreter when it was started with exactly this argv;
                   `prestart`: start the next one after this job. `tty` {rows, cols}: run on a
                   new pseudo-terminal of that size (its output comes as STDOUT; the END of
-                  stdin is the terminal's EOF character).
+                  stdin is the terminal's EOF character). `kernel` {argv, cells,
+                  interruptible, grace_ms, cwd}: a stateful session's cell: the last of
+                  `argv` (the code file) runs on the session's interpreter, started with
+                  the kernel's argv if there is none (kernel.py); it outlives the job.
            resize {rows, cols}  the running job's terminal changes size. No answer.
            signal {signal}      SIGINT or SIGTERM to the running job's foreground process
                                 group. No answer; both are ignored when no job runs.
@@ -30,6 +34,8 @@ Engine -> agent
            cancel {}   the engine gave up on its request: a job being received or running ends
                        at once (its processes killed, exit 137), an upload is discarded; the
                        request's own last event (`exit`, `done`) follows. Ignored when idle.
+           reset  {}   ends the stateful session's interpreter and every sandbox process; answered
+                       by `reset {error}` (error: a run is in progress).
            scrub  {}   erases the last execution (processes, /sandbox, /tmp, /dev/shm, IPC) and
                        moves on to the next sandbox uid; answered by `scrubbed {error}` (error is
                        null once verified clean).
@@ -49,8 +55,13 @@ Agent -> engine
            exit  {code, timed_out, killed, duration_ms, stdout_bytes, stderr_bytes, error,
                   oom_killed, cpu_time_ms, peak_memory_bytes, network_bytes_in, network_bytes_out}
                  the last event of every run; `error` is set when the job could not start;
-                 *_bytes count everything the job wrote, also past `max_output`.
+                 *_bytes count everything the job wrote, also past `max_output`. A cell's
+                 also has `kernel` (fresh, kept or lost: its interpreter after it) and
+                 `results_dropped` (results past `max_file_size`, not sent).
            net   {entry}                       one request through the filtered network's proxy
+           result {data, main}                 a cell's displayed value: a MIME bundle (binary
+                                               types base64); `main` marks its final
+                                               expression's value
   STDOUT   raw bytes the job wrote to its stdout (at most `max_output` bytes in all)
   STDERR   raw bytes the job wrote to its stderr (at most `max_output` bytes in all)
   DATA     raw bytes of the file item announced by the preceding `file` event

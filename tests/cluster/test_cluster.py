@@ -139,3 +139,18 @@ async def test_a_session_made_by_one_driver_is_used_by_another(cluster: LocalClu
     )
     assert fresh == "gone\n"
     run_driver(cluster, "shared", "session.keep_session = False")
+
+
+async def test_a_stateful_session_keeps_its_interpreter_on_its_node(cluster: LocalCluster) -> None:
+    async with RayIsol8(mode="persistent", stateful=True, session_id="interpreter") as session:
+        first = await session.execute(ExecutionRequest(code="x = 41"))
+        assert first.state == "fresh", first.stderr
+        events = [e async for e in session.execute_stream(ExecutionRequest(code="display('shown')\nx + 1"))]
+        assert [(e.result.text(), e.result.is_main_result) for e in events if e.result] == [
+            ("'shown'", False),
+            ("42", True),
+        ]
+        assert events[-1].state == "kept"
+        await session.reset()
+        fresh = await session.execute(ExecutionRequest(code="print('x' in globals())"))
+        assert (fresh.stdout, fresh.state) == ("False\n", "fresh")
