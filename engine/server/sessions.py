@@ -98,6 +98,8 @@ class SessionRegistry:
             session.active += 1
             session.touch()
         try:
+            if self.cluster is not None:  # joined: learn how the session was made (e.g. stateful)
+                await session.engine.start()
             yield session
         except (SessionNotFound, SessionLost):
             # On a cluster: joined nothing, deleted by another server, or lost with its node. The handle
