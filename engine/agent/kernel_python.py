@@ -89,7 +89,11 @@ class Kernel:
                 source = file.read()
             linecache.cache[path] = (len(source), None, source.splitlines(True), path)
             tree = ast.parse(source, path)
-            last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+            last = tree.body[-1] if tree.body else None
+            if isinstance(last, ast.Expr):  # the final expression: its value is the main result
+                tree.body.pop()
+            else:
+                last = None
             self.run(compile(tree, path, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT))
             if last is not None:
                 value = self.run(
