@@ -236,6 +236,9 @@ class SessionEngine(_Relay):
     def container_id(self) -> str | None:
         return self.engine.container_id
 
+    def options(self) -> Isol8Options:
+        return self.engine.options
+
     async def stop(self) -> None:
         await self.engine.stop()
 
@@ -597,6 +600,8 @@ class RayIsol8:
             self._session = await asyncio.to_thread(self._create_session, ray, name)
         node_id: str = await self._session.node.remote()
         self._session_node = node_id
+        # What the session was made with (stateful or not, its limits), also when another driver made it.
+        self.options = await self._session.options.remote()
         if remembered is None:
             from ray.experimental import internal_kv
 

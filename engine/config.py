@@ -193,6 +193,7 @@ McpTool = Literal[
     "run_command",
     "create_session",
     "close_session",
+    "reset_session",
     "list_sessions",
     "write_file",
     "read_file",

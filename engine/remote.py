@@ -48,6 +48,7 @@ class RemoteSession(Model):
     created_at: str | None = None
     last_accessed_at: str | None = None
     container_id: str | None = None
+    stateful: bool = False
 
 
 def _failed(failure: str, response: httpx.Response) -> Isol8Error:
@@ -77,7 +78,10 @@ class RemoteIsol8:
 
     With `session_id` every call runs in that server-side session (state and files persist); `stop()`
     then deletes it unless `keep_session` is set. `options` are sent with each execution; only the
-    fields set on it are sent, so the server's config decides the rest.
+    fields set on it are sent, so the server's config decides the rest. `Isol8Options(mode=
+    "persistent", stateful=True)` with a `session_id` makes (or uses) a stateful session: its code
+    runs on one interpreter that keeps variables, results carry `results` and `state`, and `reset()`
+    starts a fresh interpreter.
     """
 
     def __init__(
@@ -190,6 +194,14 @@ class RemoteIsol8:
         response = await self._send("PUT", f"/session/{session_id}/network", "Network update failed", json=body)
         if response.status_code != 200:
             raise _failed("Network update failed", response)
+
+    async def reset(self) -> None:
+        """End the stateful session's interpreter (its variables go, its files stay); the next run
+        starts a fresh one. NotStateful for a session created without `stateful`."""
+        session_id = self._require_session("Resetting the interpreter requires a sessionId (a stateful session)")
+        response = await self._send("POST", f"/session/{session_id}/reset", "Reset failed")
+        if response.status_code != 200:
+            raise _failed("Reset failed", response)
 
     async def list_sessions(self) -> list[RemoteSession]:
         response = await self._send("GET", "/sessions", "Failed to list sessions")

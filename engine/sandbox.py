@@ -390,23 +390,21 @@ class Sandbox:
     async def reset_kernel(self) -> None:
         """End the session's interpreter (and everything of the sandbox user); the next cell starts anew."""
         async with self._deadline("resetting the interpreter"):
-            await self._request("reset", {})
-            await self._writer.drain()
-            while True:
-                kind, payload = await self._next_frame()
-                if kind == P.EVENT and (event := P.loads(payload)).get("ev") == "reset":
-                    self._open = None
-                    if event.get("error"):
-                        raise SandboxError(f"Cannot reset the interpreter: {event['error']}")
-                    return
+            error = await self._ask("reset", "reset")
+        if error:
+            raise SandboxError(f"Cannot reset the interpreter: {error}")
 
     async def scrub(self) -> str | None:
         """Have the agent erase the last execution; None when it verified the sandbox is clean."""
-        await self._request("scrub", {})
+        return await self._ask("scrub", "scrubbed")
+
+    async def _ask(self, op: str, answer: str) -> str | None:
+        """Send `op` and read up to its `answer` event: the error it carries, if any."""
+        await self._request(op, {})
         await self._writer.drain()
         while True:
             kind, payload = await self._next_frame()
-            if kind == P.EVENT and (event := P.loads(payload)).get("ev") == "scrubbed":
+            if kind == P.EVENT and (event := P.loads(payload)).get("ev") == answer:
                 self._open = None
                 error: str | None = event.get("error")
                 return error

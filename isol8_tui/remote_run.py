@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from engine.errors import Isol8Error
@@ -17,7 +18,7 @@ from engine.models import ExecutionRequest, Isol8Options, NetworkFilter
 from engine.remote import RemoteIsol8
 from isol8_tui.credentials import api_key
 from isol8_tui.output import err
-from isol8_tui.printing import run_requests
+from isol8_tui.printing import Printing, run_requests
 
 OPTION_FLAGS = (
     "network",
@@ -30,6 +31,7 @@ OPTION_FLAGS = (
     "max_output_size",
     "persist",
     "log_network",
+    "stateful",
 )
 """`isol8 run` flags that become the remote call's options (same names as Isol8Options fields)."""
 
@@ -43,6 +45,8 @@ def remote_options(flags: dict[str, Any]) -> Isol8Options | None:
     }
     if any(rules.values()):  # only what was given: the server's own filter supplies the rest
         values["network_filter"] = NetworkFilter(**{field: rule for field, rule in rules.items() if rule})
+    if values.get("stateful"):  # a session's (the server decides the mode: a sessionId means persistent)
+        values["mode"] = "persistent"
     return Isol8Options(**values) if values else None
 
 
@@ -54,7 +58,7 @@ def run_remote(
     *,
     persistent: bool,
     stream: bool,
-    out_path: str | None,
+    output: tuple[str | None, Path, bool],
     flags: dict[str, Any],
 ) -> int:
     """Run `requests` in order on the server; the exit code of the last one run."""
@@ -65,13 +69,17 @@ def run_remote(
     session = session_id or (f"cli-{int(time.time() * 1000)}" if persistent else None)
     remote = RemoteIsol8(host, key, session, remote_options(flags), keep_session=session_id is not None)
     try:
-        return asyncio.run(_run(remote, requests, stream, out_path))
+        return asyncio.run(_run(remote, requests, stream, output))
     except KeyboardInterrupt:
         err("Interrupted; the remote run was stopped.")
         return 130
 
 
-async def _run(remote: RemoteIsol8, requests: list[ExecutionRequest], stream: bool, out_path: str | None) -> int:
+async def _run(
+    remote: RemoteIsol8, requests: list[ExecutionRequest], stream: bool, output: tuple[str | None, Path, bool]
+) -> int:
+    out_path, results_dir, as_json = output
     with open(out_path, "w", encoding="utf-8") if out_path else contextlib.nullcontext(sys.stdout) as out:
         async with remote:
-            return await run_requests(remote, requests, stream=stream, out=out, log_network=False)
+            printing = Printing(out, results_dir, as_json)
+            return await run_requests(remote, requests, stream=stream, printing=printing, log_network=False)

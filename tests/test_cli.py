@@ -226,3 +226,14 @@ def test_file_flag_errors(tmp_path: Path) -> None:
     outside = run_cli("run", "--file", f"{tmp_path / 'a'}:/etc/a", "-e", "1")
     assert outside.returncode == 1
     assert outside.stderr.startswith('[ERR] File path must be a file inside /sandbox or /tmp, without "..": "/etc/a"')
+
+
+def test_persistent_stateful_files_share_variables_and_results_go_to_files(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("class Pdf:\n    def _repr_pdf_(self):\n        return b'%PDF-1.4 x'\nx = 41\n")
+    (tmp_path / "b.py").write_text("display(Pdf())\nx + 1\n")
+    result = run_cli("run", "--persistent", "--stateful", "a.py", "b.py", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, "42\n"), result.stderr
+    assert (tmp_path / "result-1.pdf").read_bytes() == b"%PDF-1.4 x"
+    assert "Result application/pdf written to result-1.pdf" in result.stderr
+    alone = run_cli("run", "--stateful", "-e", "1", cwd=tmp_path)
+    assert alone.returncode == 1 and "--stateful needs a session" in alone.stderr

@@ -25,8 +25,8 @@ import pytest
 from helpers import ISOL8
 from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import CallToolResult, TextContent
-from test_server_support import ServerProcess, managed_ids, running_container, serve, wait_until
+from mcp.types import CallToolResult, ImageContent, TextContent
+from test_server_support import PNG, PNG_CELL, ServerProcess, managed_ids, running_container, serve, wait_until
 
 from engine.config import MCP_TOOLS
 
@@ -193,6 +193,44 @@ async def test_run_code_streams_progress_and_returns_structured_output(connect: 
     assert any(message and "first" in message for _, message in progress), progress
     assert [value for value, _ in progress] == sorted(value for value, _ in progress)  # progress only grows
     assert (command["stdout"], command["stderr"], command["exitCode"]) == ("a\n", "oops\n", 3)
+
+
+HTML_CELL = "class Table:\n    def _repr_html_(self):\n        return '<table><tr><td>1</td></tr></table>'\n"
+
+
+async def test_a_stateful_session_keeps_variables_returns_images_and_html_and_resets(connect: Connect) -> None:
+    async with connect() as session:
+        created = await call(session, "create_session", runtime="python", stateful=True)
+        sid = created["sessionId"]
+        assert created["stateful"] is True
+        first = await call(session, "run_code", code="x = 41", session_id=sid)
+        assert (first["state"], first["results"]) == ("fresh", [])
+        code = PNG_CELL + HTML_CELL + "\ndisplay(Dot())\ndisplay(Table())\nx + 1"
+        result = await session.call_tool("run_code", {"code": code, "session_id": sid})
+        assert isinstance(result, CallToolResult) and not result.is_error, result.content
+        images = [block for block in result.content if isinstance(block, ImageContent)]
+        assert [(base64.b64decode(image.data), image.mime_type) for image in images] == [(PNG, "image/png")]
+        texts = [block.text for block in result.content if isinstance(block, TextContent)]
+        assert texts[1:] == ["<table><tr><td>1</td></tr></table>", "42"]  # after the run's own JSON
+        assert "iVBOR" not in texts[0]  # the image is not repeated as base64 text for the model
+        out = result.structured_content
+        assert out is not None and out["state"] == "kept"
+        assert [(r["isMainResult"], sorted(r["data"])) for r in out["results"]] == [
+            (False, ["image/png", "text/plain"]),
+            (False, ["text/html", "text/plain"]),
+            (True, ["text/plain"]),
+        ]
+        assert base64.b64decode(out["results"][0]["data"]["image/png"]) == PNG
+        assert await call(session, "reset_session", session_id=sid) == {"sessionId": sid, "reset": True}
+        after = await call(session, "run_code", code="x", session_id=sid)
+        assert "NameError" in after["stderr"] and after["state"] == "fresh"
+        plain = (await call(session, "create_session"))["sessionId"]
+        assert (await refused(session, "reset_session", session_id=plain)).startswith("This session is not stateful")
+        assert (await call(session, "run_code", code="1", session_id=plain))["results"] is None
+        assert "not found" in await refused(session, "reset_session", session_id="no-such-session")
+        assert "deno" in await refused(session, "create_session", runtime="deno", stateful=True)
+        for closing in (sid, plain):
+            await call(session, "close_session", session_id=closing)
 
 
 async def test_a_session_keeps_state_and_files_across_calls(connect: Connect) -> None:
@@ -392,6 +430,20 @@ async def test_a_tenant_cannot_use_another_tenants_session(server: ServerProcess
         assert (await call(a, "read_file", session_id=sid, path="/sandbox/secret.txt"))["content"] == "alice's"
         assert [s["id"] for s in (await call(a, "list_sessions"))["sessions"]] == [sid]
         await call(a, "close_session", session_id=sid)
+
+
+async def test_a_tenant_cannot_reset_another_tenants_stateful_session(server: ServerProcess) -> None:
+    carol, dave = _key(server, "carol"), _key(server, "dave")
+    async with over_http(server, carol) as c, over_http(server, dave) as d:
+        sid = (await call(c, "create_session", stateful=True))["sessionId"]
+        await call(c, "run_code", code="secret = 'carol'", session_id=sid)
+        assert "not found" in await refused(d, "reset_session", session_id=sid)
+        assert "not found" in await refused(d, "run_code", code="secret", session_id=sid)
+        with server.client(dave) as client:
+            assert client.post(f"/session/{sid}/reset").status_code == 404
+        kept = await call(c, "run_code", code="secret", session_id=sid)
+        assert (kept["state"], [r["data"]["text/plain"] for r in kept["results"]]) == ("kept", ["'carol'"])
+        await call(c, "close_session", session_id=sid)
 
 
 # --- clients that go away ---------------------------------------------------------------------------------

@@ -78,3 +78,21 @@ def test_runs_claim_the_open_world_only_where_the_policy_allows_a_network(tmp_pa
     opened = tools_of(load(tmp_path, {"server": {"allowedNetworks": ["none", "filtered"]}}))
     assert opened["run_code"].annotations.open_world_hint is True
     assert opened["read_file"].annotations.open_world_hint is False
+
+
+def test_reset_session_is_a_tool_to_select_and_says_it_destroys_state(tmp_path: Path) -> None:
+    without = tools_of(load(tmp_path, {"mcp": {"tools": ["create_session", "run_code"]}}))
+    assert "reset_session" not in without
+    reset = tools_of(Isol8Config())["reset_session"]
+    hints = reset.annotations
+    assert (hints.read_only_hint, hints.destructive_hint, hints.idempotent_hint, hints.open_world_hint) == (
+        False,
+        True,
+        True,
+        False,
+    )
+    assert reset.input_schema["required"] == ["session_id"]
+    created = tools_of(Isol8Config())["create_session"]
+    assert created.input_schema["properties"]["stateful"]["default"] is False
+    run = tools_of(Isol8Config())["run_code"]
+    assert {"results", "state"} <= set(run.output_schema["properties"])

@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from engine.config import ConfigError, Isol8Config, ServerPolicy, load_config
-from engine.errors import AuthError
+from engine.errors import AuthError, Isol8Error, NotStateful
 from engine.models import ExecutionRequest, NetworkFilter
+from engine.server.app import create_app
 from engine.server.auth import KEY_PREFIX, Authenticator, SqliteKeyStore, digest, open_store, redact
 from engine.server.policy import ClientOptions, Policy, PolicyRefused
+from engine.server.state import ServerSettings
 
 
 @pytest.fixture(autouse=True)
@@ -460,3 +463,39 @@ def test_store_backends_and_redaction(tmp_path: Path) -> None:
         open_store("mysql://u:p@localhost/db")
     assert redact("postgresql://isol8:hunter2@db.internal:5432/keys") == "postgresql://isol8:***@db.internal:5432/keys"
     assert redact("/var/lib/isol8/auth.db") == "/var/lib/isol8/auth.db"
+
+
+# --- stateful sessions ---------------------------------------------------------------------------------------
+def test_stateful_is_fixed_when_a_session_is_created() -> None:
+    config = Isol8Config()
+    asked = plan(config, {"stateful": True})
+    assert asked.session_options().stateful is True and asked.session_options().mode == "persistent"
+    assert asked.engine_options.stateful is False  # the shared (ephemeral) engines never are
+    assert plan(config).session_options().stateful is False
+    stateful_session = asked.session_options()
+    plain_session = plan(config).session_options()
+    plan(config).check_session(stateful_session)  # not asked: the session is used as it is
+    asked.check_session(stateful_session)
+    with pytest.raises(NotStateful, match="created without stateful"):
+        asked.check_session(plain_session)
+    with pytest.raises(Isol8Error, match="This session is stateful"):
+        plan(config, {"stateful": False}).check_session(stateful_session)
+    with pytest.raises(ValidationError):
+        ClientOptions.model_validate({"stateful": "yes"}, strict=True)
+
+
+def test_openapi_documents_stream_events_and_rich_results() -> None:
+    document = create_app(ServerSettings(Isol8Config(), "unused-key-0123456789")).openapi()
+    schemas = document["components"]["schemas"]
+    event = schemas["StreamEvent"]
+    assert "result" in event["properties"]["type"]["enum"]
+    assert {"result", "state"} <= set(event["properties"])
+    assert {"data", "isMainResult"} == set(schemas["RichResult"]["properties"])
+    assert "base64" in schemas["RichResult"]["properties"]["data"]["description"]
+    assert {"results", "state"} <= set(schemas["ExecutionResult"]["properties"])
+    assert schemas["SessionInfo"]["properties"]["stateful"]["type"] == "boolean"
+    stream = document["paths"]["/execute/stream"]["post"]["responses"]["200"]["content"]["text/event-stream"]
+    assert stream == {"x-event": {"$ref": "#/components/schemas/StreamEvent"}}
+    reset = document["paths"]["/session/{session_id}/reset"]["post"]
+    assert reset["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OkBody"}
+    assert "stateful" in schemas["ClientOptions"]["properties"]

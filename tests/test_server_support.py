@@ -174,3 +174,21 @@ def in_process(app: FastAPI, ws: str = "auto") -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+PNG_SOURCE = """
+import struct, zlib
+
+def _chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+PNG = b"\\x89PNG\\r\\n\\x1a\\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)) + _chunk(
+    b"IDAT", zlib.compress(b"\\x00\\xff\\x00\\x00")
+) + _chunk(b"IEND", b"")
+"""
+"""A valid 1x1 PNG built with zlib and struct (no imaging library in the sandbox), as cell source."""
+PNG_CELL = PNG_SOURCE + "\nclass Dot:\n    def _repr_png_(self):\n        return PNG\n"
+"""A stateful python cell defining `Dot`, an object the kernel displays as that PNG."""
+_namespace: dict[str, Any] = {}
+exec(PNG_SOURCE, _namespace)  # the same bytes here as in the sandbox
+PNG: bytes = _namespace["PNG"]

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from typing import Any
 
 MIME_METHODS = (
@@ -88,7 +89,11 @@ class Kernel:
                 source = file.read()
             linecache.cache[path] = (len(source), None, source.splitlines(True), path)
             tree = ast.parse(source, path)
-            last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+            last = tree.body[-1] if tree.body else None
+            if isinstance(last, ast.Expr):  # the final expression: its value is the main result
+                tree.body.pop()
+            else:
+                last = None
             self.run(compile(tree, path, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT))
             if last is not None:
                 value = self.run(
@@ -238,6 +243,8 @@ def main() -> None:
         os.set_inheritable(fd, False)  # a cell's `os.system` child gets neither
     sys.path[0] = "/sandbox"  # as for a file run from /sandbox; not this file's folder
     os.environ.setdefault("MPLBACKEND", "Agg")  # figures are drawn to PNG, never to a window
+    # `plt.show()` on Agg would only warn: the figures it means are shown at the cell's end.
+    warnings.filterwarnings("ignore", "FigureCanvasAgg is non-interactive", UserWarning)
     kernel = Kernel(control_fd, results_fd)
     signal.signal(signal.SIGINT, kernel.on_sigint)
     kernel.serve()

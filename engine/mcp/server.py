@@ -39,7 +39,9 @@ INSTRUCTIONS = (
     "isol8 runs untrusted code in hardened, disposable Docker containers (no network unless the "
     "operator allows it). run_code and run_command use a fresh sandbox per call; for state that "
     "carries over (files, installed packages) create_session, pass its session_id, and close_session "
-    "when done. Files live under /sandbox."
+    "when done. create_session with stateful keeps variables between run_code calls (a notebook's "
+    "kernel; reset_session starts it afresh) and returns images and HTML as results. Files live "
+    "under /sandbox."
 )
 
 
@@ -62,6 +64,7 @@ def _annotations(open_world: bool) -> dict[McpTool, ToolAnnotations]:
         "run_command": hints(False, destructive=True, world=open_world),
         "create_session": hints(False),
         "close_session": hints(False, destructive=True, idempotent=True),
+        "reset_session": hints(False, destructive=True, idempotent=True),
         "list_sessions": hints(True),
         "write_file": hints(False, destructive=True, idempotent=True),
         "read_file": hints(True),

@@ -5,7 +5,9 @@ Every tool goes through the same pieces as a REST request: the operator's policy
 long-lived engines, and sessions live in the same registry, namespaced by the caller's tenant (so one
 tenant cannot reach another's session by its id) and closed once idle for `cleanup.maxContainerAgeMs`.
 Sessions are explicit: `create_session` returns an unguessable id, and a run that names an unknown
-one is refused instead of creating it. Failures become tool errors with the CLI's one-line message.
+one is refused instead of creating it. A stateful session's `run_code` also returns its rich results:
+images as image content, HTML and markdown as text content, every bundle in the structured output.
+Failures become tool errors with the CLI's one-line message.
 """
 
 from __future__ import annotations
@@ -22,14 +24,26 @@ from typing import Annotated, Literal, TypeVar
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, ContentBlock, ImageContent, TextContent
 from pydantic import Field, ValidationError
 
 from engine.audit import acting_for
 from engine.config import McpSettings
 from engine.errors import Isol8Error, SessionNotFound, TooManySessions, one_line
 from engine.interface import Engine
-from engine.models import ExecutionRequest, Isol8Options, Model, NetworkFilter, NetworkLogEntry, NetworkMode, Pattern
-from engine.runtimes import RuntimeName
+from engine.models import (
+    ExecutionRequest,
+    InterpreterState,
+    Isol8Options,
+    MimeType,
+    Model,
+    NetworkFilter,
+    NetworkLogEntry,
+    NetworkMode,
+    Pattern,
+    RichResult,
+)
+from engine.runtimes import RuntimeName, get_runtime
 from engine.server.auth import Principal
 from engine.server.policy import ClientOptions
 from engine.server.sessions import Session, SessionInfo
@@ -65,12 +79,28 @@ class RunResult(Model):
     truncated: bool = Field(description="Output passed the output cap and was cut")
     session_id: str | None = None
     network: NetworkSummary | None = Field(default=None, description="Filtered runs only")
+    results: list[RichResult] | None = Field(
+        default=None,
+        description="Stateful sessions: the values the code displayed, in order, each a MIME bundle "
+        "(image/png, image/jpeg and application/pdf base64); isMainResult marks its final expression's",
+    )
+    state: InterpreterState | None = Field(
+        default=None,
+        description='Stateful sessions: the interpreter after the run: "fresh", "kept", or "lost" '
+        "(its variables are gone; the next run starts a fresh one)",
+    )
 
 
 class SessionCreated(Model):
     session_id: str
     runtime: str
     network: NetworkMode
+    stateful: bool
+
+
+class SessionReset(Model):
+    session_id: str
+    reset: bool = Field(default=True, description="The interpreter ended: the next run starts a fresh one")
 
 
 class SessionList(Model):
@@ -188,8 +218,10 @@ class Toolbox:
         deny: Deny = [],  # noqa: B006
         stdin: Stdin = None,
         env: Env = {},  # noqa: B006
-    ) -> RunResult:
+    ) -> Annotated[CallToolResult, RunResult]:
         """Run code in a fresh hardened container (or in a session's), and return its output and exit code.
+        In a stateful session the code runs on the session's interpreter (variables persist) and its
+        results come back too: images as image content, HTML and markdown as text.
         Progress notifications carry the output as it streams."""
         with tool_errors():
             request = ExecutionRequest(
@@ -199,7 +231,8 @@ class Toolbox:
                 stdin=stdin,
                 env=env,
             )
-            return await self._run(ctx, request, session_id, timeout_ms, memory_limit, network, allow, deny)
+            result = await self._run(ctx, request, session_id, timeout_ms, memory_limit, network, allow, deny)
+            return _with_content(result)
 
     async def run_command(
         self,
@@ -275,6 +308,7 @@ class Toolbox:
         """Run `request` on `engine`, reporting progress as output streams: the result and the requests it made."""
         output: dict[str, list[str]] = {"stdout": [], "stderr": []}
         network: list[NetworkLogEntry] = []
+        results: list[RichResult] = []
         errors: list[str] = []
         exit_event = None
         streamed = 0
@@ -294,6 +328,8 @@ class Toolbox:
                     await ctx.report_progress(streamed, message=event.data[-PROGRESS_MESSAGE_CHARS:])
                 elif event.type == "error":  # a timeout, an OOM kill, a failed install: after stderr
                     errors.append(event.data)
+                elif event.result is not None:
+                    results.append(event.result)
                 elif event.type == "exit":
                     exit_event = event
         if exit_event is None:  # the engine promises one `exit`; never report a made-up success
@@ -310,6 +346,8 @@ class Toolbox:
             oom_killed=bool(exit_event.oom_killed),
             truncated=bool(exit_event.truncated),
             network=_summary(network) if filtered else None,
+            results=results if exit_event.state is not None else None,
+            state=exit_event.state,
         )
         return result, network
 
@@ -322,13 +360,27 @@ class Toolbox:
         allow: Allow = [],  # noqa: B006
         deny: Deny = [],  # noqa: B006
         memory_limit: Memory = None,
+        stateful: Annotated[
+            bool,
+            Field(
+                description="run_code keeps one interpreter (python, node, bash) whose variables survive "
+                "between runs (a notebook's kernel), and returns rich results (images, HTML); reset_session "
+                "starts it afresh"
+            ),
+        ] = False,
     ) -> SessionCreated:
-        """Start a persistent sandbox: files and state carry over between the runs that name its id.
-        Closed by close_session, or once idle for the server's idle time."""
+        """Start a persistent sandbox: files and installed packages carry over between the runs that
+        name its id (variables too, with stateful). Closed by close_session, or once idle for the
+        server's idle time."""
         with tool_errors():
             caller = self.identify(ctx)
             chosen = runtime or self.settings.runtime
-            options = self._options(network, allow, deny, memory_limit)
+            if stateful and get_runtime(chosen).kernel is None:
+                raise Isol8Error(
+                    f'A stateful session runs python, node or bash; "{chosen}" runs each execution as a new '
+                    "process: create the session without stateful"
+                )
+            options = self._options(network, allow, deny, memory_limit).model_copy(update={"stateful": stateful})
             probe = ExecutionRequest(cmd="true", runtime=chosen, timeout_ms=self.settings.timeout_ms)
             plan = self.state.policy.plan(probe, options)
             session_id = secrets.token_urlsafe(16)
@@ -340,7 +392,9 @@ class Toolbox:
                     with contextlib.suppress(Exception):
                         await self.state.sessions.delete(caller.tenant_id, session_id)
                     raise
-            return SessionCreated(session_id=session_id, runtime=chosen, network=create.network)
+            return SessionCreated(
+                session_id=session_id, runtime=chosen, network=create.network, stateful=create.stateful
+            )
 
     @contextlib.asynccontextmanager
     async def _new_session(self, caller: Principal, session_id: str, create: Isol8Options) -> AsyncIterator[Session]:
@@ -362,6 +416,15 @@ class Toolbox:
             tenant = self.identify(ctx).tenant_id
             self._network.pop((tenant, session_id), None)
             return Closed(session_id=session_id, closed=await self.state.sessions.delete(tenant, session_id))
+
+    async def reset_session(self, ctx: Context, session_id: SessionId) -> SessionReset:
+        """End a stateful session's interpreter: its variables go, its files stay, and the next run
+        starts a fresh one (after a run in progress ends)."""
+        with tool_errors():
+            caller = self.identify(ctx)
+            async with self._session(caller, session_id) as session:
+                await session.engine.reset()
+            return SessionReset(session_id=session_id)
 
     async def list_sessions(self, ctx: Context) -> SessionList:
         """The caller's sessions (another tenant's are never listed)."""
@@ -465,6 +528,31 @@ class Toolbox:
                         'filtered session logs requests (create_session with network "filtered")'
                     )
             return NetworkLog(session_id=session_id, entries=self._network.get(key, []))
+
+
+IMAGE_TYPES: tuple[MimeType, ...] = ("image/png", "image/jpeg")
+"""Bundle values sent as MCP image content (already base64, as the content wants them)."""
+TEXT_TYPES: tuple[MimeType, ...] = ("text/markdown", "text/html")
+"""Bundle values sent as text content, the first a bundle has; else its text/plain."""
+
+
+def _with_content(result: RunResult) -> CallToolResult:
+    """`result` as structured output, with content for the model: the result's JSON (its results
+    left to the blocks after it), then each rich result's images and its markdown, HTML or text."""
+    blocks: list[ContentBlock] = [TextContent(type="text", text=result.model_dump_json(indent=2, exclude={"results"}))]
+    for rich in result.results or []:
+        images = [
+            ImageContent(type="image", data=rich.data[mime], mime_type=mime)
+            for mime in IMAGE_TYPES
+            if mime in rich.data
+        ]
+        text = next((rich.data[mime] for mime in TEXT_TYPES if mime in rich.data), None)
+        if text is None and not images:
+            text = rich.data.get("text/plain")
+        blocks.extend(images)
+        if text is not None:
+            blocks.append(TextContent(type="text", text=text))
+    return CallToolResult(content=blocks, structured_content=result.model_dump(mode="json", by_alias=True))
 
 
 def _decode(content: str, encoding: Encoding) -> bytes:

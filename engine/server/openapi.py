@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from engine.models import BINARY_MIME_TYPES, StreamEvent
 from engine.runtimes import RUNTIME_NAMES
 from engine.server.policy import MINIMUMS
 from engine.server.wire import NAME, ErrorBody
@@ -79,6 +80,7 @@ def tighten(document: dict[str, Any]) -> dict[str, Any]:
         properties["outputPaths"]["items"]["pattern"] = FILE_PATH_PATTERN
         _set(properties["fileExtension"], "string", pattern=r"^\.?[A-Za-z0-9]+$")
         _set(properties["fileName"], "string", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    _document_events(document)
     upload = schemas.get("FileUpload")
     if upload is not None:
         upload["properties"]["path"]["pattern"] = FILE_PATH_PATTERN
@@ -97,6 +99,23 @@ def tighten(document: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(minimum, str):
                 _set(properties.get(json_name), "number" if json_name == "cpuLimit" else "integer", minimum=minimum)
     return document
+
+
+def _document_events(document: dict[str, Any]) -> None:
+    """StreamEvent (what each SSE frame and WebSocket message holds, `result` events' RichResult
+    included) in the components, named from the stream's reply; RichResult's binary values said."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    event = StreamEvent.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+    for name, schema in event.pop("$defs", {}).items():
+        schemas.setdefault(name, schema)
+    schemas["StreamEvent"] = event
+    stream = document.get("paths", {}).get("/execute/stream", {}).get("post", {}).get("responses", {}).get("200")
+    if stream is not None:
+        stream["content"]["text/event-stream"] = {"x-event": {"$ref": "#/components/schemas/StreamEvent"}}
+    data = schemas.get("RichResult", {}).get("properties", {}).get("data")
+    if data is not None:
+        binary = ", ".join(sorted(BINARY_MIME_TYPES))
+        data["description"] = f"A MIME bundle: {binary} values are base64, the others text (JSON as its text)"
 
 
 FILE_PATH_PATTERN = r"^/(sandbox|tmp)(/([^/\u0000.][^/\u0000]*|\.[^/\u0000.][^/\u0000]*|\.\.[^/\u0000]+))+$"

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 
 from engine.agent.proxy import HTTPS_PORT
 from engine.config import Isol8Config
-from engine.errors import Isol8Error, PolicyRefused
+from engine.errors import Isol8Error, NotStateful, PolicyRefused
 from engine.limits import parse_size
 from engine.models import (
     CONTAINER_LIMITS,
@@ -76,6 +76,9 @@ class ClientOptions(RequestLimits):
     debug: bool | None = None
     remote_code: RemoteCodePolicy | None = None
     audit: AuditOptions | None = None
+    # With a sessionId: the session keeps one interpreter whose variables survive between runs.
+    # Fixed when the session is created; asking otherwise of an existing session is refused.
+    stateful: bool | None = None
 
     @field_validator("secrets")
     @classmethod
@@ -90,12 +93,29 @@ class Plan:
 
     engine_options: Isol8Options  # ephemeral; also the key of the shared engine that runs it
     request: ExecutionRequest  # the client's request with its options' limits and secrets folded in
+    stateful: bool | None = None  # what the client asked (None: whatever the session is)
 
     def session_options(self) -> Isol8Options:
-        """A new session's engine: persistent, its runtime and limits fixed by its first request."""
+        """A new session's engine: persistent, its runtime, limits and statefulness fixed by its first
+        request."""
         limits = {name: getattr(self.request, name) for name in CONTAINER_LIMITS}
         update = {name: value for name, value in limits.items() if value is not None}
-        return self.engine_options.model_copy(update={**update, "mode": "persistent", "runtime": self.request.runtime})
+        fixed = {"mode": "persistent", "runtime": self.request.runtime, "stateful": bool(self.stateful)}
+        return self.engine_options.model_copy(update={**update, **fixed})
+
+    def check_session(self, session: Isol8Options) -> None:
+        """Refuse a statefulness the client asked that an existing session does not have."""
+        if self.stateful is None or self.stateful == session.stateful:
+            return
+        if self.stateful:
+            raise NotStateful(
+                "This session was created without stateful: it cannot become stateful; "
+                "use a new sessionId for a stateful session"
+            )
+        raise Isol8Error(
+            "This session is stateful: it cannot run without its interpreter; "
+            "leave stateful out (or true), or use a new sessionId"
+        )
 
 
 def _listing(values: Iterable[str]) -> str:
@@ -134,7 +154,7 @@ class Policy:
             image=self._image(options),
             remote_code=self._remote_code(options),
         )
-        return Plan(engine_options=engine_options, request=folded)
+        return Plan(engine_options=engine_options, request=folded, stateful=options.stateful)
 
     # --- checks -----------------------------------------------------------------------------------
     def _check_flags(self, options: ClientOptions) -> None:

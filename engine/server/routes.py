@@ -156,6 +156,15 @@ def add_routes(app: FastAPI) -> None:
             await session.engine.set_network_filter(narrowed)
         return OkBody()
 
+    @app.post("/session/{session_id}/reset", tags=["sessions"], responses=error_responses(404, 500))
+    async def reset_session(session_id: str, request: Request, principal: Caller) -> OkBody:
+        """End a stateful session's interpreter: its variables go, its files stay, and the next run
+        starts a fresh one (after a run in progress ends). 400 `not_stateful` for a session created
+        without `stateful`."""
+        async with state_of(request).sessions.use(principal.tenant_id, session_id) as session:
+            await session.engine.reset()
+        return OkBody()
+
     @app.get("/sessions", tags=["sessions"], responses=ERRORS)
     async def list_sessions(request: Request, principal: Caller) -> SessionList:
         """The caller's tenant's sessions."""

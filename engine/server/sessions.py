@@ -32,6 +32,7 @@ class SessionInfo(Model):
     created_at: str
     last_accessed_at: str
     container_id: str | None = None
+    stateful: bool = False  # its code runs on one interpreter that keeps variables (reset: POST /session/{id}/reset)
 
 
 def _iso(seconds: float) -> str:
@@ -58,6 +59,7 @@ class Session:
             created_at=_iso(self.created_at),
             last_accessed_at=_iso(self.last_accessed_at),
             container_id=self.engine.container_id,
+            stateful=self.engine.options.stateful,
         )
 
 
@@ -96,6 +98,8 @@ class SessionRegistry:
             session.active += 1
             session.touch()
         try:
+            if self.cluster is not None:  # joined: learn how the session was made (e.g. stateful)
+                await session.engine.start()
             yield session
         except (SessionNotFound, SessionLost):
             # On a cluster: joined nothing, deleted by another server, or lost with its node. The handle

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from engine import Engine, PoolState
 from engine.config import Isol8Config
+from engine.errors import Isol8Error
 from engine.server.auth import Authenticator, KeyStore, Principal, open_store
 from engine.server.engines import ClusterEngines, SharedEngines
 from engine.server.policy import Plan, Policy
@@ -90,10 +91,16 @@ class ServerState:
         where = f"sessionId={session_id}" if session_id else "ephemeral"
         log.debug("[Server] execute runtime=%s tenant=%s %s", plan.request.runtime, principal.tenant_id, where)
         if session_id is None:
+            if plan.stateful:
+                raise Isol8Error(
+                    "stateful needs a sessionId: the interpreter that keeps variables lives in a session "
+                    "(pass any new sessionId to create one)"
+                )
             async with self.engines.use(plan.engine_options) as engine:
                 yield engine
         else:
             async with self.sessions.use(principal.tenant_id, session_id, plan.session_options()) as session:
+                plan.check_session(session.engine.options)
                 yield session.engine
 
     def pool_state(self) -> list[PoolState]:

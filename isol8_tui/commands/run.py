@@ -22,7 +22,7 @@ from engine.runtimes import RUNTIME_NAMES, detect_runtime, get_runtime
 from isol8_tui.commands.cluster import cluster_flag
 from isol8_tui.commands.setup import build_progress
 from isol8_tui.output import err, info, setup_logging, user_errors, warn
-from isol8_tui.printing import run_requests
+from isol8_tui.printing import Printing, run_requests
 
 SKIPPED_DIRS = {".git", "node_modules", "__pycache__", ".venv", "venv", ".tox"}
 
@@ -115,13 +115,21 @@ def _requests(
 
 
 async def _run(
-    options: Isol8Options, requests: list[ExecutionRequest], stream: bool, out_path: str | None, cluster: str | None
+    options: Isol8Options,
+    requests: list[ExecutionRequest],
+    stream: bool,
+    output: tuple[str | None, Path, bool],
+    cluster: str | None,
 ) -> int:
     """Run the requests in order in one engine; stop at the first that exits non-zero."""
     engine = DockerIsol8(options) if cluster is None else RayIsol8(cluster, options)
+    out_path, results_dir, as_json = output
     with open(out_path, "w", encoding="utf-8") if out_path else contextlib.nullcontext(sys.stdout) as out:
         async with engine:
-            exit_code = await run_requests(engine, requests, stream=stream, out=out, log_network=options.log_network)
+            printing = Printing(out, results_dir, as_json)
+            exit_code = await run_requests(
+                engine, requests, stream=stream, printing=printing, log_network=options.log_network
+            )
             for container_id in engine.persisted if isinstance(engine, DockerIsol8) else ():
                 info(
                     f"Container {container_id[:12]} left running (--persist). Inspect it with "
@@ -168,6 +176,20 @@ async def _run(
 @click.option("--out", "out_path", metavar="FILE", help="Write the program's stdout to FILE.")
 @click.option("--workdir", metavar="PATH", help="Working directory inside /sandbox.")
 @click.option("--persistent", is_flag=True, help="Run every input of this command in one container.")
+@click.option(
+    "--stateful",
+    is_flag=True,
+    help="With --persistent or --session-id: code runs on one interpreter that keeps its variables, "
+    "and returns rich results (images and PDFs go to files).",
+)
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(),
+    show_default="the current directory",
+    help="Where --stateful runs' images and PDFs are written (result-N.png, ...; never overwriting a file).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print each execution's whole result as one JSON line.")
 @click.option("--persist", is_flag=True, help="Leave the container running after exit (debugging).")
 @click.option("--no-stream", is_flag=True, help="Print the output when the run ends instead of live.")
 @click.option("--debug", is_flag=True, help="Log what the engine does to stderr.")
@@ -194,6 +216,9 @@ def command(
     out_path: str | None,
     workdir: str | None,
     persistent: bool,
+    stateful: bool,
+    results_dir: Path,
+    as_json: bool,
     persist: bool,
     allow: tuple[str, ...],
     deny: tuple[str, ...],
@@ -228,14 +253,19 @@ def command(
             workdir=workdir,
         )
         remote = {name: limits.pop(name) for name in ("host", "key", "session_id")}
+        if stateful and not (persistent or remote["session_id"]):
+            raise Isol8Error(
+                "--stateful needs a session: add --persistent, or run on a server with --host URL --session-id ID."
+            )
+        output = (out_path, results_dir, as_json)
         if any(remote.values()):
             from isol8_tui.remote_run import run_remote
 
-            flags = {**limits, "persist": persist, "log_network": log_network}
+            flags = {**limits, "persist": persist, "log_network": log_network, "stateful": stateful}
             flags.update(allow=allow, deny=deny, allow_ports=allow_ports)
             stream = not no_stream
             exit_code = run_remote(
-                **remote, requests=requests, persistent=persistent, stream=stream, out_path=out_path, flags=flags
+                **remote, requests=requests, persistent=persistent, stream=stream, output=output, flags=flags
             )
             raise SystemExit(exit_code)
         # --allow/--deny replace the config's lists, --allow-port adds to its ports.
@@ -256,6 +286,7 @@ def command(
             mode="persistent" if persistent else "ephemeral",
             runtime=requests[0].runtime if persistent else None,
             persist=persist,
+            stateful=stateful,
             network_filter=network_filter,
             log_network=log_network or None,
             # One command runs a few executions at most: a warm spare would only be started and removed.
@@ -274,7 +305,7 @@ def command(
         else:
             DockerClient().ping()
         try:
-            exit_code = asyncio.run(_run(options, requests, not no_stream, out_path, cluster))
+            exit_code = asyncio.run(_run(options, requests, not no_stream, output, cluster))
         except KeyboardInterrupt:
             err("Interrupted; the sandbox was removed.")
             raise SystemExit(130) from None

@@ -1,4 +1,4 @@
-"""`isol8 session list|delete|stop`: the sessions an isol8 server keeps for this API key's tenant."""
+"""`isol8 session list|delete|stop|reset`: the sessions an isol8 server keeps for this API key's tenant."""
 
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ async def _delete(host: str, key: str, session_id: str) -> None:
         await remote.delete_session(session_id)
 
 
+async def _reset(host: str, key: str, session_id: str) -> None:
+    async with RemoteIsol8(host, key, session_id, keep_session=True) as remote:
+        await remote.reset()
+
+
 host_option = click.option("--host", required=True, metavar="URL", help="The server, e.g. http://127.0.0.1:3000.")
 key_option = click.option(
     "-k", "--key", metavar="KEY", help="API key (default: $ISOL8_API_KEY, else the key `isol8 login` stored)."
@@ -37,7 +42,7 @@ key_option = click.option(
 
 @click.group("session")
 def command() -> None:
-    """Sessions on an isol8 server (`isol8 serve`): list or delete (stop) them."""
+    """Sessions on an isol8 server (`isol8 serve`): list, delete (stop) or reset them."""
 
 
 @command.command("list")
@@ -59,7 +64,8 @@ def list_command(host: str, key: str | None, as_json: bool) -> None:
     for session in sessions:
         state = "running" if session.is_active else "idle"
         runtime = f"  {session.runtime}" if session.runtime else ""
-        click.echo(f"  {session.id}  [{state}]{runtime}  last accessed: {_local_time(session.last_accessed_at)}")
+        kind = "  stateful" if session.stateful else ""
+        click.echo(f"  {session.id}  [{state}]{runtime}{kind}  last accessed: {_local_time(session.last_accessed_at)}")
 
 
 @click.command("delete")
@@ -74,5 +80,18 @@ def delete_command(session_id: str, host: str, key: str | None) -> None:
     ok(f'Session "{session_id}" destroyed.')
 
 
+@click.command("reset")
+@click.argument("session_id")
+@host_option
+@key_option
+def reset_command(session_id: str, host: str, key: str | None) -> None:
+    """End a stateful session's interpreter: its variables go, its files stay."""
+    with user_errors():
+        secret = api_key(key, host)
+        asyncio.run(_reset(host, secret, session_id))
+    ok(f'Session "{session_id}" reset: the next run starts a fresh interpreter.')
+
+
+command.add_command(reset_command, "reset")
 command.add_command(delete_command, "delete")
 command.add_command(delete_command, "stop")

@@ -115,3 +115,23 @@ def test_audit_records_written_on_the_nodes_name_the_servers_caller(
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(records) == 3
     assert {(r["tenantId"], r["keyId"]) for r in records} == {("acme", created["id"])}
+
+
+def test_a_stateful_session_made_through_one_server_is_stateful_through_another(servers: list[ServerProcess]) -> None:
+    a, b = servers
+    with a.client() as first, b.client() as second:
+        made = first.post(
+            "/execute", json={"sessionId": "interp", "options": {"stateful": True}, "request": {"code": "x = 41"}}
+        )
+        assert made.status_code == 200 and made.json()["state"] == "fresh", made.text
+        kept = second.post(
+            "/execute", json={"sessionId": "interp", "options": {"stateful": True}, "request": {"code": "x + 1"}}
+        )
+        assert kept.status_code == 200, kept.text
+        assert (kept.json()["state"], kept.json()["results"][0]["data"]["text/plain"]) == ("kept", "42")
+        listed = second.get("/sessions").json()["sessions"]
+        assert [s["stateful"] for s in listed if s["id"] == "interp"] == [True]
+        assert second.post("/session/interp/reset").status_code == 200
+        fresh = first.post("/execute", json={"sessionId": "interp", "request": {"code": "print('x' in globals())"}})
+        assert (fresh.json()["stdout"], fresh.json()["state"]) == ("False\n", "fresh"), fresh.text
+        assert first.delete("/session/interp").status_code == 200
