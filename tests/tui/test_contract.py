@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 from fake_engine import FakeBackend
 from textual.widgets import TextArea
-from tui_helpers import main_screen, run_and_wait, wait_for
+from tui_helpers import main_screen, run_and_wait, session_from_dialog, wait_for
 
 from engine.config import Isol8Config, TuiSettings
 from isol8_tui.app import WorkbenchApp, make_app
 from isol8_tui.bridge import Backend, RealBackend
-from isol8_tui.screens.dialogs import NewSessionScreen
 from isol8_tui.screens.main import MainScreen
 
 FAILING = 'import sys\nprint("to stdout")\nprint("to stderr", file=sys.stderr)\nsys.exit(3)\n'
@@ -51,12 +50,7 @@ async def test_a_new_session_runs_code_that_fails_then_one_that_times_out(any_ba
     async with app.run_test(size=(120, 36)) as pilot:
         screen = main_screen(app)
         await wait_for(pilot, lambda: screen.started)
-        await pilot.press("ctrl+n")
-        await wait_for(pilot, lambda: isinstance(app.screen, NewSessionScreen))
-        await pilot.press("ctrl+s")  # create: python, no network
-        await wait_for(pilot, lambda: screen.selected is not None and screen.selected.name == "python-2")
-        session = screen.selected
-        assert session is not None
+        session = await session_from_dialog(pilot, "python-2")  # python, no network
         await wait_for(pilot, lambda: session.state == "idle", timeout=60)
 
         await run_and_wait(pilot, timeout=60)
@@ -158,13 +152,8 @@ async def test_a_stateful_session_keeps_variables_until_reset(any_backend: Backe
     async with app.run_test(size=(120, 36), notifications=True) as pilot:
         screen = main_screen(app)
         await wait_for(pilot, lambda: screen.started)
-        await pilot.press("ctrl+n")
-        await wait_for(pilot, lambda: isinstance(app.screen, NewSessionScreen))
-        await pilot.click("#ns-stateful")
-        await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: screen.selected is not None and screen.selected.name == f"{runtime}-2")
-        session = screen.selected
-        assert session is not None and session.stateful
+        session = await session_from_dialog(pilot, f"{runtime}-2", stateful=True)
+        assert session.stateful
         await wait_for(pilot, lambda: session.state == "idle", timeout=60)
 
         def results() -> list[tuple[str, bool]]:

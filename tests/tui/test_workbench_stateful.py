@@ -14,7 +14,7 @@ from scenes import ANALYSIS, STATEFUL
 from textual.message import Message
 from textual.widgets import DataTable, Input, Markdown
 from textual_image.widget import Image as TerminalImage
-from tui_helpers import main_screen, run_and_wait, wait_for, write_until_rerun
+from tui_helpers import main_screen, run_and_wait, session_from_dialog, wait_for, write_until_rerun
 
 from engine.config import TuiSettings
 from engine.errors import NotStateful
@@ -62,13 +62,8 @@ async def test_the_dialogs_toggle_makes_a_stateful_session_that_the_project_file
     async with app.run_test(size=SIZE) as pilot:
         screen = main_screen(app)
         await wait_for(pilot, lambda: screen.started)
-        await pilot.press("ctrl+n")
-        await wait_for(pilot, lambda: isinstance(app.screen, NewSessionScreen))
-        await pilot.click("#ns-stateful")
-        await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: screen.selected is not None and screen.selected.name == "python-2")
-        session = screen.selected
-        assert session is not None and session.stateful
+        session = await session_from_dialog(pilot, "python-2", stateful=True)
+        assert session.stateful
         engine = session.engine
         assert isinstance(engine, FakeEngine) and engine.options.stateful and engine.options.mode == "persistent"
         assert "stateful" in str(screen.topbar.query_one("#target").render())
@@ -89,12 +84,8 @@ async def test_the_dialog_makes_a_session_that_is_not_stateful_unless_ticked(fak
     async with app.run_test(size=SIZE) as pilot:
         screen = main_screen(app)
         await wait_for(pilot, lambda: screen.started)
-        await pilot.press("ctrl+n")
-        await wait_for(pilot, lambda: isinstance(app.screen, NewSessionScreen))
-        await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: screen.selected is not None and screen.selected.name == "python-2")
-        assert screen.selected is not None and not screen.selected.stateful
-        assert not screen.selected.engine.options.stateful  # type: ignore[attr-defined]
+        session = await session_from_dialog(pilot, "python-2")
+        assert not session.stateful and not session.engine.options.stateful  # type: ignore[attr-defined]
 
 
 def test_the_sidebar_marks_stateful_sessions_only(backend: FakeBackend) -> None:

@@ -10,7 +10,9 @@ from textual.message import Message
 from textual.pilot import Pilot
 
 from isol8_tui.app import WorkbenchApp
+from isol8_tui.screens.dialogs import NewSessionScreen
 from isol8_tui.screens.main import MainScreen
+from isol8_tui.sessions import Session
 
 
 def main_screen(app: WorkbenchApp) -> MainScreen:
@@ -28,6 +30,22 @@ async def wait_for(pilot: Pilot[Any], predicate: Callable[[], bool], timeout: fl
         await pilot.pause(0.02)
         loop_time += 0.02
     await pilot.pause()
+
+
+async def session_from_dialog(pilot: Pilot[Any], name: str, *, stateful: bool = False) -> Session:
+    """Create a session through the new-session dialog (its defaults, `stateful` ticked if asked)
+    and wait until it is the selected one, named `name`."""
+    app = pilot.app
+    screen = main_screen(app)  # type: ignore[arg-type]
+    await pilot.press("ctrl+n")
+    await wait_for(pilot, lambda: isinstance(app.screen, NewSessionScreen))
+    if stateful:
+        await pilot.click("#ns-stateful")
+    await pilot.press("ctrl+s")
+    await wait_for(pilot, lambda: screen.selected is not None and screen.selected.name == name)
+    session = screen.selected
+    assert session is not None
+    return session
 
 
 async def run_and_wait(pilot: Pilot[Any], key: str = "ctrl+r", timeout: float = 5.0) -> MainScreen:
