@@ -317,3 +317,15 @@ async def test_a_module_written_after_the_interpreter_started_imports(session: D
     result = await run(session, "import latecomer\nlatecomer.VALUE + x", files={site: "VALUE = 41"})
     assert result.exit_code == 0, result.stderr
     assert result.results[0].text() == "42"  # type: ignore[index]
+
+
+async def test_a_caller_leaving_mid_cell_interrupts_it_and_the_state_stays(session: DockerIsol8) -> None:
+    await run(session, "x = 9")
+    stream = session.execute_stream(
+        ExecutionRequest(code="import time\nprint('up')\nwhile True:\n    time.sleep(0.01)")
+    )
+    first = await anext(stream)
+    assert (first.type, first.data) == ("stdout", "up\n")
+    await stream.aclose()  # the caller leaves: the cell is interrupted, not the interpreter killed
+    after = await run(session, "x")
+    assert (after.results[0].text(), after.state) == ("9", "kept")  # type: ignore[index]
