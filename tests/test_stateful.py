@@ -329,3 +329,25 @@ async def test_a_caller_leaving_mid_cell_interrupts_it_and_the_state_stays(sessi
     await stream.aclose()  # the caller leaves: the cell is interrupted, not the interpreter killed
     after = await run(session, "x")
     assert (after.results[0].text(), after.state) == ("9", "kept")  # type: ignore[index]
+
+
+@pytest.mark.parametrize("lead", [b"", b"{}\n"], ids=["no-newline", "after-a-line"])
+async def test_an_endless_line_on_the_results_channel_is_cut_at_its_bound(lead: bytes) -> None:
+    """The agent holds at most maxFileSize (base64) of an unfinished line, also after a whole one: 256 MB
+    sent without a newline would otherwise take the container (and the session) down at its 128m."""
+    async with DockerIsol8(mode="persistent", stateful=True, max_file_size=100_000, memory_limit="128m") as engine:
+        flood = (
+            "import os, stat\n"
+            "for fd in range(3, 64):\n"
+            "    try:\n"
+            "        if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+            f"            os.write(fd, {lead!r})\n"
+            "            for _ in range(4096):\n"
+            "                os.write(fd, b'x' * 65536)\n"
+            "    except OSError:\n"
+            "        pass\n"
+        )
+        result = await run(engine, flood, timeout_ms=20_000)
+        assert (result.state, result.oom_killed) == ("lost", False), result.stderr
+        after = await run(engine, "print('ok')")
+        assert (after.stdout, after.container_id) == ("ok\n", result.container_id)  # the same sandbox

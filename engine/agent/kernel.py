@@ -77,7 +77,7 @@ class Kernel:
         """One cell to run; OSError when the interpreter is gone."""
         if self.cells == "words":
             words = [_word(path), _word(cwd or "-")]
-            words += [f"{name}={_word(value)}" for name, value in env.items() if name.isidentifier()]
+            words += [f"{name}={_word(value)}" for name, value in env.items() if name.isascii() and name.isidentifier()]
             line = " ".join(words).encode()
         else:
             line = P.dumps({"path": path, "cwd": cwd, "env": env})
@@ -85,30 +85,27 @@ class Kernel:
 
     def read_lines(self, limit: int) -> list[dict | None]:
         """Complete lines from the results pipe, each parsed; None for one that is not a JSON
-        object or runs past `limit` bytes (the interpreter is then not to be trusted)."""
-        ended = False
-        try:
-            while chunk := os.read(self.results, READ_CHUNK):
-                self.lines += chunk
-                if len(self.lines) > limit and b"\n" not in self.lines:
-                    return [None]
-            ended = True  # it closed its end (or died): no cell can end any more
-        except BlockingIOError:
-            pass
-        except OSError:
-            ended = True
-        if ended and self.results in self.selector.get_map():
-            self.selector.unregister(self.results)
+        object or runs past `limit` bytes (the interpreter is then not to be trusted). What is held
+        of an unfinished line never passes `limit`, and each byte is looked at once."""
         found: list[dict | None] = []
-        while b"\n" in self.lines:
-            line, _, rest = self.lines.partition(b"\n")
-            self.lines = bytearray(rest)
+        while True:
             try:
-                value = P.loads(line) if len(line) <= limit else None
-            except ValueError:
-                value = None
-            found.append(value if isinstance(value, dict) else None)
-        return [*found, None] if ended else found
+                chunk = os.read(self.results, READ_CHUNK)
+            except BlockingIOError:
+                return found
+            except OSError:
+                chunk = b""
+            if not chunk:  # it closed its end (or died): no cell can end any more
+                if self.results in self.selector.get_map():
+                    self.selector.unregister(self.results)
+                return [*found, None]
+            self.lines += chunk
+            if b"\n" in chunk:
+                *complete, rest = self.lines.split(b"\n")
+                self.lines = bytearray(rest)
+                found.extend(_parsed(line, limit) for line in complete)
+            if len(self.lines) > limit:
+                return [*found, None]
 
     def ack(self) -> None:
         """The interpreter may go on after a result (its output before the result has gone out)."""
@@ -153,6 +150,16 @@ class Kernel:
             pass
         except OSError:
             self.selector.unregister(fd)
+
+
+def _parsed(line: bytes | bytearray, limit: int) -> dict | None:
+    if len(line) > limit:
+        return None
+    try:
+        value = P.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _word(text: str) -> str:
