@@ -392,7 +392,7 @@ class Sandbox:
         async with self._deadline("resetting the interpreter"):
             error = await self._ask("reset", "reset")
         if error:
-            raise SandboxError(f"Cannot reset the interpreter: {error}")
+            raise SandboxError(f"Cannot reset the interpreter: {error}; wait for the run to end, then reset again.")
 
     async def scrub(self) -> str | None:
         """Have the agent erase the last execution; None when it verified the sandbox is clean."""
