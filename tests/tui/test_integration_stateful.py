@@ -4,18 +4,38 @@ an object's `_repr_html_` table comes back as a result the workbench shows as a 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-from textual.widgets import DataTable
-from tui_helpers import main_screen, run_and_wait, wait_for
+from textual.message import Message
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Input
+from tui_helpers import main_screen, run_and_wait, wait_for, write_until_rerun
 
 from engine.config import TuiSettings
 from engine.docker import DockerClient
 from isol8_tui.app import make_app
-from isol8_tui.sessions import SessionSpec
+from isol8_tui.screens.dialogs import PathScreen
+from isol8_tui.screens.main import MainScreen
+from isol8_tui.sessions import RunSettings, Session, SessionSpec
 from isol8_tui.widgets.results import ResultView
 
 pytestmark = pytest.mark.docker
+
+
+async def stateful_session(pilot: Pilot[Any], spec: SessionSpec | None = None) -> Session:
+    """A stateful python session on the real engine (or `spec`'s), selected and idle."""
+    screen = main_screen(pilot.app)  # type: ignore[arg-type]
+    await wait_for(pilot, lambda: screen.started, timeout=60)
+    session = screen.create_session(spec or SessionSpec("python", stateful=True))
+    assert session is not None
+    await wait_for(pilot, lambda: session.state == "idle", timeout=90)
+    return session
+
+
+def status_of(screen: MainScreen) -> str:
+    return str(screen.runbar.query_one("#status").render())
+
 
 DEFINE = '''\
 x = 41
@@ -41,18 +61,15 @@ async def test_variables_survive_two_runs_and_an_html_table_is_shown_as_a_table(
     app = make_app(path, watch=False, cursor_blink=False, animations=False, settings=TuiSettings(images=False))
     async with app.run_test(size=(120, 36)) as pilot:
         screen = main_screen(app)
-        await wait_for(pilot, lambda: screen.started, timeout=60)
-        session = screen.create_session(SessionSpec("python", stateful=True))
-        assert session is not None
-        await wait_for(pilot, lambda: session.state == "idle", timeout=90)
+        await stateful_session(pilot)
 
         await run_and_wait(pilot, timeout=90)
-        status = str(screen.runbar.query_one("#status").render())
+        status = status_of(screen)
         assert "✓ exit 0" in status and "state fresh" in status, status
 
         screen.editor_pane.editor.text = USE
         await run_and_wait(pilot, timeout=90)
-        status = str(screen.runbar.query_one("#status").render())
+        status = status_of(screen)
         assert "✓ exit 0" in status and "state kept" in status, (status, screen.outputs.stderr.lines)
         assert screen.outputs.stdout.lines == ["42", ""]
         [view] = screen.result_pane.query(ResultView)
@@ -87,19 +104,12 @@ Plot()
 async def test_an_image_result_is_named_by_its_line_and_saved_as_its_png(
     docker_client: DockerClient, workdir: Path
 ) -> None:
-    from textual.widgets import Input
-
-    from isol8_tui.screens.dialogs import PathScreen
-
     path = workdir / "plot.py"
     path.write_text(PLOT)
     app = make_app(path, watch=False, cursor_blink=False, animations=False, settings=TuiSettings(images=False))
     async with app.run_test(size=(120, 36)) as pilot:
         screen = main_screen(app)
-        await wait_for(pilot, lambda: screen.started, timeout=60)
-        session = screen.create_session(SessionSpec("python", stateful=True))
-        assert session is not None
-        await wait_for(pilot, lambda: session.state == "idle", timeout=90)
+        await stateful_session(pilot)
         await run_and_wait(pilot, timeout=90)
         [view] = screen.result_pane.query(ResultView)
         assert view.shown.kind == "image", view.result.data.keys()
@@ -116,9 +126,6 @@ async def test_an_image_result_is_named_by_its_line_and_saved_as_its_png(
 
 
 async def test_re_running_on_save_keeps_the_interpreters_variables(docker_client: DockerClient, workdir: Path) -> None:
-    from textual.message import Message
-    from tui_helpers import write_until_rerun
-
     path = workdir / "cell.py"
     path.write_text("x = 41\n")
     settings = TuiSettings(watch_debounce_ms=50, images=False)
@@ -126,15 +133,12 @@ async def test_re_running_on_save_keeps_the_interpreters_variables(docker_client
     messages: list[Message] = []
     async with app.run_test(size=(120, 36), message_hook=messages.append) as pilot:
         screen = main_screen(app)
-        await wait_for(pilot, lambda: screen.started, timeout=60)
-        session = screen.create_session(SessionSpec("python", stateful=True))
-        assert session is not None
-        await wait_for(pilot, lambda: session.state == "idle", timeout=90)
+        session = await stateful_session(pilot)
         await run_and_wait(pilot, timeout=90)
         await write_until_rerun(pilot, path, "x + 1\n", messages, timeout=120)
         await wait_for(pilot, lambda: screen.current_run is None, timeout=60)
         assert screen.selected is session
-        status = str(screen.runbar.query_one("#status").render())
+        status = status_of(screen)
         assert "✓ exit 0" in status and "state kept" in status, (status, screen.outputs.stderr.lines)
         assert [v.result.text() for v in screen.result_pane.query(ResultView)] == ["42"]
 
@@ -142,25 +146,19 @@ async def test_re_running_on_save_keeps_the_interpreters_variables(docker_client
 async def test_a_run_killed_at_the_memory_limit_says_in_the_status_that_the_state_is_lost(
     docker_client: DockerClient, workdir: Path
 ) -> None:
-    from isol8_tui.sessions import RunSettings
-
     path = workdir / "hog.py"
     path.write_text("x = 1\n")
     app = make_app(path, watch=False, cursor_blink=False, animations=False, settings=TuiSettings(images=False))
     async with app.run_test(size=(160, 36), notifications=True) as pilot:
         screen = main_screen(app)
-        await wait_for(pilot, lambda: screen.started, timeout=60)
-        spec = SessionSpec("python", settings=RunSettings(memory_limit="128m"), stateful=True)
-        session = screen.create_session(spec)
-        assert session is not None
-        await wait_for(pilot, lambda: session.state == "idle", timeout=90)
+        await stateful_session(pilot, SessionSpec("python", settings=RunSettings(memory_limit="128m"), stateful=True))
         await run_and_wait(pilot, timeout=90)
         screen.editor_pane.editor.text = "hog = b'x' * (400 << 20)\n"
         await run_and_wait(pilot, timeout=90)
-        status = str(screen.runbar.query_one("#status").render())
+        status = status_of(screen)
         assert "out of memory" in status and "state lost: OUT OF MEMORY; INTERPRETER STATE LOST" in status, status
         assert any("killed at the memory limit" in str(n.message) for n in app._notifications)
         screen.editor_pane.editor.text = "print('x' in globals())\n"
         await run_and_wait(pilot, timeout=90)
         assert screen.outputs.stdout.lines == ["False", ""]
-        assert "state fresh" in str(screen.runbar.query_one("#status").render())
+        assert "state fresh" in status_of(screen)
