@@ -121,7 +121,7 @@ def confine(path: str) -> str:
 
 
 def task_uids(status_path: str) -> list[int]:
-    """The real, effective, saved and filesystem uids of one task (thread); [] once it is gone."""
+    """The real, effective, saved and filesystem uids in one process's or task's status; [] once it is gone."""
     try:
         with open(status_path, "rb") as status:
             for line in status:
@@ -906,7 +906,8 @@ class Agent:
         Not `spare` (a stateful session's interpreter), nor its children already dead (it collects
         them before its next cell).
 
-        Per task, because a thread-group leader that has exited is a zombie while its threads run."""
+        The process's own status and each task's: a thread-group leader that has exited is a zombie
+        while its threads run, and gVisor cannot list /proc/<pid>/task of such a process at all."""
         found: dict[int, set[int]] = {}
         for name in os.listdir("/proc"):
             if not name.isdigit():
@@ -916,11 +917,11 @@ class Agent:
             try:
                 tids = os.listdir(f"/proc/{name}/task")
             except OSError:
-                continue
-            for tid in tids:
-                uids = [uid for uid in task_uids(f"/proc/{name}/task/{tid}/status") if uid in self.gids]
-                if uids:
-                    found.setdefault(int(name), set()).update(uids)
+                tids = []
+            statuses = [f"/proc/{name}/status"] + [f"/proc/{name}/task/{tid}/status" for tid in tids]
+            uids = {uid for status in statuses for uid in task_uids(status) if uid in self.gids}
+            if uids:
+                found[int(name)] = uids
         return found
 
     def kill_sandbox_processes(self, spare: int | None = None) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from engine.docker import DockerClient
@@ -45,15 +47,42 @@ async def test_gvisor_with_a_warm_pool_and_sessions(runsc: None) -> None:
         assert (await session.execute(ExecutionRequest(cmd="cat /sandbox/f"))).stdout == "kept\n"
 
 
-async def test_gvisor_fast_pool_kills_survivors_and_moves_to_the_next_uid(runsc: None) -> None:
+@pytest.mark.parametrize("plant", ["detached-grandchild", "alone-after-the-job", "many-threads-renamed"])
+async def test_gvisor_fast_pool_kills_survivors_and_moves_to_the_next_uid(
+    runsc: None, plant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """gVisor's /proc differs from Linux's: a process whose leader has exited has no listable
+    /proc/<pid>/task there, so the agent must find it by its own status too."""
     from test_survivors import PLANTS, SANDBOX_TASKS
 
+    caplog.set_level(logging.DEBUG, "isol8.pool")  # why a sandbox was not reused, should it not be
     async with DockerIsol8(
         security={"runtime": "runsc"}, pool_strategy="fast", pool_size=1, prewarm=["python"]
     ) as engine:
-        planted = await engine.execute(ExecutionRequest(code=PLANTS["detached-grandchild"]))
+        planted = await engine.execute(ExecutionRequest(code=PLANTS[plant]))
         await engine._pool.settle()
         left = await engine.execute(ExecutionRequest(code="import os\nprint(os.getuid())\n" + SANDBOX_TASKS))
     assert planted.stdout == "planted\n", planted.stderr
-    assert left.container_id == planted.container_id
+    assert left.container_id == planted.container_id, caplog.text
     assert left.stdout == "61001\n[]\n", left.stdout
+
+
+async def test_gvisor_session_survivor_is_gone_before_the_next_execution(runsc: None) -> None:
+    """The same walk at the end of every job: the next execution of a session finds no survivor, and
+    none writes what it stole (the secret is in the next execution's environment). A session keeps
+    its files, so the loot the survivor wrote while its own execution ran is removed first."""
+    from test_survivors import NEXT_EXECUTION, PLANTS, SANDBOX_TASKS
+
+    async with DockerIsol8(security={"runtime": "runsc"}, mode="persistent") as session:
+        planted = await session.execute(ExecutionRequest(code=PLANTS["alone-after-the-job"]))
+        left = await session.execute(ExecutionRequest(code=SANDBOX_TASKS))
+        victim = await session.execute(
+            ExecutionRequest(
+                cmd="rm -f /tmp/loot /sandbox/loot /dev/shm/loot\n" + NEXT_EXECUTION,
+                runtime="python",
+                secrets={"TOKEN": "next-execution-secret"},
+            )
+        )
+    assert planted.stdout == "planted\n", planted.stderr
+    assert left.stdout == "[]\n", left.stdout
+    assert victim.stdout == "done\n", victim.stdout

@@ -69,6 +69,14 @@ PLANTS = {
     "detached-grandchild": MAIN_THREAD_EXITS
     + STEAL
     + "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        main_thread_exits(steal)\n    os._exit(0)\nplanted()\n",
+    # the same, and the job waits for the middle child: the survivor is the only process of its uid
+    # left, and under gVisor /proc/<pid>/task of a process whose leader has exited cannot be listed
+    "alone-after-the-job": MAIN_THREAD_EXITS
+    + STEAL
+    + (
+        "middle = os.fork()\nif middle == 0:\n    os.setsid()\n    if os.fork() == 0:\n        main_thread_exits(steal)\n"
+        "    os._exit(0)\nos.waitpid(middle, 0)\nplanted()\n"
+    ),
     # the surviving thread keeps forking new children that do the same
     "self-renewing": MAIN_THREAD_EXITS
     + STEAL
@@ -90,7 +98,7 @@ SANDBOX_TASKS = f"""
 import glob, json, os
 mine = {{str(os.getpid())}}
 found = []
-for task in glob.glob("/proc/[0-9]*/task/[0-9]*"):
+for task in glob.glob("/proc/[0-9]*") + glob.glob("/proc/[0-9]*/task/[0-9]*"):  # the process, and each task
     pid = task.split("/")[2]
     try:
         status = open(task + "/status").read()
