@@ -252,7 +252,9 @@ class Pool:
             return
         if error:
             log.debug("sandbox %s not reused: %s", sandbox.container_id[:12], error)
-            self._wake_waiters(key)
+            if not self._closed:  # a replacement, as for one not reusable: the next run need not start cold
+                self._refill(sandbox.pool_key)
+            self._wake_waiters(key)  # those the replacement does not cover
         await sandbox.destroy()
 
     def _trim(self, key: _Key) -> None:

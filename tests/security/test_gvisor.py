@@ -86,3 +86,42 @@ async def test_gvisor_session_survivor_is_gone_before_the_next_execution(runsc: 
     assert planted.stdout == "planted\n", planted.stderr
     assert left.stdout == "[]\n", left.stdout
     assert victim.stdout == "done\n", victim.stdout
+
+
+# gVisor has no /proc/sysvipc: what a job left can be attached by its key, or by a small id alone
+IPC_FIND = """
+import ctypes, json
+libc = ctypes.CDLL(None, use_errno=True)
+buf = ctypes.create_string_buffer(512)
+found = [k for k, get in ((4243, libc.shmget), (4244, libc.semget), (4245, libc.msgget)) if get(k, 0, 0) >= 0]
+for ident in range(64):  # IPC_STAT: 0 or EACCES both say the object exists
+    for name, stat in (("shm", lambda i: libc.shmctl(i, 2, buf)), ("sem", lambda i: libc.semctl(i, 0, 2, buf)),
+                       ("msg", lambda i: libc.msgctl(i, 2, buf))):
+        if stat(ident) == 0 or ctypes.get_errno() == 13:
+            found.append(f"{name}:{ident}")
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.parametrize(
+    "leave", ["shared-memory-handed-to-root", "semaphores-handed-away-mode-0", "queue-handed-to-another-sandbox-uid"]
+)
+async def test_gvisor_fast_pool_hands_no_ipc_object_to_the_next_execution(
+    runsc: None, leave: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The scrub cannot list these objects under gVisor, so the kernel's own count must be zero for
+    the container to be reused; otherwise it is replaced, and a replacement is started at once."""
+    from test_survivors import IPC_LEAVE
+
+    caplog.set_level(logging.DEBUG, "isol8.pool")
+    async with DockerIsol8(
+        security={"runtime": "runsc"}, pool_strategy="fast", pool_size=1, prewarm=["python"]
+    ) as engine:
+        left = await engine.execute(ExecutionRequest(code=IPC_LEAVE[leave]))
+        await engine._pool.settle()
+        assert engine._pool.state()[0].ready == 1  # the replacement is ready, not started by the next run
+        found = await engine.execute(ExecutionRequest(code=IPC_FIND))
+    assert left.stdout == "left\n", left.stderr
+    assert found.stdout == "[]\n", found.stdout
+    assert found.container_id != left.container_id
+    assert "System V IPC objects are left that /proc/sysvipc does not list" in caplog.text
