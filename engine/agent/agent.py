@@ -909,8 +909,8 @@ class Agent:
         Not `spare` (a stateful session's interpreter), nor its children already dead (it collects
         them before its next cell).
 
-        The process's own status and each task's: a thread-group leader that has exited is a zombie
-        while its threads run, and gVisor cannot list /proc/<pid>/task of such a process at all."""
+        Each task's status, because a thread-group leader that has exited is a zombie while its
+        threads run; the process's own where gVisor cannot list /proc/<pid>/task of such a process."""
         found: dict[int, set[int]] = {}
         for name in os.listdir("/proc"):
             if not name.isdigit():
@@ -921,7 +921,7 @@ class Agent:
                 tids = os.listdir(f"/proc/{name}/task")
             except OSError:
                 tids = []
-            statuses = [f"/proc/{name}/status"] + [f"/proc/{name}/task/{tid}/status" for tid in tids]
+            statuses = [f"/proc/{name}/task/{tid}/status" for tid in tids] or [f"/proc/{name}/status"]
             uids = {uid for status in statuses for uid in task_uids(status) if uid in self.gids}
             if uids:
                 found[int(name)] = uids
